@@ -1,0 +1,46 @@
+/**
+ * @module
+ * Keel's configuration as a service: where state lives, where to listen, the
+ * API token, and where policy files are. Read once from the environment at the
+ * edge (`fromEnv`); tests build it directly with `layerTest`.
+ */
+import { Context, Layer } from "effect";
+
+/** Resolved configuration for one Keel host. */
+export interface KeelConfigShape {
+  /** Data directory, or `:memory:` for an in-memory host (tests). */
+  readonly dataDir: string;
+  /** Interface the HTTP API binds to; 127.0.0.1 unless the operator says otherwise. */
+  readonly hostname: string;
+  /** TCP port of the HTTP API. */
+  readonly port: number;
+  /** Bearer token required by every state-changing API call. */
+  readonly token: string;
+  /** Folder of `*.yaml` policy files. */
+  readonly policiesDir: string;
+  /** Keel's own source root: `core/sdk` lives here, and the shipped plugins. */
+  readonly root: string;
+  /** Milliseconds a plugin gets to answer one call. */
+  readonly rpcTimeoutMs: number;
+  /** Open PGlite (memory) at start-up instead of on first use. */
+  readonly eagerMemory: boolean;
+}
+
+/** The configuration service. */
+export class KeelConfig extends Context.Service<KeelConfig, KeelConfigShape>()("keel/config/KeelConfig") {
+  /** A layer from an already resolved configuration. */
+  static readonly layer = (config: KeelConfigShape) => Layer.succeed(KeelConfig, KeelConfig.of(config));
+}
+
+/** Keel's source root, derived from this file's location. */
+export const keelRoot = (): string => new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** Parse a port number, or say what is wrong with it. */
+export const parsePort = (raw: string | undefined, fallback: number): number => {
+  if (raw === undefined || raw === "") return fallback;
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`KEEL_PORT must be an integer between 0 and 65535: got "${raw}"`);
+  }
+  return port;
+};

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * Configuration service and helpers.
+ */
+export * from "./Config.ts";

@@ -1,0 +1,92 @@
+/**
+ * @module
+ * Keel's tagged errors. Each names what went wrong, carries a sentence-case
+ * message and optional details, and is Schema-encodable so it crosses the
+ * plugin boundary and the HTTP API intact. The HTTP layer maps each tag to
+ * one status code (see `core/http/errors.ts`).
+ */
+import { Schema } from "effect";
+
+const fields = { message: Schema.String, details: Schema.optional(Schema.Unknown) };
+
+/** Input that does not match what the API, CLI or a schema expects. */
+export class InvalidInputError extends Schema.TaggedError<InvalidInputError>()("InvalidInputError", fields) {}
+/** Something the caller named does not exist (workflow, run, approval, plugin). */
+export class NotFoundError extends Schema.TaggedError<NotFoundError>()("NotFoundError", fields) {}
+/** The request conflicts with current state (already decided, already installed). */
+export class ConflictError extends Schema.TaggedError<ConflictError>()("ConflictError", fields) {}
+/** A `plugin.json` that cannot be read or does not validate. */
+export class ManifestError extends Schema.TaggedError<ManifestError>()("ManifestError", fields) {}
+/** A grant that asks for more than the manifest requests, or for forbidden powers. */
+export class GrantError extends Schema.TaggedError<GrantError>()("GrantError", fields) {}
+/** A plugin whose module graph reaches outside its folder and the SDK. */
+export class ModuleGraphError extends Schema.TaggedError<ModuleGraphError>()("ModuleGraphError", fields) {}
+/** A policy file that does not parse or type-check; names file and line. */
+export class PolicyFileError extends Schema.TaggedError<PolicyFileError>()("PolicyFileError", fields) {}
+/** The policy gate said no. */
+export class PolicyDeniedError extends Schema.TaggedError<PolicyDeniedError>()("PolicyDeniedError", fields) {}
+/** An effect the calling plugin's manifest does not declare, or no installed connector provides. */
+export class EffectNotDeclaredError extends Schema.TaggedError<EffectNotDeclaredError>()(
+  "EffectNotDeclaredError",
+  fields,
+) {}
+/** A plugin touched something its grant does not allow. */
+export class PermissionDeniedError extends Schema.TaggedError<PermissionDeniedError>()(
+  "PermissionDeniedError",
+  fields,
+) {}
+/** A plugin crashed, failed to start, or answered outside the protocol. */
+export class PluginCrashedError extends Schema.TaggedError<PluginCrashedError>()("PluginCrashedError", fields) {}
+/** A plugin did not answer in time. */
+export class PluginTimeoutError extends Schema.TaggedError<PluginTimeoutError>()("PluginTimeoutError", fields) {}
+/** A plugin handler failed with its own error tag (kept in `details.tag`). */
+export class PluginFailedError extends Schema.TaggedError<PluginFailedError>()("PluginFailedError", fields) {}
+/** A state store (Deno KV, PGlite, the data dir) failed. */
+export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", fields) {}
+/** The data dir is owned by another live Keel process. */
+export class DataDirLockedError extends Schema.TaggedError<DataDirLockedError>()("DataDirLockedError", fields) {}
+/** A missing or wrong bearer token. */
+export class UnauthorizedError extends Schema.TaggedError<UnauthorizedError>()("UnauthorizedError", fields) {}
+/** The run must stop here and wait (an approval); not a failure of the run. */
+export class RunSuspendedError extends Schema.TaggedError<RunSuspendedError>()("RunSuspendedError", fields) {}
+
+/** Every error the core can raise to a caller. */
+export type KeelError =
+  | InvalidInputError
+  | NotFoundError
+  | ConflictError
+  | ManifestError
+  | GrantError
+  | ModuleGraphError
+  | PolicyFileError
+  | PolicyDeniedError
+  | EffectNotDeclaredError
+  | PermissionDeniedError
+  | PluginCrashedError
+  | PluginTimeoutError
+  | PluginFailedError
+  | StoreError
+  | DataDirLockedError
+  | UnauthorizedError
+  | RunSuspendedError;
+
+/** The JSON shape of an error in the API, the journal and the audit log. */
+export interface ErrorBody {
+  readonly tag: string;
+  readonly message: string;
+  readonly details?: unknown;
+}
+
+/** Turn any failure into the one JSON error shape, never leaking a stack. */
+export const toErrorBody = (error: unknown): ErrorBody => {
+  if (error !== null && typeof error === "object" && "_tag" in error && "message" in error) {
+    const e = error as { _tag: string; message: string; details?: unknown };
+    return e.details === undefined ? { tag: e._tag, message: e.message } : {
+      tag: e._tag,
+      message: e.message,
+      details: e.details,
+    };
+  }
+  if (error instanceof Error) return { tag: "InternalError", message: error.message };
+  return { tag: "InternalError", message: String(error) };
+};

@@ -1,0 +1,428 @@
+/**
+ * @module
+ * The Gateway: the only path to a side effect. For every effect request:
+ * declared (the calling agent lists it, an installed connector provides it) →
+ * valid (args match the input schema) → policy (allow, deny, or a durable
+ * human gate) → intent journaled with an idempotency key → dispatch to the
+ * connector → outcome journaled → audit event (what, who, which rule,
+ * latency). The policy check yields an `Authorized` capability and `dispatch`
+ * accepts nothing else, so no code path can skip the gate.
+ */
+import { Clock, Context, Effect, Layer } from "effect";
+import {
+  EffectNotDeclaredError,
+  type ErrorBody,
+  InvalidInputError,
+  PluginFailedError,
+  PolicyDeniedError,
+  RunSuspendedError,
+  type StoreError,
+  toErrorBody,
+} from "../errors/mod.ts";
+import { canonicalJson, type EffectDecl, sha256Hex } from "../manifest/mod.ts";
+import { Policy, type PolicyDecision } from "../policy/mod.ts";
+import { type ApprovalRecord, Journal, type StepRecord } from "../journal/mod.ts";
+import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
+
+/** One effect request from a running workflow. */
+export interface EffectRequest {
+  readonly runId: string;
+  readonly seq: number;
+  readonly agent: InstalledPlugin;
+  readonly workflow: string;
+  readonly effect: string;
+  readonly args: unknown;
+}
+
+/** Everything the Gateway can answer besides a result. */
+export type GatewayError =
+  | EffectNotDeclaredError
+  | InvalidInputError
+  | PolicyDeniedError
+  | RunSuspendedError
+  | CallError
+  | StoreError;
+
+declare const authorizedBrand: unique symbol;
+
+/** Proof that one exact action passed the gate; only this module can make one. */
+export interface Authorized {
+  readonly [authorizedBrand]: true;
+  readonly request: EffectRequest;
+  readonly connector: InstalledPlugin;
+  readonly decl: EffectDecl;
+  readonly decision: PolicyDecision;
+  readonly idempotencyKey: string;
+  readonly approval?: ApprovalRecord;
+}
+
+const authorized = (
+  request: EffectRequest,
+  connector: InstalledPlugin,
+  decl: EffectDecl,
+  decision: PolicyDecision,
+  idempotencyKey: string,
+  approval?: ApprovalRecord,
+): Authorized => ({ request, connector, decl, decision, idempotencyKey, approval }) as unknown as Authorized;
+
+/** The digest an approval is bound to: the exact effect, args, run, step and policy. */
+export const actionDigest = (e: { effect: string; args: unknown; runId: string; seq: number; policyHash: string }) =>
+  Effect.promise(() =>
+    sha256Hex(canonicalJson({ effect: e.effect, args: e.args, runId: e.runId, seq: e.seq, policyHash: e.policyHash }))
+  );
+
+/** The Gateway service. */
+export class Gateway extends Context.Service<Gateway, {
+  request(request: EffectRequest): Effect.Effect<unknown, GatewayError>;
+}>()("keel/gateway/Gateway") {
+  /** The Gateway over the plugin host, policy engine, journal and audit log. */
+  static readonly layer = Layer.effect(
+    Gateway,
+    Effect.gen(function* () {
+      const host = yield* PluginHost;
+      const policy = yield* Policy;
+      const journal = yield* Journal;
+      const audit = yield* Audit;
+
+      const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
+      const actorOf = (r: EffectRequest) => `plugin:${r.agent.name}`;
+
+      const reject = Effect.fn("Gateway.reject")(function* (
+        r: EffectRequest,
+        error: EffectNotDeclaredError | InvalidInputError | PolicyDeniedError,
+        extra: Record<string, unknown> = {},
+      ) {
+        const at = yield* now;
+        yield* journal.putStep(r.runId, {
+          seq: r.seq,
+          kind: "effect",
+          name: r.effect,
+          status: "failed",
+          error: toErrorBody(error),
+          startedAt: at,
+          endedAt: at,
+        });
+        yield* audit.append({
+          type: "effect.rejected",
+          actor: actorOf(r),
+          runId: r.runId,
+          data: { effect: r.effect, seq: r.seq, error: toErrorBody(error), ...extra },
+        });
+        return yield* error;
+      });
+
+      /** Steps 1–3: declared, valid, policy. Returns the capability, or parks the run. */
+      const authorize = Effect.fn("Gateway.authorize")(function* (r: EffectRequest, prior: StepRecord | undefined) {
+        if (!r.agent.manifest.uses.includes(r.effect)) {
+          return yield* reject(
+            r,
+            new EffectNotDeclaredError({
+              message:
+                `Plugin "${r.agent.name}" asked for effect "${r.effect}", which its manifest does not declare in "uses"`,
+              details: { plugin: r.agent.name, effect: r.effect },
+            }),
+          );
+        }
+        const found = yield* Effect.result(host.findEffect(r.effect));
+        if (found._tag === "Failure") {
+          return yield* reject(
+            r,
+            new EffectNotDeclaredError({ message: found.failure.message, details: { effect: r.effect } }),
+          );
+        }
+        const { plugin: connector, decl } = found.success;
+        const problems = host.validate(connector, `in:${decl.name}`, decl.input, r.args);
+        if (problems.length) {
+          return yield* reject(
+            r,
+            new InvalidInputError({
+              message: `Effect "${r.effect}" args are invalid: ${problems[0]}`,
+              details: { errors: problems },
+            }),
+          );
+        }
+        const decision = yield* policy.decide({
+          effect: r.effect,
+          effectClass: decl.class,
+          plugin: connector.name,
+          agent: r.agent.name,
+          workflow: r.workflow,
+        });
+        const key = `keel-${(yield* Effect.promise(() => sha256Hex(`${r.runId}:${r.seq}`))).slice(0, 32)}`;
+        if (decision.decision === "deny") {
+          return yield* reject(
+            r,
+            new PolicyDeniedError({
+              message: `Policy denied effect "${r.effect}": ${decision.reason} (rule "${decision.rule}")`,
+              details: { rule: decision.rule, policyHash: decision.policyHash },
+            }),
+            { rule: decision.rule, policyHash: decision.policyHash },
+          );
+        }
+        if (decision.decision === "allow") return authorized(r, connector, decl, decision, key);
+
+        // A human gate: the approval must be for this exact action under this policy.
+        const digest = yield* actionDigest({ ...r, policyHash: decision.policyHash });
+        if (prior?.approvalId) {
+          const approval = yield* journal.getApproval(prior.approvalId);
+          const at = yield* Clock.currentTimeMillis;
+          if (approval && approval.digest === digest) {
+            if (approval.status === "pending" && Date.parse(approval.expiresAt) > at) {
+              return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
+            }
+            if (approval.status === "approved" || approval.status === "used") {
+              return authorized(r, connector, decl, decision, key, approval);
+            }
+            if (approval.status === "denied") {
+              return yield* reject(
+                r,
+                new PolicyDeniedError({
+                  message: `Effect "${r.effect}" was denied by ${approval.decidedBy ?? "the approver"}${
+                    approval.note ? `: ${approval.note}` : ""
+                  }`,
+                  details: { approvalId: approval.id, rule: approval.rule },
+                }),
+                { rule: approval.rule, approvalId: approval.id, approver: approval.decidedBy },
+              );
+            }
+          }
+          if (approval && approval.status === "pending") {
+            // Args, policy or expiry changed: the old approval can never be used.
+            yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending");
+          }
+        }
+        const createdAt = yield* Clock.currentTimeMillis;
+        const approval: ApprovalRecord = {
+          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          kind: "effect",
+          runId: r.runId,
+          seq: r.seq,
+          effect: r.effect,
+          plugin: connector.name,
+          args: r.args,
+          digest,
+          policyHash: decision.policyHash,
+          rule: decision.rule,
+          approver: decision.approval?.approver ?? "operator",
+          message: decision.approval?.message,
+          status: "pending",
+          createdAt: new Date(createdAt).toISOString(),
+          expiresAt: new Date(createdAt + (decision.approval?.expiresInMs ?? 7 * 86_400_000)).toISOString(),
+        };
+        yield* journal.putStep(r.runId, {
+          seq: r.seq,
+          kind: "effect",
+          name: r.effect,
+          status: "waiting_approval",
+          approvalId: approval.id,
+          args: r.args,
+          startedAt: approval.createdAt,
+        }, approval);
+        yield* journal.updateRun(r.runId, {
+          status: "waiting_approval",
+          waitingFor: {
+            approvalId: approval.id,
+            reason: `Effect "${r.effect}" needs approval (rule "${decision.rule}")`,
+          },
+        });
+        yield* audit.append({
+          type: "approval.requested",
+          actor: actorOf(r),
+          runId: r.runId,
+          data: {
+            approvalId: approval.id,
+            effect: r.effect,
+            class: decl.class,
+            rule: decision.rule,
+            ruleSource: decision.ruleSource,
+            policyHash: decision.policyHash,
+            expiresAt: approval.expiresAt,
+          },
+        });
+        return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
+      });
+
+      /** Steps 4–6: intent, dispatch, outcome, audit. Accepts only a capability. */
+      const dispatch = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
+        const r = auth.request;
+        const startedAt = yield* Clock.currentTimeMillis;
+        const intent: StepRecord = {
+          seq: r.seq,
+          kind: "effect",
+          name: r.effect,
+          status: "intent",
+          args: r.args,
+          idempotencyKey: auth.idempotencyKey,
+          approvalId: auth.approval?.id,
+          startedAt: new Date(startedAt).toISOString(),
+        };
+        if (auth.approval && auth.approval.status === "approved") {
+          // Single use: consuming the approval and journaling the intent is one atomic write.
+          const ok = yield* journal.transitionApproval({ ...auth.approval, status: "used" }, "approved", {
+            step: { runId: r.runId, step: intent },
+          });
+          if (!ok) return yield* new RunSuspendedError({ message: `Approval ${auth.approval.id} was already used` });
+        } else {
+          yield* journal.putStep(r.runId, intent);
+        }
+        const outcome = yield* Effect.result(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey));
+        const endedAt = yield* Clock.currentTimeMillis;
+        const latencyMs = endedAt - startedAt;
+        const base = {
+          effect: r.effect,
+          seq: r.seq,
+          plugin: auth.connector.name,
+          pluginVersion: auth.connector.version,
+          agent: r.agent.name,
+          class: auth.decl.class,
+          rule: auth.decision.rule,
+          ruleSource: auth.decision.ruleSource,
+          policyHash: auth.decision.policyHash,
+          idempotencyKey: auth.idempotencyKey,
+          latencyMs,
+          ...(auth.approval
+            ? { approvalId: auth.approval.id, approver: auth.approval.decidedBy, approvedAt: auth.approval.decidedAt }
+            : {}),
+        };
+        if (outcome._tag === "Failure") {
+          const error: ErrorBody = toErrorBody(outcome.failure);
+          yield* journal.putStep(r.runId, {
+            ...intent,
+            status: "failed",
+            error,
+            endedAt: new Date(endedAt).toISOString(),
+            latencyMs,
+          });
+          yield* audit.append({ type: "effect.failed", actor: actorOf(r), runId: r.runId, data: { ...base, error } });
+          return yield* outcome.failure;
+        }
+        const value = outcome.success;
+        const problems = auth.decl.output
+          ? host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
+          : [];
+        yield* journal.putStep(r.runId, {
+          ...intent,
+          status: "done",
+          value,
+          endedAt: new Date(endedAt).toISOString(),
+          latencyMs,
+        });
+        yield* audit.append({
+          type: "effect.succeeded",
+          actor: actorOf(r),
+          runId: r.runId,
+          data: problems.length ? { ...base, outputWarnings: problems } : base,
+        });
+        return value;
+      });
+
+      /** An intent with no outcome: for irreversible effects, ask the operator instead of guessing. */
+      const unknownOutcome = Effect.fn("Gateway.unknownOutcome")(function* (r: EffectRequest, prior: StepRecord) {
+        const { plugin: connector, decl } = yield* Effect.mapError(
+          host.findEffect(r.effect),
+          (e) => new EffectNotDeclaredError({ message: e.message }),
+        );
+        if (decl.class === "read" || (decl.class === "write" && decl.idempotency === "key")) {
+          // Safe to send again: reads change nothing, and the connector honours the key.
+          const decision = yield* policy.decide({
+            effect: r.effect,
+            effectClass: decl.class,
+            plugin: connector.name,
+            agent: r.agent.name,
+            workflow: r.workflow,
+          });
+          if (decision.decision === "allow") {
+            return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!));
+          }
+        }
+        if (prior.status === "unknown_outcome" && prior.approvalId) {
+          const approval = yield* journal.getApproval(prior.approvalId);
+          if (approval?.status === "pending") {
+            return yield* new RunSuspendedError({ message: `Waiting for the operator on ${approval.id}` });
+          }
+          if (approval?.status === "approved" && approval.resolution === "delivered") {
+            const at = yield* now;
+            const value = { assumedDelivered: true, confirmedBy: approval.decidedBy };
+            yield* journal.transitionApproval({ ...approval, status: "used" }, "approved", {
+              step: { runId: r.runId, step: { ...prior, status: "done", value, endedAt: at } },
+            });
+            yield* audit.append({
+              type: "effect.confirmed",
+              actor: approval.decidedBy ?? "operator",
+              runId: r.runId,
+              data: { effect: r.effect, seq: r.seq, approvalId: approval.id },
+            });
+            return value;
+          }
+          if (approval?.status === "approved" && approval.resolution === "retry") {
+            const decision = yield* policy.decide({
+              effect: r.effect,
+              effectClass: decl.class,
+              plugin: connector.name,
+              agent: r.agent.name,
+              workflow: r.workflow,
+            });
+            return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!, approval));
+          }
+          if (approval?.status === "denied") {
+            return yield* reject(
+              r,
+              new PolicyDeniedError({ message: `Operator abandoned effect "${r.effect}" after an unknown outcome` }),
+            );
+          }
+        }
+        const created = yield* Clock.currentTimeMillis;
+        const policyHash = (yield* policy.current).hash;
+        const approval: ApprovalRecord = {
+          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          kind: "unknown_outcome",
+          runId: r.runId,
+          seq: r.seq,
+          effect: r.effect,
+          plugin: connector.name,
+          args: r.args,
+          digest: yield* actionDigest({ ...r, policyHash }),
+          policyHash,
+          rule: "unknown-outcome",
+          approver: "operator",
+          message:
+            `Keel stopped while "${r.effect}" was in flight and cannot know whether it happened. Check the recipient, then approve with resolution "delivered" (it happened) or "retry" (send it again); deny to give up.`,
+          status: "pending",
+          createdAt: new Date(created).toISOString(),
+          expiresAt: new Date(created + 30 * 86_400_000).toISOString(),
+        };
+        yield* journal.putStep(r.runId, { ...prior, status: "unknown_outcome", approvalId: approval.id }, approval);
+        yield* journal.updateRun(r.runId, {
+          status: "waiting_approval",
+          waitingFor: { approvalId: approval.id, reason: `Outcome of "${r.effect}" is unknown after a crash` },
+        });
+        yield* audit.append({
+          type: "effect.outcome_unknown",
+          actor: "system",
+          runId: r.runId,
+          data: { effect: r.effect, seq: r.seq, approvalId: approval.id, idempotencyKey: prior.idempotencyKey },
+        });
+        return yield* new RunSuspendedError({ message: `Waiting for the operator on ${approval.id}` });
+      });
+
+      const request = Effect.fn("Gateway.request")(function* (r: EffectRequest) {
+        const prior = yield* journal.getStep(r.runId, r.seq);
+        if (prior && prior.kind === "effect" && prior.name === r.effect) {
+          if (prior.status === "done") return prior.value;
+          if (prior.status === "failed") {
+            return yield* new PluginFailedError({
+              message: prior.error?.message ?? `Effect "${r.effect}" failed`,
+              details: prior.error,
+            });
+          }
+          if (prior.status === "intent" || prior.status === "unknown_outcome") return yield* unknownOutcome(r, prior);
+        }
+        const auth = yield* authorize(r, prior);
+        return yield* dispatch(auth);
+      });
+
+      return Gateway.of({ request });
+    }),
+  );
+}

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * The Gateway, the one path to side effects.
+ */
+export * from "./Gateway.ts";

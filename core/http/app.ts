@@ -1,0 +1,203 @@
+/**
+ * @module
+ * The HTTP API: Hono routes over the core services, run through a
+ * `ManagedRuntime`. JSON throughout; every `/api` route needs the bearer
+ * token; errors come out of `errorResponse` only. Served by `Deno.serve`
+ * (JSR's `@std/http` is not reachable from Keel's build machines, and
+ * `Deno.serve` is what it wraps).
+ */
+import { Effect, type ManagedRuntime } from "effect";
+import { Hono } from "hono";
+import type { Context as HonoContext } from "hono";
+import { InvalidInputError, UnauthorizedError } from "../errors/mod.ts";
+import { PluginHost } from "../plugins/mod.ts";
+import { Orchestrator } from "../orchestrator/mod.ts";
+import { Journal } from "../journal/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
+import { errorResponse } from "./errors.ts";
+import { openApiDocument } from "./openapi.ts";
+
+/** The services the API needs from the runtime. */
+export type ApiServices = PluginHost | Orchestrator | Journal | Audit;
+
+/** Keel's version, reported by `/healthz` and the OpenAPI document. */
+export const KEEL_VERSION = "0.1.0";
+
+const equalTokens = (a: string, b: string): boolean => {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+};
+
+/** Build the Hono app over a runtime that provides the core services. */
+export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unknown>, token: string): Hono => {
+  const app = new Hono();
+  const started = performance.now();
+
+  const respond = async <A>(c: HonoContext, effect: Effect.Effect<A, unknown, ApiServices>, status = 200) => {
+    const exit = await runtime.runPromiseExit(effect);
+    if (exit._tag === "Success") return c.json(exit.value as never, status as 200);
+    const failure = exit.cause.reasons.find((r) => r._tag === "Fail");
+    const { status: code, body } = errorResponse(failure && "error" in failure ? failure.error : exit.cause);
+    return c.json(body, code as 500);
+  };
+  const body = (c: HonoContext) =>
+    Effect.tryPromise({
+      try: async () => {
+        const text = await c.req.text();
+        if (text.trim() === "") return {} as Record<string, unknown>;
+        const value = JSON.parse(text);
+        if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("not an object");
+        return value as Record<string, unknown>;
+      },
+      catch: () => new InvalidInputError({ message: "Request body must be a JSON object" }),
+    });
+
+  app.onError((error, c) => {
+    const { status, body } = errorResponse(error);
+    return c.json(body, status as 500);
+  });
+  app.notFound((c) =>
+    c.json({ error: { tag: "NotFoundError", message: `No route for ${c.req.method} ${c.req.path}` } }, 404)
+  );
+
+  app.get(
+    "/healthz",
+    (c) => c.json({ ok: true, version: KEEL_VERSION, uptimeMs: Math.round(performance.now() - started) }),
+  );
+  app.get("/openapi.json", (c) => c.json(openApiDocument));
+
+  app.use("/api/*", async (c, next) => {
+    const header = c.req.header("authorization") ?? "";
+    const given = header.startsWith("Bearer ") ? header.slice(7) : "";
+    if (!equalTokens(given, token)) {
+      const { status, body } = errorResponse(
+        new UnauthorizedError({ message: "Missing or wrong bearer token (see KEEL_TOKEN or <data dir>/token)" }),
+      );
+      return c.json(body, status as 401);
+    }
+    await next();
+  });
+
+  app.get("/api/plugins", (c) => respond(c, Effect.map(PluginHost.use((h) => h.list), (plugins) => ({ plugins }))));
+  app.post("/api/plugins", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const b = yield* body(c);
+        if (typeof b.path !== "string" || b.path === "") {
+          return yield* new InvalidInputError({ message: 'Field "path" must be the plugin\'s folder' });
+        }
+        if (b.grant === undefined) {
+          return yield* new InvalidInputError({
+            message: 'Field "grant" is required: the permissions you give the plugin, e.g. {"net": ["127.0.0.1:2525"]}',
+          });
+        }
+        const host = yield* PluginHost;
+        const plugin = yield* host.install({ path: b.path, grant: b.grant, config: b.config }, "operator");
+        const { config: _c, ...shown } = plugin;
+        return { plugin: shown };
+      }),
+      201,
+    ));
+
+  app.post("/api/workflows/:name/runs", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const b = yield* body(c);
+        const waitRaw = c.req.query("wait");
+        const wait = waitRaw === undefined ? undefined : Number(waitRaw);
+        if (wait !== undefined && (!Number.isFinite(wait) || wait < 0 || wait > 300)) {
+          return yield* new InvalidInputError({
+            message: `Query "wait" must be seconds between 0 and 300: got "${waitRaw}"`,
+          });
+        }
+        const orchestrator = yield* Orchestrator;
+        const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator");
+        if (wait === undefined) return { runId: run.id, status: run.status };
+        return { runId: run.id, ...(yield* orchestrator.wait(run.id, wait)) };
+      }),
+      202,
+    ));
+
+  app.get("/api/runs/:id", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const orchestrator = yield* Orchestrator;
+        const waitRaw = c.req.query("wait");
+        const wait = waitRaw === undefined ? 0 : Number(waitRaw);
+        if (!Number.isFinite(wait) || wait < 0 || wait > 300) {
+          return yield* new InvalidInputError({
+            message: `Query "wait" must be seconds between 0 and 300: got "${waitRaw}"`,
+          });
+        }
+        return yield* orchestrator.wait(c.req.param("id"), wait);
+      }),
+    ));
+
+  app.get("/api/approvals", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const status = c.req.query("status");
+        const allowed = ["pending", "approved", "denied", "used", "expired"];
+        if (status !== undefined && !allowed.includes(status)) {
+          return yield* new InvalidInputError({
+            message: `Query "status" must be one of ${allowed.join(", ")}: got "${status}"`,
+          });
+        }
+        const journal = yield* Journal;
+        return { approvals: yield* journal.listApprovals({ status: status as "pending" | undefined }) };
+      }),
+    ));
+
+  for (const verb of ["approve", "deny"] as const) {
+    app.post(`/api/approvals/:id/${verb}`, (c) =>
+      respond(
+        c,
+        Effect.gen(function* () {
+          const b = yield* body(c);
+          if (b.note !== undefined && typeof b.note !== "string") {
+            return yield* new InvalidInputError({ message: 'Field "note" must be a string' });
+          }
+          if (b.resolution !== undefined && b.resolution !== "retry" && b.resolution !== "delivered") {
+            return yield* new InvalidInputError({ message: 'Field "resolution" must be "retry" or "delivered"' });
+          }
+          if (b.by !== undefined && (typeof b.by !== "string" || !/^[\w.@ -]{1,64}$/.test(b.by))) {
+            return yield* new InvalidInputError({ message: 'Field "by" must be a short name' });
+          }
+          const orchestrator = yield* Orchestrator;
+          const approval = yield* orchestrator.decide(c.req.param("id"), {
+            approve: verb === "approve",
+            actor: typeof b.by === "string" ? `operator:${b.by}` : "operator",
+            note: b.note as string | undefined,
+            resolution: b.resolution as "retry" | "delivered" | undefined,
+          });
+          return { approval };
+        }),
+      ));
+  }
+
+  app.get("/api/audit", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const limitRaw = c.req.query("limit");
+        const limit = limitRaw === undefined ? 1000 : Number(limitRaw);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+          return yield* new InvalidInputError({
+            message: `Query "limit" must be an integer from 1 to 10000: got "${limitRaw}"`,
+          });
+        }
+        const audit = yield* Audit;
+        return { events: yield* audit.list({ runId: c.req.query("runId"), limit }) };
+      }),
+    ));
+  app.get("/api/audit/verify", (c) => respond(c, Audit.use((a) => a.verify)));
+
+  return app;
+};

@@ -1,0 +1,199 @@
+/**
+ * @module
+ * The run journal on Deno KV: runs, their steps, and approvals. The journal is
+ * the source of truth for a run: after a crash the coordinator is replayed
+ * against it and completed steps return their recorded results. Writes use
+ * atomic operations with version checks, so a step is recorded once.
+ */
+import { Context, Effect, Layer } from "effect";
+import { Kv, kvTry } from "../store/mod.ts";
+import type { StoreError } from "../errors/mod.ts";
+import type { ErrorBody } from "../errors/mod.ts";
+
+/** Where a run is in its life. */
+export type RunStatus = "running" | "waiting_approval" | "succeeded" | "failed" | "cancelled";
+
+/** One run of a workflow. */
+export interface RunRecord {
+  readonly id: string;
+  readonly workflow: string;
+  /** The agent plugin and the version the run is pinned to. */
+  readonly plugin: string;
+  readonly pluginVersion: string;
+  readonly input: unknown;
+  readonly status: RunStatus;
+  readonly output?: unknown;
+  readonly error?: ErrorBody;
+  readonly waitingFor?: { readonly approvalId: string; readonly reason: string };
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+/** One recorded step. An effect step moves intent → done (or waiting/unknown). */
+export interface StepRecord {
+  readonly seq: number;
+  readonly kind: "step" | "effect" | "memory";
+  readonly name: string;
+  readonly status: "done" | "failed" | "waiting_approval" | "intent" | "unknown_outcome";
+  readonly value?: unknown;
+  readonly error?: ErrorBody;
+  readonly approvalId?: string;
+  readonly idempotencyKey?: string;
+  readonly args?: unknown;
+  readonly startedAt: string;
+  readonly endedAt?: string;
+  readonly latencyMs?: number;
+}
+
+/** A human gate on one exact action. */
+export interface ApprovalRecord {
+  readonly id: string;
+  readonly kind: "effect" | "unknown_outcome";
+  readonly runId: string;
+  readonly seq: number;
+  readonly effect: string;
+  readonly plugin: string;
+  readonly args: unknown;
+  /** SHA-256 of (effect, args, run, step, policy hash): the approval is only good for this action. */
+  readonly digest: string;
+  readonly policyHash: string;
+  readonly rule: string;
+  readonly approver: string;
+  readonly message?: string;
+  readonly status: "pending" | "approved" | "denied" | "used" | "expired";
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly decidedBy?: string;
+  readonly decidedAt?: string;
+  readonly note?: string;
+  /** For `unknown_outcome`: what the operator chose. */
+  readonly resolution?: "retry" | "delivered";
+}
+
+const runKey = (id: string) => ["run", id];
+const stepKey = (runId: string, seq: number) => ["run_step", runId, seq];
+const approvalKey = (id: string) => ["approval", id];
+
+/** The journal service. */
+export class Journal extends Context.Service<Journal, {
+  createRun(run: RunRecord): Effect.Effect<void, StoreError>;
+  getRun(id: string): Effect.Effect<RunRecord | undefined, StoreError>;
+  listRuns(filter: { status?: RunStatus; limit?: number }): Effect.Effect<RunRecord[], StoreError>;
+  /** Update a run; `expect` guards against racing writers (false when the status moved). */
+  updateRun(
+    id: string,
+    patch: Partial<RunRecord>,
+    expect?: ReadonlyArray<RunStatus>,
+  ): Effect.Effect<RunRecord | undefined, StoreError>;
+  steps(runId: string): Effect.Effect<StepRecord[], StoreError>;
+  getStep(runId: string, seq: number): Effect.Effect<StepRecord | undefined, StoreError>;
+  /** Record a completed step once; returns the record that won (an earlier one if it exists). */
+  checkpoint(runId: string, step: StepRecord): Effect.Effect<StepRecord, StoreError>;
+  /** Overwrite a step record (effect state transitions), optionally with its approval. */
+  putStep(runId: string, step: StepRecord, approval?: ApprovalRecord): Effect.Effect<void, StoreError>;
+  getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
+  listApprovals(filter: { status?: ApprovalRecord["status"] }): Effect.Effect<ApprovalRecord[], StoreError>;
+  /** Move an approval from `from` to its new state atomically; false if someone else moved it first. */
+  transitionApproval(
+    approval: ApprovalRecord,
+    from: ApprovalRecord["status"],
+    also?: { run?: { id: string; patch: Partial<RunRecord> }; step?: { runId: string; step: StepRecord } },
+  ): Effect.Effect<boolean, StoreError>;
+}>()("keel/journal/Journal") {
+  /** Journal on Deno KV. */
+  static readonly layer = Layer.effect(
+    Journal,
+    Effect.gen(function* () {
+      const { kv } = yield* Kv;
+      return Journal.of({
+        createRun: (run) =>
+          kvTry("Cannot record run", async () => {
+            const res = await kv.atomic().check({ key: runKey(run.id), versionstamp: null }).set(runKey(run.id), run)
+              .commit();
+            if (!res.ok) throw new Error(`run "${run.id}" exists`);
+          }),
+        getRun: (id) => kvTry("Cannot read run", async () => (await kv.get<RunRecord>(runKey(id))).value ?? undefined),
+        listRuns: ({ status, limit }) =>
+          kvTry("Cannot list runs", async () => {
+            const out: RunRecord[] = [];
+            for await (const e of kv.list<RunRecord>({ prefix: ["run"] })) {
+              if (!status || e.value.status === status) out.push(e.value);
+              if (limit && out.length >= limit) break;
+            }
+            return out;
+          }),
+        updateRun: (id, patch, expect) =>
+          kvTry("Cannot update run", async () => {
+            for (;;) {
+              const cur = await kv.get<RunRecord>(runKey(id));
+              if (!cur.value) return undefined;
+              if (expect && !expect.includes(cur.value.status)) return undefined;
+              const next = { ...cur.value, ...patch, updatedAt: new Date().toISOString() };
+              if ((await kv.atomic().check(cur).set(runKey(id), next).commit()).ok) return next;
+            }
+          }),
+        steps: (runId) =>
+          kvTry("Cannot read steps", async () => {
+            const out: StepRecord[] = [];
+            for await (const e of kv.list<StepRecord>({ prefix: ["run_step", runId] })) out.push(e.value);
+            return out;
+          }),
+        getStep: (runId, seq) =>
+          kvTry("Cannot read step", async () => (await kv.get<StepRecord>(stepKey(runId, seq))).value ?? undefined),
+        checkpoint: (runId, step) =>
+          kvTry("Cannot checkpoint step", async () => {
+            const key = stepKey(runId, step.seq);
+            const res = await kv.atomic().check({ key, versionstamp: null }).set(key, step).commit();
+            if (res.ok) return step;
+            return (await kv.get<StepRecord>(key)).value ?? step;
+          }),
+        putStep: (runId, step, approval) =>
+          kvTry("Cannot record step", async () => {
+            const op = kv.atomic().set(stepKey(runId, step.seq), step);
+            if (approval) {
+              op.set(approvalKey(approval.id), approval);
+              if (approval.status === "pending") op.set(["approval_pending", approval.id], true);
+            }
+            await op.commit();
+          }),
+        getApproval: (id) =>
+          kvTry("Cannot read approval", async () => (await kv.get<ApprovalRecord>(approvalKey(id))).value ?? undefined),
+        listApprovals: ({ status }) =>
+          kvTry("Cannot list approvals", async () => {
+            const out: ApprovalRecord[] = [];
+            if (status === "pending") {
+              const ids: string[] = [];
+              for await (const e of kv.list({ prefix: ["approval_pending"] })) ids.push(e.key[1] as string);
+              for (const id of ids) {
+                const a = (await kv.get<ApprovalRecord>(approvalKey(id))).value;
+                if (a && a.status === "pending") out.push(a);
+              }
+              return out;
+            }
+            for await (const e of kv.list<ApprovalRecord>({ prefix: ["approval"] })) {
+              if (!status || e.value.status === status) out.push(e.value);
+            }
+            return out;
+          }),
+        transitionApproval: (approval, from, also) =>
+          kvTry("Cannot decide approval", async () => {
+            const cur = await kv.get<ApprovalRecord>(approvalKey(approval.id));
+            if (!cur.value || cur.value.status !== from) return false;
+            const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
+            if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
+            if (also?.run) {
+              const run = await kv.get<RunRecord>(runKey(also.run.id));
+              if (!run.value) return false;
+              op.check(run).set(runKey(also.run.id), {
+                ...run.value,
+                ...also.run.patch,
+                updatedAt: new Date().toISOString(),
+              });
+            }
+            if (also?.step) op.set(stepKey(also.step.runId, also.step.step.seq), also.step.step);
+            return (await op.commit()).ok;
+          }),
+      });
+    }),
+  );
+}

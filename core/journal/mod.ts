@@ -1,0 +1,5 @@
+/**
+ * @module
+ * The durable run journal: runs, steps and approvals on Deno KV.
+ */
+export * from "./Journal.ts";

@@ -1,0 +1,264 @@
+/**
+ * @module
+ * The plugin manifest (`plugin.json`): what a plugin is, what it asks for and
+ * what it declares. Parsing returns either a typed manifest or a
+ * `ManifestError` naming the file, the field and why.
+ */
+import { Effect } from "effect";
+import { Validator } from "@cfworker/json-schema";
+import { ManifestError } from "../errors/mod.ts";
+
+/** A JSON Schema document (draft 2020-12 subset, validated without `eval`). */
+export type JsonSchema = Record<string, unknown>;
+
+/** Effect classes, in rising order of care. */
+export const EFFECT_CLASSES = ["read", "write", "irreversible", "financial"] as const;
+/** The class of an effect decides policy defaults and retry behaviour. */
+export type EffectClass = typeof EFFECT_CLASSES[number];
+
+/** One side effect a connector can perform. */
+export interface EffectDecl {
+  readonly name: string;
+  readonly class: EffectClass;
+  readonly description: string;
+  readonly idempotency: "none" | "key";
+  readonly input: JsonSchema;
+  readonly output?: JsonSchema;
+  readonly compensate?: string;
+}
+
+/** One workflow entry point an agent offers. */
+export interface WorkflowDecl {
+  readonly name: string;
+  readonly description: string;
+  readonly input: JsonSchema;
+}
+
+/** Permissions a plugin requests; templates like `{host}:{port}` refer to its config. */
+export interface Permissions {
+  readonly net: ReadonlyArray<string>;
+  readonly env: ReadonlyArray<string>;
+  readonly read: ReadonlyArray<string>;
+  readonly write: ReadonlyArray<string>;
+}
+
+/** A validated `plugin.json`. */
+export interface Manifest {
+  readonly name: string;
+  readonly version: string;
+  readonly kind: "connector" | "agent";
+  readonly description: string;
+  readonly config?: JsonSchema;
+  readonly permissions: Permissions;
+  readonly effects: ReadonlyArray<EffectDecl>;
+  readonly uses: ReadonlyArray<string>;
+  readonly workflows: ReadonlyArray<WorkflowDecl>;
+}
+
+const NAME = "^[a-z][a-z0-9_-]{0,63}$";
+const EFFECT_NAME = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)+$";
+const SEMVER = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(?:-[0-9A-Za-z.-]+)?(?:\\+[0-9A-Za-z.-]+)?$";
+const strings = { type: "array", items: { type: "string", minLength: 1 }, uniqueItems: true };
+
+/** The JSON Schema every `plugin.json` must satisfy. */
+export const MANIFEST_SCHEMA: JsonSchema = {
+  type: "object",
+  required: ["name", "version", "kind", "description"],
+  additionalProperties: false,
+  properties: {
+    $schema: { type: "string" },
+    name: { type: "string", pattern: NAME },
+    version: { type: "string", pattern: SEMVER },
+    kind: { enum: ["connector", "agent"] },
+    description: { type: "string", minLength: 1 },
+    config: { type: "object" },
+    permissions: {
+      type: "object",
+      additionalProperties: false,
+      properties: { net: strings, env: strings, read: strings, write: strings },
+    },
+    effects: {
+      type: "array",
+      items: {
+        type: "object",
+        required: ["name", "class", "description", "input"],
+        additionalProperties: false,
+        properties: {
+          name: { type: "string", pattern: EFFECT_NAME },
+          class: { enum: [...EFFECT_CLASSES] },
+          description: { type: "string" },
+          idempotency: { enum: ["none", "key"] },
+          input: { type: "object" },
+          output: { type: "object" },
+          compensate: { type: "string", pattern: EFFECT_NAME },
+        },
+      },
+    },
+    uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
+    workflows: {
+      type: "array",
+      items: {
+        type: "object",
+        required: ["name", "description", "input"],
+        additionalProperties: false,
+        properties: {
+          name: { type: "string", pattern: "^[a-z][a-z0-9_]{0,63}$" },
+          description: { type: "string" },
+          input: { type: "object" },
+        },
+      },
+    },
+  },
+};
+
+const FORBIDDEN_PERMISSIONS = ["run", "ffi", "sys", "all", "import", "hrtime"];
+const manifestValidator = new Validator(MANIFEST_SCHEMA, "2020-12", false);
+
+/** The first schema violations of a value, as `field: why` lines. */
+export const schemaErrors = (validator: Validator, value: unknown, limit = 5): string[] => {
+  const result = validator.validate(value);
+  if (result.valid) return [];
+  // cfworker reports the chain from the root; the deepest errors say the most.
+  const seen = new Set<string>();
+  const lines: string[] = [];
+  for (const e of [...result.errors].reverse()) {
+    const field = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".") || "(root)";
+    const line = `field "${field}" ${e.error.replace(/^Instance /, "").replace(/\.$/, "")}`;
+    if (e.keyword === "properties" || e.keyword === "items" || seen.has(field)) continue;
+    seen.add(field);
+    lines.push(line);
+    if (lines.length >= limit) break;
+  }
+  return lines.length ? lines : [`${result.errors[0]?.error ?? "invalid"}`];
+};
+
+/** Validate a parsed `plugin.json`; `file` is only used in messages. */
+export const validateManifest = (raw: unknown, file: string): Effect.Effect<Manifest, ManifestError> =>
+  Effect.gen(function* () {
+    if (raw !== null && typeof raw === "object" && "permissions" in raw) {
+      const perms = (raw as { permissions: unknown }).permissions;
+      if (perms !== null && typeof perms === "object") {
+        const bad = Object.keys(perms).filter((key) => FORBIDDEN_PERMISSIONS.includes(key));
+        if (bad.length) {
+          return yield* new ManifestError({
+            message: `Invalid manifest "${file}": field "permissions.${bad[0]}" is never granted to a plugin`,
+            details: { file, field: `permissions.${bad[0]}` },
+          });
+        }
+      }
+    }
+    const errors = schemaErrors(manifestValidator, raw);
+    if (errors.length) {
+      return yield* new ManifestError({
+        message: `Invalid manifest "${file}": ${errors[0]}`,
+        details: { file, errors },
+      });
+    }
+    const m = raw as Partial<Manifest> & Pick<Manifest, "name" | "version" | "kind" | "description">;
+    const manifest: Manifest = {
+      name: m.name,
+      version: m.version,
+      kind: m.kind,
+      description: m.description,
+      config: m.config,
+      permissions: {
+        net: m.permissions?.net ?? [],
+        env: m.permissions?.env ?? [],
+        read: m.permissions?.read ?? [],
+        write: m.permissions?.write ?? [],
+      },
+      effects: (m.effects ?? []).map((e) => ({ ...e, idempotency: e.idempotency ?? "none" })),
+      uses: m.uses ?? [],
+      workflows: m.workflows ?? [],
+    };
+    if (manifest.kind === "connector" && manifest.workflows.length) {
+      return yield* invalid(file, "workflows", "is only for agents");
+    }
+    if (manifest.kind === "agent" && manifest.effects.length) {
+      return yield* invalid(file, "effects", 'is only for connectors (agents list what they call in "uses")');
+    }
+    const names = new Set<string>();
+    for (const [i, e] of manifest.effects.entries()) {
+      if (names.has(e.name)) return yield* invalid(file, `effects.${i}.name`, `repeats "${e.name}"`);
+      names.add(e.name);
+      if (e.compensate !== undefined && !manifest.effects.some((other) => other.name === e.compensate)) {
+        return yield* invalid(
+          file,
+          `effects.${i}.compensate`,
+          `names "${e.compensate}", which this plugin does not declare`,
+        );
+      }
+      for (const key of ["input", "output"] as const) {
+        const schema = e[key];
+        if (schema === undefined) continue;
+        const problem = schemaProblem(schema);
+        if (problem) return yield* invalid(file, `effects.${i}.${key}`, `is not a usable JSON Schema: ${problem}`);
+      }
+    }
+    for (const [i, w] of manifest.workflows.entries()) {
+      const problem = schemaProblem(w.input);
+      if (problem) return yield* invalid(file, `workflows.${i}.input`, `is not a usable JSON Schema: ${problem}`);
+    }
+    if (manifest.config) {
+      const problem = schemaProblem(manifest.config);
+      if (problem) return yield* invalid(file, "config", `is not a usable JSON Schema: ${problem}`);
+    }
+    return manifest;
+  });
+
+const invalid = (file: string, field: string, why: string) =>
+  new ManifestError({ message: `Invalid manifest "${file}": field "${field}" ${why}`, details: { file, field } });
+
+const schemaProblem = (schema: JsonSchema): string | undefined => {
+  try {
+    new Validator(schema, "2020-12", false).validate(null);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+};
+
+/** Read and validate `<dir>/plugin.json`. */
+export const readManifest = (dir: string): Effect.Effect<Manifest, ManifestError> =>
+  Effect.gen(function* () {
+    const file = `${dir}/plugin.json`;
+    const text = yield* Effect.tryPromise({
+      try: () => Deno.readTextFile(file),
+      catch: (cause) =>
+        new ManifestError({
+          message: cause instanceof Deno.errors.NotFound
+            ? `Cannot install plugin from "${dir}": no plugin.json there`
+            : `Cannot read "${file}": ${String(cause)}`,
+          details: { file },
+        }),
+    });
+    const raw = yield* Effect.try({
+      try: () => JSON.parse(text) as unknown,
+      catch: (cause) =>
+        new ManifestError({
+          message: `Invalid manifest "${file}": not JSON: ${(cause as Error).message}`,
+          details: { file },
+        }),
+    });
+    return yield* validateManifest(raw, file);
+  });
+
+/** A stable SHA-256 of the manifest's canonical JSON, recorded with the grant. */
+export const manifestHash = (manifest: Manifest): Effect.Effect<string> =>
+  Effect.promise(() => sha256Hex(canonicalJson(manifest)));
+
+/** JSON with object keys sorted, so equal values hash equally. */
+export const canonicalJson = (value: unknown): string =>
+  JSON.stringify(
+    value,
+    (_key, v) =>
+      v !== null && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]))
+        : v,
+  );
+
+/** Hex SHA-256 of a string. */
+export const sha256Hex = async (text: string): Promise<string> => {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+};

@@ -1,0 +1,6 @@
+/**
+ * @module
+ * Plugin manifests and grants: parsing, validation, permission resolution.
+ */
+export * from "./Manifest.ts";
+export * from "./Grant.ts";

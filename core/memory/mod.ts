@@ -1,0 +1,6 @@
+/**
+ * @module
+ * Long-term memory (PGlite + pgvector) and the offline embedder.
+ */
+export * from "./Memory.ts";
+export * from "./embed.ts";

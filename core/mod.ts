@@ -1,0 +1,92 @@
+/**
+ * @module
+ * Composition of Keel's core: one Layer stack from config to orchestrator,
+ * and `startKeel`, which builds it, recovers interrupted runs and serves the
+ * HTTP API. `main.ts` and the tests both start Keel through here.
+ */
+import { Cause, Effect, Layer, ManagedRuntime } from "effect";
+import { KeelConfig, type KeelConfigShape } from "./config/mod.ts";
+import { Kv } from "./store/mod.ts";
+import { Journal } from "./journal/mod.ts";
+import { Audit } from "./telemetry/mod.ts";
+import { Policy } from "./policy/mod.ts";
+import { Memory } from "./memory/mod.ts";
+import { PluginHost } from "./plugins/mod.ts";
+import { Gateway } from "./gateway/mod.ts";
+import { Orchestrator } from "./orchestrator/mod.ts";
+import { makeApp } from "./http/mod.ts";
+import type { Hono } from "hono";
+import { toErrorBody } from "./errors/mod.ts";
+
+export type { KeelConfigShape } from "./config/mod.ts";
+
+/** Every core service, built from one configuration. */
+export const keelLayer = (config: KeelConfigShape) => {
+  const stores = Kv.layer.pipe(Layer.provideMerge(KeelConfig.layer(config)));
+  const base = Layer.mergeAll(Journal.layer, Audit.layer, Policy.layer, Memory.layer).pipe(Layer.provideMerge(stores));
+  return Orchestrator.layer.pipe(
+    Layer.provideMerge(Gateway.layer),
+    Layer.provideMerge(PluginHost.layer),
+    Layer.provideMerge(base),
+  );
+};
+
+/** The services a running Keel offers. */
+export type KeelServices = Layer.Success<ReturnType<typeof keelLayer>>;
+
+/** A started Keel host. */
+export interface Keel {
+  readonly runtime: ManagedRuntime.ManagedRuntime<KeelServices, unknown>;
+  readonly app: Hono;
+  /** Base URL of the HTTP API, when serving. */
+  readonly url?: string;
+  /** Runs that were running at start and were resumed. */
+  readonly recovered: number;
+  /** Stop serving, stop plugins, close stores. */
+  close(): Promise<void>;
+}
+
+/** Start failure with the tagged error that caused it (a bad policy file, a locked data dir …). */
+export class KeelStartError extends Error {
+  /** Wrap the tagged error body. */
+  constructor(readonly body: { tag: string; message: string; details?: unknown }) {
+    super(body.message);
+    this.name = body.tag;
+  }
+}
+
+/** Build the core, resume interrupted runs and (unless `serve: false`) listen on HTTP. */
+export const startKeel = async (config: KeelConfigShape, options: { serve?: boolean } = {}): Promise<Keel> => {
+  const runtime = ManagedRuntime.make(keelLayer(config));
+  const exit = await runtime.runPromiseExit(Orchestrator.use((o) => o.recover));
+  if (exit._tag === "Failure") {
+    await runtime.dispose().catch(() => {});
+    throw new KeelStartError(toErrorBody(Cause.squash(exit.cause)));
+  }
+  const app = makeApp(runtime, config.token);
+  let server: Deno.HttpServer | undefined;
+  let url: string | undefined;
+  if (options.serve !== false) {
+    const listening = Promise.withResolvers<void>();
+    server = Deno.serve({
+      hostname: config.hostname,
+      port: config.port,
+      onListen: ({ port, hostname }) => {
+        url = `http://${hostname}:${port}`;
+        listening.resolve();
+      },
+    }, app.fetch);
+    await listening.promise;
+  }
+  return {
+    runtime,
+    app,
+    url,
+    recovered: exit.value,
+    close: async () => {
+      await server?.shutdown();
+      await runtime.runPromise(Orchestrator.use((o) => o.idle).pipe(Effect.timeout(5000), Effect.ignore));
+      await runtime.dispose();
+    },
+  };
+};

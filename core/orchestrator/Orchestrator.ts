@@ -1,0 +1,360 @@
+/**
+ * @module
+ * The orchestrator: starts runs, executes a coordinator's workflow in its
+ * agent's Worker, answers the workflow's calls (checkpoints, effects through
+ * the Gateway, memory), parks runs at approvals and resumes them, and recovers
+ * running runs after a crash by replaying them against their journal. A run
+ * executes in one place at a time; completed steps are never redone.
+ */
+import { Clock, Context, Effect, Layer } from "effect";
+import { ConflictError, InvalidInputError, NotFoundError, type StoreError, toErrorBody } from "../errors/mod.ts";
+import { type ApprovalRecord, Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
+import { Gateway } from "../gateway/mod.ts";
+import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
+import { Memory } from "../memory/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
+import type { HostCall, JournalEntry, WireError } from "../sdk/protocol.ts";
+import { SUSPENDED } from "../sdk/protocol.ts";
+
+/** A run with its steps, as the API shows it. */
+export interface RunView extends RunRecord {
+  readonly steps: ReadonlyArray<StepRecord>;
+}
+
+/** How an operator decides an approval. */
+export interface Decision {
+  readonly approve: boolean;
+  readonly actor: string;
+  readonly note?: string;
+  /** Only for `unknown_outcome` approvals: did it happen, or send again? */
+  readonly resolution?: "retry" | "delivered";
+}
+
+/** Largest step result Keel records (Deno KV values are capped at 64 KiB). */
+export const MAX_STEP_BYTES = 60 * 1024;
+
+/** The orchestrator service. */
+export class Orchestrator extends Context.Service<Orchestrator, {
+  start(
+    workflow: string,
+    input: unknown,
+    actor: string,
+  ): Effect.Effect<RunRecord, NotFoundError | InvalidInputError | StoreError>;
+  get(runId: string): Effect.Effect<RunView, NotFoundError | StoreError>;
+  /** Wait up to `seconds` for the run to end or pause, then return it. */
+  wait(runId: string, seconds: number): Effect.Effect<RunView, NotFoundError | StoreError>;
+  decide(
+    approvalId: string,
+    decision: Decision,
+  ): Effect.Effect<ApprovalRecord, NotFoundError | ConflictError | InvalidInputError | StoreError>;
+  /** Resume every run that was running when the host stopped; returns how many. */
+  readonly recover: Effect.Effect<number, StoreError>;
+  /** Resolves when no run is executing (for tests and shutdown). */
+  readonly idle: Effect.Effect<void>;
+}>()("keel/orchestrator/Orchestrator") {
+  /** The orchestrator over the journal, plugin host, gateway, memory and audit. */
+  static readonly layer = Layer.effect(
+    Orchestrator,
+    Effect.gen(function* () {
+      const journal = yield* Journal;
+      const host = yield* PluginHost;
+      const gateway = yield* Gateway;
+      const memory = yield* Memory;
+      const audit = yield* Audit;
+
+      const executing = new Map<string, { again: boolean }>();
+      const waiters = new Map<string, Set<() => void>>();
+      const idleWaiters = new Set<() => void>();
+      const notify = (runId: string) => {
+        for (const w of waiters.get(runId) ?? []) w();
+        waiters.delete(runId);
+      };
+      const nowIso = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
+
+      const wire = (error: unknown): WireError => {
+        const body = toErrorBody(error);
+        return body.tag === "RunSuspendedError" ? { tag: SUSPENDED, message: body.message } : body;
+      };
+
+      /** Answer one call a running workflow makes of the host. */
+      const handle = (run: RunRecord, agent: InstalledPlugin) => (call: HostCall): Promise<unknown> => {
+        const program = Effect.gen(function* () {
+          if (call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || typeof call.name !== "string") {
+            return yield* new InvalidInputError({ message: "Workflow call does not belong to this run" });
+          }
+          const size = JSON.stringify("value" in call ? call.value : "args" in call ? call.args : call.item)?.length ??
+            0;
+          if (size > MAX_STEP_BYTES) {
+            return yield* new InvalidInputError({
+              message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
+            });
+          }
+          switch (call.op) {
+            case "checkpoint": {
+              const at = yield* nowIso;
+              const won = yield* journal.checkpoint(run.id, {
+                seq: call.seq,
+                kind: "step",
+                name: call.name,
+                status: "done",
+                value: call.value,
+                startedAt: at,
+                endedAt: at,
+              });
+              if (won.name !== call.name || won.kind !== "step") {
+                return yield* new InvalidInputError({
+                  message:
+                    `Workflow diverged from its journal at step ${call.seq}: recorded ${won.kind} "${won.name}", code asked for step "${call.name}"`,
+                  details: { seq: call.seq },
+                });
+              }
+              return won.value;
+            }
+            case "effect":
+              return yield* gateway.request({
+                runId: run.id,
+                seq: call.seq,
+                agent,
+                workflow: run.workflow,
+                effect: call.name,
+                args: call.args,
+              });
+            case "memory.remember": {
+              const prior = yield* journal.getStep(run.id, call.seq);
+              if (prior?.status === "done") return prior.value;
+              const item = call.item;
+              if (typeof item?.text !== "string" || typeof item.kind !== "string") {
+                return yield* new InvalidInputError({ message: "A memory item needs text and kind" });
+              }
+              const result = yield* memory.remember({
+                scope: `agent:${agent.name}`,
+                kind: item.kind,
+                text: item.text,
+                tags: Array.isArray(item.tags) ? item.tags.filter((t) => typeof t === "string") : [],
+                provenance: { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` },
+              });
+              const at = yield* nowIso;
+              yield* journal.checkpoint(run.id, {
+                seq: call.seq,
+                kind: "memory",
+                name: call.name,
+                status: "done",
+                value: result,
+                startedAt: at,
+                endedAt: at,
+              });
+              return result;
+            }
+            default:
+              return yield* new InvalidInputError({ message: "Unknown workflow call" });
+          }
+        });
+        return Effect.runPromise(Effect.mapError(program, wire)).catch((e) => {
+          throw (e !== null && typeof e === "object" && "tag" in e) ? e : wire(e);
+        });
+      };
+
+      /** One pass of a run: replay against the journal until it ends or parks. */
+      const pass = Effect.fn("Orchestrator.pass")(function* (runId: string) {
+        const run = yield* journal.getRun(runId);
+        if (!run || run.status !== "running") return;
+        const agent = yield* Effect.result(host.get(run.plugin));
+        if (agent._tag === "Failure") {
+          yield* finish(run, { status: "failed", error: toErrorBody(agent.failure) });
+          return;
+        }
+        const steps = yield* journal.steps(runId);
+        const entries: JournalEntry[] = steps.filter((s) => s.status === "done").map((s) => ({
+          seq: s.seq,
+          kind: s.kind,
+          name: s.name,
+          value: s.value,
+        }));
+        const outcome = yield* Effect.result(
+          host.runWorkflow(agent.success, run.workflow, runId, run.input, entries, handle(run, agent.success)),
+        );
+        if (outcome._tag === "Success") {
+          yield* finish(run, { status: "succeeded", output: outcome.success });
+        } else if (outcome.failure._tag === "RunSuspendedError") {
+          notify(runId);
+        } else {
+          yield* finish(run, { status: "failed", error: toErrorBody(outcome.failure) });
+        }
+      });
+
+      const finish = Effect.fn("Orchestrator.finish")(function* (
+        run: RunRecord,
+        patch: Pick<RunRecord, "status" | "output" | "error">,
+      ) {
+        const done = yield* journal.updateRun(run.id, { ...patch, waitingFor: undefined }, ["running"]);
+        if (done) {
+          yield* audit.append({
+            type: `run.${patch.status}`,
+            actor: "system",
+            runId: run.id,
+            data: { workflow: run.workflow, ...(patch.error ? { error: patch.error } : {}) },
+          });
+        }
+        notify(run.id);
+      });
+
+      const execute = (runId: string): void => {
+        const slot = executing.get(runId);
+        if (slot) {
+          slot.again = true;
+          return;
+        }
+        const mine = { again: true };
+        executing.set(runId, mine);
+        const loop: Effect.Effect<void> = Effect.gen(function* () {
+          while (mine.again) {
+            mine.again = false;
+            yield* pass(runId).pipe(
+              Effect.catchCause((cause) => Effect.logError(`Run ${runId} could not proceed`, cause)),
+            );
+          }
+        }).pipe(Effect.ensuring(Effect.sync(() => {
+          executing.delete(runId);
+          if (executing.size === 0) { for (const w of idleWaiters) w(); }
+        })));
+        Effect.runFork(loop);
+      };
+
+      const view = (run: RunRecord) => Effect.map(journal.steps(run.id), (steps): RunView => ({ ...run, steps }));
+      const get = Effect.fn("Orchestrator.get")(function* (runId: string) {
+        const run = yield* journal.getRun(runId);
+        if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });
+        return yield* view(run);
+      });
+
+      const start = Effect.fn("Orchestrator.start")(function* (workflow: string, input: unknown, actor: string) {
+        const { plugin, decl } = yield* host.findWorkflow(workflow);
+        const problems = host.validate(plugin, `wf:${workflow}`, decl.input, input);
+        if (problems.length) {
+          return yield* new InvalidInputError({
+            message: `Input for workflow "${workflow}" is invalid: ${problems[0]}`,
+            details: { errors: problems },
+          });
+        }
+        const at = yield* nowIso;
+        const run: RunRecord = {
+          id: `run_${crypto.randomUUID().replaceAll("-", "")}`,
+          workflow,
+          plugin: plugin.name,
+          pluginVersion: plugin.version,
+          input,
+          status: "running",
+          createdAt: at,
+          updatedAt: at,
+        };
+        yield* journal.createRun(run);
+        yield* audit.append({
+          type: "run.started",
+          actor,
+          runId: run.id,
+          data: { workflow, plugin: plugin.name, version: plugin.version },
+        });
+        execute(run.id);
+        return run;
+      });
+
+      const wait = Effect.fn("Orchestrator.wait")(function* (runId: string, seconds: number) {
+        const deadline = (yield* Clock.currentTimeMillis) + Math.max(0, seconds) * 1000;
+        for (;;) {
+          const current = yield* get(runId);
+          const left = deadline - (yield* Clock.currentTimeMillis);
+          if (current.status !== "running" || left <= 0) return current;
+          yield* Effect.callback<void>((resume) => {
+            const wake = () => resume(Effect.void);
+            const set = waiters.get(runId) ?? new Set();
+            set.add(wake);
+            waiters.set(runId, set);
+            const timer = setTimeout(wake, Math.min(left, 1000));
+            return Effect.sync(() => {
+              clearTimeout(timer);
+              set.delete(wake);
+            });
+          });
+        }
+      });
+
+      const decide = Effect.fn("Orchestrator.decide")(function* (approvalId: string, d: Decision) {
+        const approval = yield* journal.getApproval(approvalId);
+        if (!approval) return yield* new NotFoundError({ message: `No approval with id "${approvalId}"` });
+        if (approval.status !== "pending") {
+          return yield* new ConflictError({
+            message: `Approval "${approvalId}" is already ${approval.status}`,
+            details: { status: approval.status },
+          });
+        }
+        const now = yield* Clock.currentTimeMillis;
+        if (Date.parse(approval.expiresAt) <= now) {
+          yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending");
+          yield* audit.append({
+            type: "approval.expired",
+            actor: "system",
+            runId: approval.runId,
+            data: { approvalId },
+          });
+          return yield* new ConflictError({ message: `Approval "${approvalId}" expired at ${approval.expiresAt}` });
+        }
+        if (
+          d.approve && approval.kind === "unknown_outcome" && d.resolution !== "retry" && d.resolution !== "delivered"
+        ) {
+          return yield* new InvalidInputError({
+            message: `Approval "${approvalId}" is about an unknown outcome: say resolution "delivered" or "retry"`,
+          });
+        }
+        const decided: ApprovalRecord = {
+          ...approval,
+          status: d.approve ? "approved" : "denied",
+          decidedBy: d.actor,
+          decidedAt: new Date(now).toISOString(),
+          ...(d.note ? { note: d.note } : {}),
+          ...(approval.kind === "unknown_outcome" && d.resolution ? { resolution: d.resolution } : {}),
+        };
+        const run = yield* journal.getRun(approval.runId);
+        const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
+        const ok = yield* journal.transitionApproval(
+          decided,
+          "pending",
+          resume ? { run: { id: approval.runId, patch: { status: "running", waitingFor: undefined } } } : undefined,
+        );
+        if (!ok) {
+          return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
+        }
+        yield* audit.append({
+          type: d.approve ? "approval.approved" : "approval.denied",
+          actor: d.actor,
+          runId: approval.runId,
+          data: {
+            approvalId,
+            effect: approval.effect,
+            rule: approval.rule,
+            approver: d.actor,
+            ...(d.note ? { note: d.note } : {}),
+            ...(decided.resolution ? { resolution: decided.resolution } : {}),
+          },
+        });
+        if (resume) execute(approval.runId);
+        return decided;
+      });
+
+      const recover = Effect.map(journal.listRuns({ status: "running" }), (runs) => {
+        for (const run of runs) execute(run.id);
+        return runs.length;
+      });
+
+      const idle = Effect.callback<void>((resume) => {
+        if (executing.size === 0) return resume(Effect.void);
+        const w = () => {
+          idleWaiters.delete(w);
+          resume(Effect.void);
+        };
+        idleWaiters.add(w);
+      });
+
+      return Orchestrator.of({ start, get, wait, decide, recover, idle });
+    }),
+  );
+}

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * Runs: start, replay, approvals, recovery.
+ */
+export * from "./Orchestrator.ts";

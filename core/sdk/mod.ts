@@ -1,0 +1,216 @@
+/**
+ * @module
+ * What plugin authors import, and the only Keel module a plugin may import.
+ * `definePlugin` turns a plain object of async handlers into the plugin side
+ * of the host ⇄ plugin protocol. Plugin authors do not need Effect.
+ *
+ * ```ts
+ * import { definePlugin } from "../../core/sdk/mod.ts";
+ * definePlugin({
+ *   effects: { "echo.say": async (args) => ({ said: args }) },
+ * });
+ * ```
+ */
+import type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
+import { SUSPENDED } from "./protocol.ts";
+
+export type { HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
+export { SUSPENDED } from "./protocol.ts";
+
+/** What an effect handler learns about the call it serves. */
+export interface EffectContext {
+  /** Stable for every attempt of the same effect in the same run step. */
+  readonly idempotencyKey: string;
+  /** The operator's configuration for this plugin, as installed. */
+  readonly config: Readonly<Record<string, unknown>>;
+}
+
+/** A connector's implementation of one declared effect. */
+export type EffectHandler = (args: any, ctx: EffectContext) => Promise<unknown>;
+
+/** What a coordinator workflow may do: everything goes through the host. */
+export interface WorkflowContext {
+  /** The run this execution belongs to. */
+  readonly runId: string;
+  /** A checkpointed step: its result is recorded once and replayed after a crash. */
+  step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
+  /** Ask the host's gateway to perform a declared effect (policy-checked, journaled). */
+  effect<T = unknown>(name: string, args: unknown): Promise<T>;
+  /** Long-term memory, written by the host with this run as provenance. */
+  readonly memory: {
+    remember(item: MemoryInput): Promise<{ id: string; created: boolean }>;
+  };
+}
+
+/** A coordinator workflow: deterministic code whose I/O goes through `ctx`. */
+export type WorkflowHandler = (ctx: WorkflowContext, input: any) => Promise<unknown>;
+
+/** A plugin's implementation: handlers keyed by the names its manifest declares. */
+export interface PluginDefinition {
+  readonly effects?: Readonly<Record<string, EffectHandler>>;
+  readonly workflows?: Readonly<Record<string, WorkflowHandler>>;
+  readonly health?: () => Promise<boolean> | boolean;
+}
+
+/** An error a plugin can throw to give the host a tag and details. */
+export class PluginError extends Error {
+  /** Build an error with a tag the audit log and the API will show. */
+  constructor(readonly tag: string, message: string, readonly details?: unknown) {
+    super(message);
+    this.name = tag;
+  }
+}
+
+/** Thrown inside a workflow when the host parks the run; never catch it. */
+export class Suspended extends Error {
+  /** The reason the host gave. */
+  constructor(message: string) {
+    super(message);
+    this.name = SUSPENDED;
+  }
+}
+
+interface Port {
+  postMessage(message: PluginMessage): void;
+  onmessage: ((event: MessageEvent<HostMessage>) => void) | null;
+}
+
+const toWire = (error: unknown): WireError => {
+  if (error instanceof PluginError) return { tag: error.tag, message: error.message, details: error.details };
+  if (error instanceof Error) {
+    const tag = error.name === "NotCapable" || error.name === "PermissionDenied" ? "PermissionDenied" : error.name;
+    return { tag: tag || "PluginError", message: error.message };
+  }
+  return { tag: "PluginError", message: String(error) };
+};
+
+/**
+ * Register a plugin's handlers and serve the host's requests. Call it once,
+ * at the top level of `mod.ts`.
+ */
+export function definePlugin(def: PluginDefinition, port: Port = self as unknown as Port): void {
+  let config: Record<string, unknown> = {};
+  let nextCall = 1;
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+
+  const send = (message: PluginMessage) => port.postMessage(message);
+  const hostCall = (call: HostCall): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      const id = nextCall++;
+      pending.set(id, { resolve, reject });
+      send({ t: "call", id, ...call });
+    });
+
+  const runWorkflow = async (
+    handler: WorkflowHandler,
+    runId: string,
+    input: unknown,
+    journal: ReadonlyArray<JournalEntry>,
+  ): Promise<unknown> => {
+    const recorded = new Map(journal.map((entry) => [entry.seq, entry]));
+    let seq = 0;
+    let suspended: Suspended | undefined;
+    const guard = () => {
+      if (suspended) throw suspended;
+    };
+    const replayed = (kind: JournalEntry["kind"], name: string): JournalEntry | undefined => {
+      const entry = recorded.get(seq);
+      if (entry === undefined) return undefined;
+      if (entry.kind !== kind || entry.name !== name) {
+        throw new PluginError(
+          "NonDeterminism",
+          `Workflow diverged from its journal at step ${seq}: recorded ${entry.kind} "${entry.name}", code asked for ${kind} "${name}"`,
+          { seq, recorded: { kind: entry.kind, name: entry.name }, actual: { kind, name } },
+        );
+      }
+      return entry;
+    };
+    const viaHost = async (call: HostCall) => {
+      try {
+        return await hostCall(call);
+      } catch (error) {
+        if (error instanceof Suspended) suspended = error;
+        throw error;
+      }
+    };
+    const ctx: WorkflowContext = {
+      runId,
+      async step(name, fn) {
+        guard();
+        const mySeq = ++seq;
+        const entry = replayed("step", name);
+        if (entry) return entry.value as never;
+        const value = await fn();
+        await viaHost({ op: "checkpoint", runId, seq: mySeq, name, value: value === undefined ? null : value });
+        return value;
+      },
+      async effect(name, args) {
+        guard();
+        const mySeq = ++seq;
+        const entry = replayed("effect", name);
+        if (entry) return entry.value as never;
+        return await viaHost({ op: "effect", runId, seq: mySeq, name, args }) as never;
+      },
+      memory: {
+        async remember(item) {
+          guard();
+          const mySeq = ++seq;
+          const entry = replayed("memory", "remember");
+          if (entry) return entry.value as never;
+          return await viaHost({ op: "memory.remember", runId, seq: mySeq, name: "remember", item }) as never;
+        },
+      },
+    };
+    const value = await handler(ctx, input).catch((error) => {
+      throw suspended ?? error;
+    });
+    if (suspended) throw suspended;
+    return value;
+  };
+
+  const answer = (id: number, work: () => Promise<unknown>) => {
+    work().then(
+      (value) => send({ t: "result", id, ok: true, value: value === undefined ? null : value }),
+      (error) => send({ t: "result", id, ok: false, error: toWire(error) }),
+    );
+  };
+
+  port.onmessage = (event) => {
+    const message = event.data;
+    switch (message.t) {
+      case "init":
+        config = message.config;
+        send({ t: "ready", effects: Object.keys(def.effects ?? {}), workflows: Object.keys(def.workflows ?? {}) });
+        return;
+      case "effect": {
+        const handler = def.effects?.[message.name];
+        return answer(message.id, () => {
+          if (!handler) {
+            throw new PluginError("EffectNotImplemented", `Plugin does not implement effect "${message.name}"`);
+          }
+          return handler(message.args, { idempotencyKey: message.idempotencyKey, config });
+        });
+      }
+      case "workflow": {
+        const handler = def.workflows?.[message.name];
+        return answer(message.id, () => {
+          if (!handler) {
+            throw new PluginError("WorkflowNotImplemented", `Plugin does not implement workflow "${message.name}"`);
+          }
+          return runWorkflow(handler, message.runId, message.input, message.journal);
+        });
+      }
+      case "health":
+        return answer(message.id, async () => (def.health ? await def.health() : true));
+      case "reply": {
+        const waiter = pending.get(message.id);
+        if (!waiter) return;
+        pending.delete(message.id);
+        if (message.ok) waiter.resolve(message.value);
+        else if (message.error.tag === SUSPENDED) waiter.reject(new Suspended(message.error.message));
+        else waiter.reject(new PluginError(message.error.tag, message.error.message, message.error.details));
+        return;
+      }
+    }
+  };
+}

@@ -1,0 +1,88 @@
+/**
+ * @module
+ * The wire protocol between the Keel host and a plugin Worker or process.
+ * One message shape for both isolation modes; every message is plain JSON so
+ * it crosses `postMessage` and a stdio pipe alike.
+ */
+
+/** A recorded workflow step, sent to the plugin so it can replay without asking. */
+export interface JournalEntry {
+  readonly seq: number;
+  readonly kind: "step" | "effect" | "memory";
+  readonly name: string;
+  readonly value: unknown;
+}
+
+/** An error crossing the boundary: a tag, a message and whether a retry may help. */
+export interface WireError {
+  readonly tag: string;
+  readonly message: string;
+  readonly details?: unknown;
+}
+
+/** Host → plugin messages. */
+export type HostMessage =
+  | { readonly t: "init"; readonly config: Record<string, unknown> }
+  | {
+    readonly t: "effect";
+    readonly id: number;
+    readonly name: string;
+    readonly args: unknown;
+    readonly idempotencyKey: string;
+  }
+  | {
+    readonly t: "workflow";
+    readonly id: number;
+    readonly name: string;
+    readonly runId: string;
+    readonly input: unknown;
+    readonly journal: ReadonlyArray<JournalEntry>;
+  }
+  | { readonly t: "health"; readonly id: number }
+  | { readonly t: "reply"; readonly id: number; readonly ok: true; readonly value: unknown }
+  | { readonly t: "reply"; readonly id: number; readonly ok: false; readonly error: WireError };
+
+/** Requests a running workflow makes of the host (answered with a `reply`). */
+export type HostCall =
+  | {
+    readonly op: "checkpoint";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly value: unknown;
+  }
+  | {
+    readonly op: "effect";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly args: unknown;
+  }
+  | {
+    readonly op: "memory.remember";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly item: MemoryInput;
+  };
+
+/** Plugin → host messages. */
+export type PluginMessage =
+  | {
+    readonly t: "ready";
+    readonly effects: ReadonlyArray<string>;
+    readonly workflows: ReadonlyArray<string>;
+  }
+  | { readonly t: "result"; readonly id: number; readonly ok: true; readonly value: unknown }
+  | { readonly t: "result"; readonly id: number; readonly ok: false; readonly error: WireError }
+  | ({ readonly t: "call"; readonly id: number } & HostCall);
+
+/** What a workflow may ask memory to remember. */
+export interface MemoryInput {
+  readonly text: string;
+  readonly kind: "fact" | "preference" | "note" | "summary" | "record-ref";
+  readonly tags?: ReadonlyArray<string>;
+}
+
+/** The tag the host uses to tell a workflow it must stop here and wait. */
+export const SUSPENDED = "RunSuspended";

@@ -1,0 +1,75 @@
+/**
+ * @module
+ * The Deno KV store and the data-dir lock. One host process owns a data dir:
+ * the lock is an OS file lock (released by the kernel when the process dies,
+ * even by `kill -9`), so a second owner is refused with a clear error while a
+ * crashed owner never leaves a stale lock behind.
+ */
+import { Context, Effect, Layer } from "effect";
+import { DataDirLockedError, StoreError } from "../errors/mod.ts";
+import { KeelConfig } from "../config/mod.ts";
+
+/** The Deno KV handle shared by the journal, approvals, registry and audit. */
+export class Kv extends Context.Service<Kv, { readonly kv: Deno.Kv }>()("keel/store/Kv") {
+  /** Opens `<dataDir>/keel.kv` (or in memory) after taking the data-dir lock. */
+  static readonly layer = Layer.effect(
+    Kv,
+    Effect.gen(function* () {
+      const config = yield* KeelConfig;
+      if (config.dataDir !== ":memory:") yield* lockDataDir(config.dataDir);
+      const path = config.dataDir === ":memory:" ? ":memory:" : `${config.dataDir}/keel.kv`;
+      const kv = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => Deno.openKv(path),
+          catch: (cause) => new StoreError({ message: `Cannot open Deno KV at "${path}": ${String(cause)}` }),
+        }),
+        (kv) => Effect.sync(() => kv.close()),
+      );
+      return Kv.of({ kv });
+    }),
+  );
+}
+
+/** Take the exclusive lock on a data dir for the lifetime of the scope. */
+export const lockDataDir = (dataDir: string) =>
+  Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        Deno.mkdirSync(dataDir, { recursive: true });
+        const file = Deno.openSync(`${dataDir}/keel.lock`, { read: true, write: true, create: true });
+        if (!file.tryLockSync(true)) {
+          file.close();
+          return undefined;
+        }
+        file.truncateSync(0);
+        file.writeSync(new TextEncoder().encode(`${Deno.pid}\n`));
+        return file;
+      },
+      catch: (cause) => new StoreError({ message: `Cannot use data dir "${dataDir}": ${String(cause)}` }),
+    }).pipe(
+      Effect.flatMap((file) =>
+        file === undefined
+          ? Effect.fail(
+            new DataDirLockedError({
+              message: `Data dir "${dataDir}" is in use by another Keel process${ownerOf(dataDir)}`,
+              details: { dataDir },
+            }),
+          )
+          : Effect.succeed(file)
+      ),
+    ),
+    (file) => Effect.sync(() => file.close()),
+  );
+
+const ownerOf = (dataDir: string): string => {
+  try {
+    const pid = Deno.readTextFileSync(`${dataDir}/keel.lock`).trim();
+    return pid ? ` (pid ${pid})` : "";
+  } catch {
+    return "";
+  }
+};
+
+/** Wrap a KV promise, naming what was being done when it failed. */
+export const kvTry = <A>(what: string, f: () => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: (cause) => new StoreError({ message: `${what}: ${String(cause)}` }) });

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * State stores: Deno KV and the data-dir lock.
+ */
+export * from "./Kv.ts";

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * Semantic events and the tamper-evident audit log.
+ */
+export * from "./Audit.ts";
