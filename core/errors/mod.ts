@@ -90,3 +90,29 @@ export const toErrorBody = (error: unknown): ErrorBody => {
   if (error instanceof Error) return { tag: "InternalError", message: error.message };
   return { tag: "InternalError", message: String(error) };
 };
+
+const BY_TAG = {
+  InvalidInputError,
+  NotFoundError,
+  ConflictError,
+  ManifestError,
+  GrantError,
+  ModuleGraphError,
+  PolicyFileError,
+  PolicyDeniedError,
+  EffectNotDeclaredError,
+  PermissionDeniedError,
+  PluginCrashedError,
+  PluginTimeoutError,
+  PluginFailedError,
+  StoreError,
+  DataDirLockedError,
+  UnauthorizedError,
+  RunSuspendedError,
+} as const;
+
+/** Rebuild a Keel error that crossed the plugin boundary as `{tag, message}`; undefined for a plugin's own tag. */
+export const fromErrorBody = (body: ErrorBody): KeelError | undefined => {
+  const make = BY_TAG[body.tag as keyof typeof BY_TAG];
+  return make ? new make({ message: body.message, details: body.details }) : undefined;
+};

@@ -72,6 +72,22 @@ export const actionDigest = (e: { effect: string; args: unknown; runId: string; 
     sha256Hex(canonicalJson({ effect: e.effect, args: e.args, runId: e.runId, seq: e.seq, policyHash: e.policyHash }))
   );
 
+/** Largest effect step the journal can record, args and result together (Deno KV values are capped at 64 KiB). */
+const MAX_EFFECT_RECORD = 60 * 1024;
+
+/** A result too large to journal fails the effect, so it is still journaled and audited. */
+const fitsJournal = (r: EffectRequest) => (value: unknown) => {
+  // UTF-8 bytes of the JSON bound what Deno KV stores (it keeps strings as Latin-1 or UTF-16).
+  const size = new TextEncoder().encode(JSON.stringify([value ?? null, r.args ?? null])).length;
+  return size <= MAX_EFFECT_RECORD ? Effect.succeed(value) : Effect.fail(
+    new PluginFailedError({
+      message:
+        `Effect "${r.effect}" ran, but its result and args are ${size} bytes; Keel records at most ${MAX_EFFECT_RECORD}`,
+      details: { effect: r.effect, ran: true, size, limit: MAX_EFFECT_RECORD },
+    }),
+  );
+};
+
 /** The Gateway service. */
 export class Gateway extends Context.Service<Gateway, {
   request(request: EffectRequest): Effect.Effect<unknown, GatewayError>;
@@ -266,7 +282,9 @@ export class Gateway extends Context.Service<Gateway, {
         } else {
           yield* journal.putStep(r.runId, intent);
         }
-        const outcome = yield* Effect.result(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey));
+        const outcome = yield* Effect.result(
+          Effect.flatMap(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey), fitsJournal(r)),
+        );
         const endedAt = yield* Clock.currentTimeMillis;
         const latencyMs = endedAt - startedAt;
         const base = {

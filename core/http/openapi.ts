@@ -196,7 +196,7 @@ export const openApiDocument = {
       get: {
         summary: "A run: status, steps, output, error",
         parameters: [idParam("id"), waitParam],
-        responses: { "200": { description: "The run", ...json(ref("Run")) }, ...errors(401, 404) },
+        responses: { "200": { description: "The run", ...json(ref("Run")) }, ...errors(400, 401, 404) },
       },
     },
     "/api/approvals": {

@@ -93,7 +93,8 @@ const netProblem = (entry: string): string | undefined => {
   if (!match) return "a net permission must be a literal host:port";
   const port = Number(match[2]);
   if (port < 1 || port > 65535) return "port out of range";
-  if (match[1] === "0.0.0.0" || match[1] === "[::]" || match[1].includes("*")) {
+  // Any spelling of the unspecified address (0, 0.0, 0x0, [::], [::ffff:0.0.0.0] …) reaches every local port.
+  if (/^(0x)?0*(\.(0x)?0*){0,3}$/i.test(match[1]) || /^\[[0:]*(ffff:)?[0:.]*\]$/i.test(match[1])) {
     return "wildcard hosts are never granted";
   }
   return undefined;

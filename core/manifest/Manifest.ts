@@ -212,10 +212,52 @@ const invalid = (file: string, field: string, why: string) =>
 const schemaProblem = (schema: JsonSchema): string | undefined => {
   try {
     new Validator(schema, "2020-12", false).validate(null);
-    return undefined;
+    return shapeProblem(schema, "", schema);
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
   }
+};
+
+// cfworker accepts these silently, then rejects every value (`type: "objekt"`)
+// or throws while validating one (`pattern: "(["`, a nested `$ref` to nowhere),
+// so check them up front.
+const JSON_TYPES = ["null", "boolean", "object", "array", "number", "integer", "string"];
+const SUB_SCHEMA = ["items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames"];
+const SUB_SCHEMAS = ["allOf", "anyOf", "oneOf", "prefixItems"];
+const SCHEMA_MAPS = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
+const shapeProblem = (schema: unknown, at: string, root: JsonSchema): string | undefined => {
+  if (typeof schema === "boolean") return undefined;
+  if (schema === null || typeof schema !== "object" || Array.isArray(schema)) return `"${at || "/"}" is not a schema`;
+  const s = schema as Record<string, unknown>;
+  const bad = (Array.isArray(s.type) ? s.type : s.type === undefined ? [] : [s.type])
+    .find((t) => !JSON_TYPES.includes(t as string));
+  if (bad !== undefined) return `"${at}/type" ${JSON.stringify(bad)} is not a JSON type`;
+  if (typeof s.$ref === "string" && s.$ref.startsWith("#/")) {
+    let target: unknown = root;
+    for (const part of s.$ref.slice(2).split("/")) {
+      const key = decodeURIComponent(part).replaceAll("~1", "/").replaceAll("~0", "~");
+      target = target !== null && typeof target === "object" ? (target as Record<string, unknown>)[key] : undefined;
+    }
+    if (target === undefined) return `"${at}/$ref" ${JSON.stringify(s.$ref)} points at nothing in this schema`;
+  }
+  for (const p of [...(s.pattern === undefined ? [] : [s.pattern]), ...Object.keys(s.patternProperties ?? {})]) {
+    try {
+      new RegExp(p as string, "u");
+    } catch {
+      return `"${at}/pattern" ${JSON.stringify(p)} is not a valid regular expression`;
+    }
+  }
+  for (const k of [...SUB_SCHEMA, ...SUB_SCHEMAS, ...SCHEMA_MAPS]) {
+    const v = s[k];
+    if (v === undefined) continue;
+    const one = SUB_SCHEMA.includes(k) && !Array.isArray(v);
+    const children = one ? [["", v]] : v !== null && typeof v === "object" ? Object.entries(v) : [["", v]];
+    for (const [i, child] of children) {
+      const problem = shapeProblem(child, i === "" ? `${at}/${k}` : `${at}/${k}/${i}`, root);
+      if (problem) return problem;
+    }
+  }
+  return undefined;
 };
 
 /** Read and validate `<dir>/plugin.json`. */

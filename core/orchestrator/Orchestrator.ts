@@ -13,8 +13,8 @@ import { Gateway } from "../gateway/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Memory } from "../memory/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
-import type { HostCall, JournalEntry, WireError } from "../sdk/protocol.ts";
-import { SUSPENDED } from "../sdk/protocol.ts";
+import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
+import { SUSPENDED } from "../sdk/mod.ts";
 
 /** A run with its steps, as the API shows it. */
 export interface RunView extends RunRecord {
@@ -108,7 +108,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
                   details: { seq: call.seq },
                 });
               }
-              return won.value;
+              // The workflow already holds the value; echoing it back would only copy it again.
+              return null;
             }
             case "effect":
               return yield* gateway.request({
@@ -174,7 +175,20 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           host.runWorkflow(agent.success, run.workflow, runId, run.input, entries, handle(run, agent.success)),
         );
         if (outcome._tag === "Success") {
-          yield* finish(run, { status: "succeeded", output: outcome.success });
+          // An output too large for the run record would leave the run "running" forever: fail it instead.
+          const size = new TextEncoder().encode(JSON.stringify([outcome.success ?? null, run.input ?? null])).length;
+          yield* finish(
+            run,
+            size <= MAX_STEP_BYTES ? { status: "succeeded", output: outcome.success } : {
+              status: "failed",
+              error: {
+                tag: "PluginFailedError",
+                message:
+                  `Workflow "${run.workflow}" returned ${size} bytes with its input; a run records at most ${MAX_STEP_BYTES}`,
+                details: { plugin: run.plugin, size, limit: MAX_STEP_BYTES },
+              },
+            },
+          );
         } else if (outcome.failure._tag === "RunSuspendedError") {
           notify(runId);
         } else {
@@ -288,15 +302,20 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           });
         }
         const now = yield* Clock.currentTimeMillis;
+        const run = yield* journal.getRun(approval.runId);
+        const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
+        const runPatch = resume
+          ? { run: { id: approval.runId, patch: { status: "running" as const, waitingFor: undefined } } }
+          : undefined;
         if (Date.parse(approval.expiresAt) <= now) {
-          yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending");
-          yield* audit.append({
-            type: "approval.expired",
-            actor: "system",
-            runId: approval.runId,
-            data: { approvalId },
+          // Too late for this one; the resumed run asks for a fresh approval of the same action.
+          yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch);
+          yield* audit.append({ type: "approval.expired", actor: "system", runId: approval.runId, data: { approvalId } });
+          if (resume) execute(approval.runId);
+          return yield* new ConflictError({
+            message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
+            details: { status: "expired" },
           });
-          return yield* new ConflictError({ message: `Approval "${approvalId}" expired at ${approval.expiresAt}` });
         }
         if (
           d.approve && approval.kind === "unknown_outcome" && d.resolution !== "retry" && d.resolution !== "delivered"
@@ -313,13 +332,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           ...(d.note ? { note: d.note } : {}),
           ...(approval.kind === "unknown_outcome" && d.resolution ? { resolution: d.resolution } : {}),
         };
-        const run = yield* journal.getRun(approval.runId);
-        const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
-        const ok = yield* journal.transitionApproval(
-          decided,
-          "pending",
-          resume ? { run: { id: approval.runId, patch: { status: "running", waitingFor: undefined } } } : undefined,
-        );
+        const ok = yield* journal.transitionApproval(decided, "pending", runPatch);
         if (!ok) {
           return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
         }

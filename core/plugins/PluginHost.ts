@@ -11,6 +11,8 @@ import { Validator } from "@cfworker/json-schema";
 import { KeelConfig } from "../config/mod.ts";
 import {
   ConflictError,
+  fromErrorBody,
+  type KeelError,
   type GrantError,
   InvalidInputError,
   type ManifestError,
@@ -38,8 +40,8 @@ import {
 } from "../manifest/mod.ts";
 import { Kv, kvTry } from "../store/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
-import type { JournalEntry } from "../sdk/protocol.ts";
-import { SUSPENDED } from "../sdk/protocol.ts";
+import type { JournalEntry } from "../sdk/mod.ts";
+import { SUSPENDED } from "../sdk/mod.ts";
 import { CallFailure, Connection, type HostCallHandler } from "./_connection.ts";
 import { checkModuleGraph } from "./moduleGraph.ts";
 
@@ -82,8 +84,17 @@ export type InstallError =
   | ConflictError
   | StoreError;
 
-/** What a plugin call can fail with. */
-export type CallError = PluginCrashedError | PluginTimeoutError | PluginFailedError | PermissionDeniedError;
+/**
+ * What a plugin call can fail with: the plugin crashed, hung, was denied or
+ * failed; or a workflow passed on a Keel error it got from the host (an
+ * effect denied by policy, say), which keeps its own tag.
+ */
+export type CallError =
+  | PluginCrashedError
+  | PluginTimeoutError
+  | PluginFailedError
+  | PermissionDeniedError
+  | Exclude<KeelError, RunSuspendedError>;
 
 interface Live {
   conn?: Connection;
@@ -134,6 +145,9 @@ export class PluginHost extends Context.Service<PluginHost, {
         ? Deno.makeTempDirSync({ prefix: "keel-plugins-" })
         : `${config.dataDir}/plugin-data`;
       const sdkDir = `${config.root}/core/sdk`;
+      if (config.dataDir === ":memory:") {
+        yield* Effect.addFinalizer(() => Effect.ignore(Effect.try(() => Deno.removeSync(dataRoot, { recursive: true }))));
+      }
 
       yield* kvTry("Cannot read the plugin registry", async () => {
         for await (const e of kv.list<InstalledPlugin>({ prefix: ["plugin"] })) registry.set(e.value.name, e.value);
@@ -199,6 +213,10 @@ export class PluginHost extends Context.Service<PluginHost, {
             details: { plugin, tag: w.tag },
           });
         }
+        // A Keel error the plugin passed on (a workflow failing because an effect was denied) keeps its tag.
+        // Only an agent passes Keel errors on; a connector claiming one (PolicyDeniedError, say) keeps it as a detail.
+        const keel = registry.get(plugin)?.manifest.kind === "agent" ? fromErrorBody(w) : undefined;
+        if (keel && keel._tag !== "RunSuspendedError") return keel;
         return new PluginFailedError({
           message: `Plugin "${plugin}" failed: ${w.message}`,
           details: { plugin, tag: w.tag, details: w.details },
@@ -290,6 +308,12 @@ export class PluginHost extends Context.Service<PluginHost, {
           const l = liveOf(plugin.name);
           l.crashed = true;
           l.lastError = error.message;
+          // The first Worker's death is audited like any restarted one's.
+          Effect.runFork(Effect.ignore(audit.append({
+            type: "plugin.crashed",
+            actor: `plugin:${plugin.name}`,
+            data: { plugin: plugin.name, version: plugin.version, error },
+          })));
         };
         registry.set(plugin.name, plugin);
         yield* audit.append({
@@ -355,7 +379,14 @@ export class PluginHost extends Context.Service<PluginHost, {
 
       return PluginHost.of({
         preview: (path, cfg) => Effect.map(preview(path, cfg), ({ manifest, requested }) => ({ manifest, requested })),
-        install,
+        // A refused install is audited too: who tried to install what, and why it was refused.
+        install: (request, actor) =>
+          Effect.tapError(install(request, actor), (error) =>
+            Effect.ignore(audit.append({
+              type: "plugin.refused",
+              actor,
+              data: { path: request.path, error: { tag: error._tag, message: error.message } },
+            }))),
         list,
         get,
         findEffect,

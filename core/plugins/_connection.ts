@@ -7,7 +7,7 @@
  * next call starts a fresh one. The host never lets a Worker's error reach
  * its own event loop.
  */
-import type { HostCall, HostMessage, PluginMessage, WireError } from "../sdk/protocol.ts";
+import type { HostCall, HostMessage, PluginMessage, WireError } from "../sdk/mod.ts";
 import type { WorkerPermissions } from "../manifest/mod.ts";
 
 /** Why a call failed, as seen from the host. */
@@ -73,7 +73,14 @@ export class Connection {
       },
       timer: startTimer,
     });
-    this.#worker.onmessage = (event: MessageEvent<PluginMessage>) => this.#receive(event.data);
+    this.#worker.onmessage = (event: MessageEvent<PluginMessage>) => {
+      try {
+        this.#receive(event.data);
+      } catch (error) {
+        // Nothing a plugin sends may throw in the host's event loop: that would end the host.
+        this.kill({ tag: "PluginCrashedError", message: `Plugin broke the protocol: ${String(error)}` });
+      }
+    };
     this.#worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
       this.kill({ tag: "PluginCrashedError", message: `Plugin "${name}" crashed: ${event.message}` });
@@ -146,11 +153,14 @@ export class Connection {
 
   #settle(id: number, ok: boolean, value: unknown, error?: WireError): void {
     const p = this.#pending.get(id);
-    if (!p) return;
+    if (!p) {
+      // Every request is answered once or its Worker is retired, so this is a forgery or a flood.
+      return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: an answer to no request" });
+    }
     this.#pending.delete(id);
     clearTimeout(p.timer);
     if (ok) p.resolve(value);
-    else p.reject(new CallFailure("failed", error!));
+    else p.reject(new CallFailure("failed", wireError(error)));
   }
 
   #receive(message: PluginMessage): void {
@@ -172,7 +182,7 @@ export class Connection {
     }
     switch (message.t) {
       case "ready":
-        return this.#settle(0, true, { effects: message.effects, workflows: message.workflows });
+        return this.#settle(0, true, { effects: names(message.effects), workflows: names(message.workflows) });
       case "result":
         return message.ok
           ? this.#settle(message.id, true, message.value)
@@ -201,3 +211,22 @@ export class Connection {
 }
 
 const describe = (m: { t: string; name?: string }) => (m.name ? `${m.t} ${m.name}` : m.t);
+
+/** Largest `details` of a plugin's error kept, in characters of JSON: errors are journaled and audited. */
+const MAX_ERROR_DETAILS = 8 * 1024;
+
+/** A plugin's error as the host records it: string tag and message, bounded details, whatever it sent. */
+const wireError = (raw: unknown): WireError => {
+  const e = (raw !== null && typeof raw === "object" ? raw : {}) as Record<string, unknown>;
+  const tag = typeof e.tag === "string" && e.tag !== "" ? e.tag.slice(0, 100) : "PluginError";
+  const message = typeof e.message === "string" ? e.message.slice(0, 4000) : `Plugin failed without a message`;
+  if (e.details === undefined) return { tag, message };
+  let size = Infinity;
+  try {
+    size = JSON.stringify(e.details)?.length ?? 0;
+  } catch { /* not JSON: dropped below */ }
+  return { tag, message, details: size <= MAX_ERROR_DETAILS ? e.details : { truncated: true, size } };
+};
+
+const names = (list: unknown): string[] =>
+  Array.isArray(list) ? list.filter((n): n is string => typeof n === "string") : [];

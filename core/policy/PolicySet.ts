@@ -72,7 +72,8 @@ export const parsePolicyFile = (
     };
     if (doc.errors.length) {
       const e = doc.errors[0];
-      return yield* fail(e.linePos?.[0].line ?? 1, e.message.split("\n")[0]);
+      // `linePos` is only filled in with prettyErrors; `pos` always is.
+      return yield* fail(e.linePos?.[0].line ?? lineCounter.linePos(e.pos[0]).line, e.message.split("\n")[0]);
     }
     const root = doc.contents;
     if (root === null) return { rules: [] };
@@ -111,6 +112,11 @@ const parseRule = (
     if (!isMap(node)) return yield* fail(line, "a rule must be a mapping");
     const value = node.toJSON() as Record<string, unknown>;
     const at = (key: string) => lineOf(node.get(key, true) ?? node);
+    // The line of `parent.key` (e.g. `match.class`), so errors point at the offending entry.
+    const atIn = (parent: string, key: string) => {
+      const p = node.get(parent, true);
+      return isMap(p) ? lineOf(p.get(key, true) ?? p) : at(parent);
+    };
     const allowed = ["id", "description", "match", "decision", "approval"];
     const unknown = Object.keys(value).find((k) => !allowed.includes(k));
     if (unknown) return yield* fail(at(unknown), `unknown rule key "${unknown}"`);
@@ -128,19 +134,19 @@ const parseRule = (
     for (const [k, v] of Object.entries(rawMatch)) {
       if (!(MATCH_KEYS as ReadonlyArray<string>).includes(k)) {
         return yield* fail(
-          at("match"),
+          atIn("match", k),
           `rule "${value.id}": unknown match key "${k}" (expected ${MATCH_KEYS.join(", ")})`,
         );
       }
       const list = Array.isArray(v) ? v : [v];
       if (!list.length || list.some((x) => typeof x !== "string" || x === "")) {
-        return yield* fail(at("match"), `rule "${value.id}": match "${k}" must be a string or a list of strings`);
+        return yield* fail(atIn("match", k), `rule "${value.id}": match "${k}" must be a string or a list of strings`);
       }
       if (k === "class") {
         const bad = list.find((c) => !(EFFECT_CLASSES as ReadonlyArray<string>).includes(c));
         if (bad) {
           return yield* fail(
-            at("match"),
+            atIn("match", k),
             `rule "${value.id}": unknown effect class "${bad}" (expected ${EFFECT_CLASSES.join(", ")})`,
           );
         }
@@ -155,7 +161,10 @@ const parseRule = (
       }
       const expires = a.expires === undefined ? DEFAULT_APPROVAL_MS : parseDuration(String(a.expires));
       if (expires === undefined) {
-        return yield* fail(at("approval"), `rule "${value.id}": approval "expires" must look like 30m, 72h or 7d`);
+        return yield* fail(
+          atIn("approval", "expires"),
+          `rule "${value.id}": approval "expires" must look like 30m, 72h or 7d`,
+        );
       }
       approval = {
         approver: typeof a.approver === "string" ? a.approver : "operator",

@@ -14,7 +14,7 @@
 import type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
 import { SUSPENDED } from "./protocol.ts";
 
-export type { HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
+export type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
 export { SUSPENDED } from "./protocol.ts";
 
 /** What an effect handler learns about the call it serves. */
@@ -78,7 +78,10 @@ interface Port {
 const toWire = (error: unknown): WireError => {
   if (error instanceof PluginError) return { tag: error.tag, message: error.message, details: error.details };
   if (error instanceof Error) {
-    const tag = error.name === "NotCapable" || error.name === "PermissionDenied" ? "PermissionDenied" : error.name;
+    // Deno reports a denied dynamic import as a TypeError "Requires read access to …".
+    const denied = error.name === "NotCapable" || error.name === "PermissionDenied" ||
+      /^Requires \w+ access\b/.test(error.message);
+    const tag = denied ? "PermissionDenied" : error.name;
     return { tag: tag || "PluginError", message: error.message };
   }
   return { tag: "PluginError", message: String(error) };
@@ -169,7 +172,8 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
   };
 
   const answer = (id: number, work: () => Promise<unknown>) => {
-    work().then(
+    // A handler that throws before returning its promise fails its call, not the whole Worker.
+    new Promise<unknown>((resolve) => resolve(work())).then(
       (value) => send({ t: "result", id, ok: true, value: value === undefined ? null : value }),
       (error) => send({ t: "result", id, ok: false, error: toWire(error) }),
     );

@@ -25,10 +25,35 @@ export class Kv extends Context.Service<Kv, { readonly kv: Deno.Kv }>()("keel/st
         }),
         (kv) => Effect.sync(() => kv.close()),
       );
+      yield* checkSchema(kv, path);
       return Kv.of({ kv });
     }),
   );
 }
+
+/** The KV layout version this Keel writes; a data dir from a newer Keel is refused, never rewritten. */
+export const KV_SCHEMA_VERSION = 1;
+
+const checkSchema = (kv: Deno.Kv, path: string) =>
+  Effect.flatMap(
+    kvTry("Cannot read the KV schema version", async () => {
+      const current = await kv.get<number>(["meta", "schema"]);
+      if (current.value === null) {
+        await kv.atomic().check(current).set(["meta", "schema"], KV_SCHEMA_VERSION).commit();
+        return KV_SCHEMA_VERSION;
+      }
+      return current.value;
+    }),
+    (version) =>
+      version > KV_SCHEMA_VERSION
+        ? Effect.fail(
+          new StoreError({
+            message:
+              `Deno KV at "${path}" has layout version ${version}; this Keel understands up to ${KV_SCHEMA_VERSION}: upgrade Keel`,
+          }),
+        )
+        : Effect.void,
+  );
 
 /** Take the exclusive lock on a data dir for the lifetime of the scope. */
 export const lockDataDir = (dataDir: string) =>

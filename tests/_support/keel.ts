@@ -38,7 +38,9 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
   let policiesDir = `${ROOT}/policies`;
   if (options.policies) {
     policiesDir = await Deno.makeTempDir({ prefix: "keel-policies-" });
-    for (const [name, text] of Object.entries(options.policies)) await Deno.writeTextFile(`${policiesDir}/${name}`, text);
+    for (const [name, text] of Object.entries(options.policies)) {
+      await Deno.writeTextFile(`${policiesDir}/${name}`, text);
+    }
   }
   const keel = await startKeel({
     dataDir,

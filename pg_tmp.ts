@@ -1,0 +1,16 @@
+import { PGlite } from "@electric-sql/pglite";
+import { vector } from "@electric-sql/pglite-pgvector";
+let t = performance.now();
+const db = await PGlite.create("memory://", { extensions: { vector } });
+await db.exec("create extension if not exists vector; create table t (v vector(3))");
+console.log("init", performance.now() - t);
+t = performance.now();
+const dump = await db.dumpDataDir("gzip");
+console.log("dump", performance.now() - t, dump.size);
+await db.close();
+t = performance.now();
+const db2 = await PGlite.create({ loadDataDir: dump, extensions: { vector } });
+console.log((await db2.query("select count(*) from t")).rows, "load", performance.now() - t);
+t = performance.now();
+const db3 = await PGlite.create({ dataDir: "/tmp/pgx" + Date.now(), loadDataDir: dump, extensions: { vector } });
+console.log((await db3.query("select count(*) from t")).rows, "load to dir", performance.now() - t);

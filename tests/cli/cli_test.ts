@@ -1,0 +1,245 @@
+/**
+ * @module
+ * The CLI as an operator runs it: `deno run -A main.ts …` in a child process.
+ * Help for every command, clear one-line errors (no stack traces) for unknown
+ * commands, bad JSON and an unreachable Keel, and `plugin install`, which
+ * shows the requested permissions in plain words and installs only when told
+ * to (`--yes`, or a "y" at a terminal).
+ */
+import assert from "node:assert/strict";
+import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
+
+interface CliResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+const scratch = await Deno.makeTempDir({ prefix: "keel-cli-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(scratch, { recursive: true }));
+
+/**
+ * Run the CLI with stdin closed (not a terminal). Every KEEL_* variable is set
+ * so the parent's environment cannot leak in; empty means unset to main.ts.
+ */
+const keel = async (args: string[], env: Record<string, string> = {}): Promise<CliResult> => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}/main.ts`, ...args],
+    cwd: scratch,
+    env: {
+      KEEL_DATA_DIR: `${scratch}/data`,
+      KEEL_PORT: "",
+      KEEL_HOST: "",
+      KEEL_TOKEN: "",
+      KEEL_POLICIES: "",
+      KEEL_URL: "",
+      NO_COLOR: "1",
+      ...env,
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+};
+
+/** Run several CLI invocations two at a time (the machine has two cores). */
+const keelAll = async (runs: Array<[string[], Record<string, string>?]>): Promise<CliResult[]> => {
+  const results: CliResult[] = [];
+  for (let i = 0; i < runs.length; i += 2) {
+    results.push(...await Promise.all(runs.slice(i, i + 2).map(([args, env]) => keel(args, env))));
+  }
+  return results;
+};
+
+/** A one-line `error: …` on stderr, nothing that looks like a stack frame. */
+const cleanError = (r: CliResult, message: RegExp | string) => {
+  assert.equal(r.code, 1, `exit 1: ${r.stdout}${r.stderr}`);
+  const line = r.stderr.trim();
+  assert.equal(line.split("\n").length, 1, `one line: ${r.stderr}`);
+  if (typeof message === "string") assert.equal(line, message);
+  else assert.match(line, message);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack frames");
+  assert.doesNotMatch(r.stderr, /Uncaught|Stack backtrace/);
+};
+
+const COMMANDS = ["serve", "plugin", "run", "runs", "approvals", "approve", "deny", "audit"];
+
+Deno.test("`main.ts --help`, `-h` and no command print the overview listing every command and exit 0", async () => {
+  const results = await keelAll([[["--help"]], [["-h"]], [[]]]);
+  for (const r of results) {
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, "");
+    assert.match(r.stdout, /^Keel — /);
+    assert.match(r.stdout, /Usage: deno task keel <command>/);
+    for (const command of COMMANDS) assert.match(r.stdout, new RegExp(`^  ${command}\\b`, "m"), command);
+  }
+  assert.equal(results[0].stdout, results[1].stdout);
+  assert.equal(results[0].stdout, results[2].stdout);
+});
+
+Deno.test("`--help` on every command prints that command's usage and exits 0 without touching Keel", async () => {
+  const results = await keelAll(COMMANDS.map((c) => [[c, "--help"]]));
+  for (const [i, r] of results.entries()) {
+    const command = COMMANDS[i];
+    assert.equal(r.code, 0, `${command}: ${r.stderr}`);
+    assert.equal(r.stderr, "", command);
+    assert.match(r.stdout, /Usage:/, command);
+    assert.match(r.stdout, new RegExp(`deno task keel ${command}\\b`), command);
+    assert.doesNotMatch(r.stdout, /^Keel — /, `${command} has its own help`);
+  }
+  // `serve --help` explains, and does not start a server or create the data dir.
+  assert.match(results[0].stdout, /KEEL_DATA_DIR/);
+  assert.throws(() => Deno.statSync(`${scratch}/data/keel.kv`));
+});
+
+Deno.test("an unknown command exits 1 with a clear message and no stack trace", async () => {
+  const [unknown, flag, sub] = await keelAll([
+    [["frobnicate"]],
+    [["audit", "--frobnicate"]],
+    [["plugin", "remove", "smtp"]],
+  ]);
+  cleanError(unknown, 'error: Unknown command "frobnicate". Run "deno task keel --help"');
+  cleanError(flag, /^error: Unknown option '--frobnicate'/);
+  cleanError(sub, 'error: Unknown plugin command "remove": use install or list');
+});
+
+Deno.test('client commands exit 1 with "Keel is not running at …" when nothing listens there', async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const url = `http://127.0.0.1:${port}`;
+  const commands = [
+    ["plugin", "list"],
+    ["run", "onboard_client", "--input", '{"name":"Ada","email":"ada@example.test"}'],
+    ["runs", "show", "run_x"],
+    ["approvals"],
+    ["approve", "apr_x"],
+    ["deny", "apr_x", "--note", "no"],
+    ["audit"],
+    ["audit", "--verify"],
+  ];
+  const results = await keelAll(commands.map((args) => [args, { KEEL_URL: url, KEEL_TOKEN: "t" }]));
+  for (const [i, r] of results.entries()) {
+    cleanError(r, `error: Keel is not running at ${url}: start it with "deno task start"`);
+    assert.equal(r.stdout, "", commands[i].join(" "));
+  }
+  // Without KEEL_URL the address comes from KEEL_PORT.
+  cleanError(await keel(["approvals"], { KEEL_PORT: String(port) }), new RegExp(`not running at ${url}:`));
+});
+
+Deno.test("bad JSON in --input, --config or --grant is a clear error before anything is sent", async () => {
+  const [input, config, grant] = await keelAll([
+    [["run", "onboard_client", "--input", "notjson"]],
+    [["plugin", "install", `${ROOT}/plugins/smtp`, "--config", "{host: x}"]],
+    [["plugin", "install", `${ROOT}/agents/onboarding`, "--grant", "net=all", "--yes"]],
+  ]);
+  cleanError(input, /^error: --input must be JSON: /);
+  cleanError(config, /^error: --config must be JSON: /);
+  cleanError(grant, /^error: --grant must be JSON: /);
+});
+
+Deno.test("`plugin install` of a bad manifest names the file and field and never contacts Keel", async () => {
+  const [version, run] = await keelAll([
+    [["plugin", "install", `${ROOT}/tests/fixtures/bad/bad-version`, "--yes"]],
+    [["plugin", "install", `${ROOT}/tests/fixtures/bad/permission-run`, "--yes"]],
+  ]);
+  cleanError(version, /^error: Invalid manifest ".*\/bad-version\/plugin\.json": field "version"/);
+  cleanError(
+    run,
+    /^error: Invalid manifest ".*\/permission-run\/plugin\.json": field "permissions\.run" is never granted/,
+  );
+  assert.doesNotMatch(version.stderr + run.stderr, /not running/);
+});
+
+const pluginsOf = async (k: TestKeel) => (await k.api("GET", "/api/plugins")).body.plugins;
+const eventTypes = async (k: TestKeel) =>
+  (await k.api("GET", "/api/audit")).body.events.map((e: { type: string }) => e.type) as string[];
+
+Deno.test("the CLI against a running Keel: install asks first, --yes installs, and errors change nothing", async (t) => {
+  const k = await startTestKeel();
+  const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
+  const smtp = `${ROOT}/plugins/smtp`;
+  const config = JSON.stringify({ host: "127.0.0.1", port: 2525, from: "Keel <keel@example.test>" });
+  try {
+    await t.step(
+      "`plugin install PATH` without --yes and without a terminal shows the permissions, refuses and installs nothing",
+      async () => {
+        const r = await keel(["plugin", "install", smtp, "--config", config], env);
+        assert.match(r.stdout, /^Plugin smtp 0\.1\.0 \(connector\): Sends email/m);
+        assert.match(r.stdout, /^It asks to:\n {2}- connect to 127\.0\.0\.1:2525$/m);
+        assert.match(r.stdout, /^ {2}- email\.send \(irreversible\): /m);
+        cleanError(r, "error: Not installed (answer y, or pass --yes in scripts)");
+        assert.deepEqual(await pluginsOf(k), []);
+        assert.ok(!(await eventTypes(k)).includes("plugin.installed"));
+      },
+    );
+
+    await t.step("`plugin install` with a grant beyond the request is refused by Keel with a GrantError", async () => {
+      const r = await keel(
+        ["plugin", "install", smtp, "--config", config, "--grant", '{"net":["127.0.0.1:25"]}', "--yes"],
+        env,
+      );
+      assert.match(r.stdout, /You grant: \{"net":\["127\.0\.0\.1:25"\]\}/);
+      cleanError(
+        r,
+        /^error: GrantError: Grant for plugin "smtp" gives net "127\.0\.0\.1:25", which the plugin did not/,
+      );
+      assert.deepEqual(await pluginsOf(k), []);
+    });
+
+    await t.step("`plugin install` with a wrong token is refused with UnauthorizedError", async () => {
+      const r = await keel(["plugin", "install", smtp, "--config", config, "--yes"], { ...env, KEEL_TOKEN: "wrong" });
+      cleanError(r, /^error: UnauthorizedError: Missing or wrong bearer token/);
+      assert.deepEqual(await pluginsOf(k), []);
+    });
+
+    await t.step("`plugin install PATH --yes` installs with exactly the requested permissions", async () => {
+      const r = await keel(["plugin", "install", smtp, "--config", config, "--yes"], env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^Installed smtp 0\.1\.0 \(manifest [0-9a-f]{12}\)$/m);
+      const plugins = await pluginsOf(k);
+      assert.deepEqual(plugins.map((p: { name: string }) => p.name), ["smtp"]);
+      assert.deepEqual(plugins[0].grant, { net: ["127.0.0.1:2525"], env: [], read: [], write: [] });
+      assert.equal((await eventTypes(k)).filter((e) => e === "plugin.installed").length, 1);
+    });
+
+    await t.step("`plugin list` shows the plugin and its grant in plain words", async () => {
+      const r = await keel(["plugin", "list"], env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^smtp 0\.1\.0 connector — running$/m);
+      assert.match(r.stdout, /^ {4}grant: connect to 127\.0\.0\.1:2525$/m);
+    });
+
+    await t.step("client commands with unknown names exit 1 with Keel's error and change nothing", async () => {
+      const before = await eventTypes(k);
+      const [run, show, approve, deny, input, wait] = await keelAll([
+        [["run", "offboard_client", "--input", "{}"], env],
+        [["runs", "show", "run_missing"], env],
+        [["approve", "apr_missing"], env],
+        [["deny", "apr_missing"], env],
+        [["run", "onboard_client", "--input", "notjson"], env],
+        [["approvals", "--status", "bogus"], env],
+      ]);
+      cleanError(run, 'error: NotFoundError: Unknown workflow "offboard_client": no installed agent offers it');
+      cleanError(show, 'error: NotFoundError: No run with id "run_missing"');
+      cleanError(approve, 'error: NotFoundError: No approval with id "apr_missing"');
+      cleanError(deny, 'error: NotFoundError: No approval with id "apr_missing"');
+      cleanError(input, /^error: --input must be JSON: /);
+      cleanError(wait, /^error: InvalidInputError: Query "status" must be one of/);
+      assert.deepEqual(await eventTypes(k), before);
+    });
+
+    await t.step("`approvals` and `audit` work against the running Keel", async () => {
+      const approvals = await keel(["approvals"], env);
+      assert.equal(approvals.code, 0, approvals.stderr);
+      assert.equal(approvals.stdout.trim(), "No pending approvals");
+      const audit = await keel(["audit", "--verify"], env);
+      assert.equal(audit.code, 0, audit.stderr);
+      assert.equal(JSON.parse(audit.stdout).ok, true);
+    });
+  } finally {
+    await k.close();
+  }
+});
