@@ -122,8 +122,12 @@ export const schemaErrors = (validator: Validator, value: unknown, limit = 5): s
   const seen = new Set<string>();
   const lines: string[] = [];
   for (const e of [...result.errors].reverse()) {
-    const field = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".") || "(root)";
-    const line = `field "${field}" ${e.error.replace(/^Instance /, "").replace(/\.$/, "")}`;
+    const at = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".");
+    const missing = e.keyword === "required" ? /required property "([^"]+)"/.exec(e.error)?.[1] : undefined;
+    const field = missing ? (at ? `${at}.${missing}` : missing) : at || "(root)";
+    const line = missing
+      ? `field "${field}" is required`
+      : `field "${field}" ${e.error.replace(/^Instance /, "").replace(/\.$/, "")}`;
     if (e.keyword === "properties" || e.keyword === "items" || seen.has(field)) continue;
     seen.add(field);
     lines.push(line);

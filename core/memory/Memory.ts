@@ -122,7 +122,7 @@ export class Memory extends Context.Service<Memory, {
         remember: (item) =>
           Effect.gen(function* () {
             const contentHash = yield* Effect.promise(() => sha256Hex(`${item.kind}\n${item.text}`));
-            const id = `mem_${contentHash.slice(0, 24)}`;
+            const id = `mem_${(yield* Effect.promise(() => sha256Hex(`${item.scope}\n${contentHash}`))).slice(0, 24)}`;
             const rows = (yield* db("Cannot write memory", (pg) =>
               pg.query(
                 `insert into memory_items (id, scope, kind, text, tags, content_hash, embedder, embedding, run_id, seq, plugin, source)

@@ -34,6 +34,7 @@ import {
   type Permissions,
   readManifest,
   resolveRequested,
+  schemaErrors,
   validateConfig,
   workerPermissions,
   type WorkflowDecl,
@@ -368,13 +369,7 @@ export class PluginHost extends Context.Service<PluginHost, {
           v = new Validator(schema, "2020-12", false);
           l.validators.set(key, v);
         }
-        const result = v.validate(value);
-        if (result.valid) return [];
-        return result.errors.filter((e) => e.keyword !== "properties" && e.keyword !== "items").slice(0, 5).map((e) =>
-          `field "${e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".") || "(root)"}" ${
-            e.error.replace(/^Instance /, "").replace(/\.$/, "")
-          }`
-        );
+        return schemaErrors(v, value);
       };
 
       return PluginHost.of({

@@ -51,6 +51,9 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     root: ROOT,
     rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000,
     eagerMemory: false,
+  }).catch(async (error) => {
+    await cleanUp();
+    throw error;
   });
   const url = keel.url!;
   return {
@@ -66,7 +69,10 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
       });
       return { status: res.status, body: await res.json() };
     },
-    close: () => keel.close(),
+    async close() {
+      await keel.close();
+      await cleanUp();
+    },
   };
 };
 

@@ -172,16 +172,23 @@ export const waitUntilUp = async (keel: KeelProcess, timeoutMs = 60_000): Promis
   }
 };
 
-/** Spawn Keel and wait until /healthz answers. Kills it if it does not come up. */
+/**
+ * Spawn Keel and wait until /healthz answers. Kills it if it does not come up.
+ * If someone else took the free port between `freePort()` and Keel binding it,
+ * tries again on another port (unless the port was given).
+ */
 export const startKeelProcess = async (options: SpawnOptions): Promise<KeelProcess> => {
-  const keel = spawnKeel(options);
-  try {
-    await waitUntilUp(keel);
-  } catch (error) {
-    await keel.kill();
-    throw error;
+  for (let attempt = 1;; attempt++) {
+    const keel = spawnKeel(options);
+    try {
+      await waitUntilUp(keel);
+      return keel;
+    } catch (error) {
+      await keel.kill();
+      const portTaken = /AddrInUse|address already in use/i.test(keel.output());
+      if (!portTaken || options.port !== undefined || attempt >= 3) throw error;
+    }
   }
-  return keel;
 };
 
 /** Install the shipped smtp connector (granted only that host:port) and the onboarding agent over HTTP. */
@@ -212,7 +219,7 @@ export const runCli = async (
   options: { url: string; token?: string; timeoutMs?: number },
 ): Promise<CliResult> => {
   const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), options.timeoutMs ?? 60_000);
+  const timer = setTimeout(() => abort.abort(), options.timeoutMs ?? 120_000);
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "main.ts", ...args],
     cwd: ROOT,
