@@ -42,6 +42,11 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
       await Deno.writeTextFile(`${policiesDir}/${name}`, text);
     }
   }
+  // Remove only what this helper made; a caller's own data dir is theirs to keep.
+  const cleanUp = async () => {
+    if (!options.dataDir) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    if (options.policies) await Deno.remove(policiesDir, { recursive: true }).catch(() => {});
+  };
   const keel = await startKeel({
     dataDir,
     hostname: "127.0.0.1",
