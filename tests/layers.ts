@@ -48,7 +48,9 @@ export const violations = (): string[] => {
       const line = text.slice(0, m.index).split("\n").length;
       const where = `${rel}:${line}`;
       if (!spec.startsWith(".")) {
-        if (!rel.startsWith("core/") || rel.startsWith("core/sdk/")) out.push(`${where}: "${spec}": only core/ (not core/sdk) may import packages`);
+        if (!rel.startsWith("core/") || rel.startsWith("core/sdk/")) {
+          out.push(`${where}: "${spec}": only core/ (not core/sdk) may import packages`);
+        }
         continue;
       }
       const target = new URL(spec, `file://${file}`).pathname.slice(root.length + 1);
@@ -68,7 +70,11 @@ export const violations = (): string[] => {
       if (rel === "core/mod.ts" || fromDir === toDir) continue;
       if (!target.endsWith("/mod.ts")) out.push(`${where}: "${spec}": import core/${toDir} through its mod.ts`);
       if (!(ALLOWED[fromDir] ?? []).includes(toDir)) {
-        out.push(`${where}: "${spec}": core/${fromDir} may not import core/${toDir} (allowed: ${(ALLOWED[fromDir] ?? []).join(", ") || "nothing"})`);
+        out.push(
+          `${where}: "${spec}": core/${fromDir} may not import core/${toDir} (allowed: ${
+            (ALLOWED[fromDir] ?? []).join(", ") || "nothing"
+          })`,
+        );
       }
     }
   }

@@ -118,10 +118,11 @@ const manifestValidator = new Validator(MANIFEST_SCHEMA, "2020-12", false);
 export const schemaErrors = (validator: Validator, value: unknown, limit = 5): string[] => {
   const result = validator.validate(value);
   if (result.valid) return [];
-  // cfworker reports the chain from the root; the deepest errors say the most.
+  // cfworker reports the chain from the root; the deepest errors say the most (sort is stable).
   const seen = new Set<string>();
   const lines: string[] = [];
-  for (const e of [...result.errors].reverse()) {
+  const depth = (e: { instanceLocation: string }) => e.instanceLocation.split("/").length;
+  for (const e of [...result.errors].sort((a, b) => depth(b) - depth(a))) {
     const at = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".");
     const missing = e.keyword === "required" ? /required property "([^"]+)"/.exec(e.error)?.[1] : undefined;
     const field = missing ? (at ? `${at}.${missing}` : missing) : at || "(root)";

@@ -82,8 +82,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || typeof call.name !== "string") {
             return yield* new InvalidInputError({ message: "Workflow call does not belong to this run" });
           }
-          const size = JSON.stringify("value" in call ? call.value : "args" in call ? call.args : call.item)?.length ??
-            0;
+          const payload = "value" in call ? call.value : "args" in call ? call.args : call.item;
+          const size = new TextEncoder().encode(JSON.stringify(payload) ?? "").length;
           if (size > MAX_STEP_BYTES) {
             return yield* new InvalidInputError({
               message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
@@ -310,7 +310,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (Date.parse(approval.expiresAt) <= now) {
           // Too late for this one; the resumed run asks for a fresh approval of the same action.
           yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch);
-          yield* audit.append({ type: "approval.expired", actor: "system", runId: approval.runId, data: { approvalId } });
+          yield* audit.append({
+            type: "approval.expired",
+            actor: "system",
+            runId: approval.runId,
+            data: { approvalId },
+          });
           if (resume) execute(approval.runId);
           return yield* new ConflictError({
             message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,

@@ -12,9 +12,9 @@ import { KeelConfig } from "../config/mod.ts";
 import {
   ConflictError,
   fromErrorBody,
-  type KeelError,
   type GrantError,
   InvalidInputError,
+  type KeelError,
   type ManifestError,
   type ModuleGraphError,
   NotFoundError,
@@ -147,7 +147,9 @@ export class PluginHost extends Context.Service<PluginHost, {
         : `${config.dataDir}/plugin-data`;
       const sdkDir = `${config.root}/core/sdk`;
       if (config.dataDir === ":memory:") {
-        yield* Effect.addFinalizer(() => Effect.ignore(Effect.try(() => Deno.removeSync(dataRoot, { recursive: true }))));
+        yield* Effect.addFinalizer(() =>
+          Effect.ignore(Effect.try(() => Deno.removeSync(dataRoot, { recursive: true })))
+        );
       }
 
       yield* kvTry("Cannot read the plugin registry", async () => {

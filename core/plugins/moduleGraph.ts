@@ -22,7 +22,8 @@ export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<strin
     const output = yield* Effect.tryPromise({
       try: () =>
         new Deno.Command(Deno.execPath(), {
-          args: ["info", "--json", "--no-config", "--no-lock", entry],
+          // --no-remote --no-npm: resolving the graph must not download anything the plugin names.
+          args: ["info", "--json", "--no-config", "--no-lock", "--no-remote", "--no-npm", entry],
           stdout: "piped",
           stderr: "piped",
           env: { NO_COLOR: "1" },

@@ -42,7 +42,10 @@ const startRun = async (k: TestKeel, email = "ada@example.test") => {
 Deno.test("an approval given before the policy changed does not release the effect; a fresh one does", async () => {
   await withKeel(gate(), async (k, smtp) => {
     const { runId, approvalId } = await startRun(k);
-    await Deno.writeTextFile(`${k.policiesDir}/gate.yaml`, gate() + "  - id: harmless\n    match: { effect: nothing.* }\n    decision: deny\n");
+    await Deno.writeTextFile(
+      `${k.policiesDir}/gate.yaml`,
+      gate() + "  - id: harmless\n    match: { effect: nothing.* }\n    decision: deny\n",
+    );
     await k.keel.runtime.runPromise(Policy.use((p) => p.reload).pipe(Effect.asVoid));
     assert.equal((await k.api("POST", `/api/approvals/${approvalId}/approve`, {})).status, 200);
     const again = await k.api("GET", `/api/runs/${runId}?wait=10`);

@@ -49,7 +49,9 @@ Deno.test("`Memory.remember()` keeps provenance, is idempotent per scope, and su
   }
   const again = runtimeFor(dir);
   try {
-    const hits = await again.runPromise(Memory.use((m) => m.search("how does Ada like to be contacted? email", { scope: "agent:x" })));
+    const hits = await again.runPromise(
+      Memory.use((m) => m.search("how does Ada like to be contacted? email", { scope: "agent:x" })),
+    );
     assert.equal(hits.length, 2);
     assert.equal(hits[0].text, "Ada prefers email over calls");
     assert.ok(hits[0].score > hits[1].score);

@@ -144,14 +144,20 @@ Deno.test("hostile installs are refused with the right tag, audited, and leave t
       const error = await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
       assert.match(error.message, /etc\/hostname/);
     });
-    await t.step("a static JSON import of a file outside the plugin folder is refused with ModuleGraphError", async () => {
-      const error = await refused(k, { path: `${HOSTILE}/json_escape`, grant: {} }, "ModuleGraphError", 400);
-      assert.match(error.message, /deno\.json/);
-    });
-    await t.step("a literal dynamic import of a file outside the plugin folder is refused with ModuleGraphError", async () => {
-      const error = await refused(k, { path: `${HOSTILE}/dynamic_literal`, grant: {} }, "ModuleGraphError", 400);
-      assert.match(error.message, /deno\.json/);
-    });
+    await t.step(
+      "a static JSON import of a file outside the plugin folder is refused with ModuleGraphError",
+      async () => {
+        const error = await refused(k, { path: `${HOSTILE}/json_escape`, grant: {} }, "ModuleGraphError", 400);
+        assert.match(error.message, /deno\.json/);
+      },
+    );
+    await t.step(
+      "a literal dynamic import of a file outside the plugin folder is refused with ModuleGraphError",
+      async () => {
+        const error = await refused(k, { path: `${HOSTILE}/dynamic_literal`, grant: {} }, "ModuleGraphError", 400);
+        assert.match(error.message, /deno\.json/);
+      },
+    );
     await t.step("a static node:process import is refused with ModuleGraphError", async () => {
       const error = await refused(k, { path: `${HOSTILE}/node_import`, grant: {} }, "ModuleGraphError", 400);
       assert.match(error.message, /node:process/);
@@ -163,22 +169,28 @@ Deno.test("hostile installs are refused with the right tag, audited, and leave t
       });
       await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
     });
-    await t.step("a module symlinked to a file outside the plugin folder is refused with ModuleGraphError", async () => {
-      const outside = await plugin("outside", { "evil.ts": "export const evil = Deno.pid;\n" });
-      const dir = await plugin("symlink-module", {
-        "plugin.json": JSON.stringify(manifest("symlink-module")),
-        "mod.ts": modTs("symlink-module", 'import { evil } from "./helper.ts";\nconsole.log(evil);\n'),
-      });
-      await Deno.symlink(`${outside}/evil.ts`, `${dir}/helper.ts`);
-      const error = await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
-      assert.match(error.message, /really/);
-    });
-    await t.step("a mod.ts that is itself a symlink to outside the plugin folder is refused with ModuleGraphError", async () => {
-      const outside = await plugin("outside-mod", { "mod.ts": modTs("symlink-entry") });
-      const dir = await plugin("symlink-entry", { "plugin.json": JSON.stringify(manifest("symlink-entry")) });
-      await Deno.symlink(`${outside}/mod.ts`, `${dir}/mod.ts`);
-      await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
-    });
+    await t.step(
+      "a module symlinked to a file outside the plugin folder is refused with ModuleGraphError",
+      async () => {
+        const outside = await plugin("outside", { "evil.ts": "export const evil = Deno.pid;\n" });
+        const dir = await plugin("symlink-module", {
+          "plugin.json": JSON.stringify(manifest("symlink-module")),
+          "mod.ts": modTs("symlink-module", 'import { evil } from "./helper.ts";\nconsole.log(evil);\n'),
+        });
+        await Deno.symlink(`${outside}/evil.ts`, `${dir}/helper.ts`);
+        const error = await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
+        assert.match(error.message, /really/);
+      },
+    );
+    await t.step(
+      "a mod.ts that is itself a symlink to outside the plugin folder is refused with ModuleGraphError",
+      async () => {
+        const outside = await plugin("outside-mod", { "mod.ts": modTs("symlink-entry") });
+        const dir = await plugin("symlink-entry", { "plugin.json": JSON.stringify(manifest("symlink-entry")) });
+        await Deno.symlink(`${outside}/mod.ts`, `${dir}/mod.ts`);
+        await refused(k, { path: dir, grant: {} }, "ModuleGraphError", 400);
+      },
+    );
 
     // ---- start-up ---------------------------------------------------------------------
     await t.step("a plugin that throws while loading is refused with PluginCrashedError", async () => {

@@ -131,36 +131,48 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assertDenied(o, "rogue.write_file", path);
       await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
     });
-    await t.step("a plugin writing into another plugin's data dir via ../ fails with PermissionDeniedError", async () => {
-      const path = `${rogueData}/../benign/dropped.txt`;
-      assertDenied(await drive(k, "rogue.write_file", { path, text: "pwned" }), "rogue.write_file", "benign");
-      await assert.rejects(Deno.stat(`${k.dataDir}/plugin-data/benign/dropped.txt`), Deno.errors.NotFound);
-    });
+    await t.step(
+      "a plugin writing into another plugin's data dir via ../ fails with PermissionDeniedError",
+      async () => {
+        const path = `${rogueData}/../benign/dropped.txt`;
+        assertDenied(await drive(k, "rogue.write_file", { path, text: "pwned" }), "rogue.write_file", "benign");
+        await assert.rejects(Deno.stat(`${k.dataDir}/plugin-data/benign/dropped.txt`), Deno.errors.NotFound);
+      },
+    );
     await t.step("a plugin may write inside its own data dir (the grant works)", async () => {
       const o = await drive(k, "rogue.write_file", { path: `${rogueData}/notes.txt`, text: "mine" });
       assertSucceeded(o, "rogue.write_file");
       assert.equal(await Deno.readTextFile(`${rogueData}/notes.txt`), "mine");
     });
-    await t.step("a plugin planting a symlink to /etc/passwd in its data dir fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.symlink", { target: "/etc/passwd", path: `${rogueData}/passwd` });
-      assertDenied(o, "rogue.symlink", "symlink");
-      await assert.rejects(Deno.lstat(`${rogueData}/passwd`), Deno.errors.NotFound);
-    });
-    await t.step("a plugin hard-linking a file from outside into its data dir fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.hardlink", { target: secretJson, path: `${rogueData}/secret.json` });
-      assertDenied(o, "rogue.hardlink", "secret.json");
-      await assert.rejects(Deno.lstat(`${rogueData}/secret.json`), Deno.errors.NotFound);
-    });
+    await t.step(
+      "a plugin planting a symlink to /etc/passwd in its data dir fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.symlink", { target: "/etc/passwd", path: `${rogueData}/passwd` });
+        assertDenied(o, "rogue.symlink", "symlink");
+        await assert.rejects(Deno.lstat(`${rogueData}/passwd`), Deno.errors.NotFound);
+      },
+    );
+    await t.step(
+      "a plugin hard-linking a file from outside into its data dir fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.hardlink", { target: secretJson, path: `${rogueData}/secret.json` });
+        assertDenied(o, "rogue.hardlink", "secret.json");
+        await assert.rejects(Deno.lstat(`${rogueData}/secret.json`), Deno.errors.NotFound);
+      },
+    );
 
     // ---- environment ---------------------------------------------------------
     await t.step("a plugin may read the env variable it was granted (the grant works)", async () => {
       const result = assertSucceeded(await drive(k, "rogue.env_get", { name: "KEEL_TEST_ALLOWED" }), "rogue.env_get");
       assert.deepEqual(result, { value: "allowed-value" });
     });
-    await t.step("a plugin reading an env variable it requested but was not granted fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.env_get", { name: "KEEL_TEST_SECRET" });
-      assertDenied(o, "rogue.env_get", "KEEL_TEST_SECRET");
-    });
+    await t.step(
+      "a plugin reading an env variable it requested but was not granted fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.env_get", { name: "KEEL_TEST_SECRET" });
+        assertDenied(o, "rogue.env_get", "KEEL_TEST_SECRET");
+      },
+    );
     await t.step("a plugin reading HOME fails with PermissionDeniedError", async () => {
       assertDenied(await drive(k, "rogue.env_get", { name: "HOME" }), "rogue.env_get", "HOME");
     });
@@ -177,22 +189,31 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       const o = await drive(k, "rogue.fetch", { url: `http://127.0.0.1:${ungranted.port}/` });
       assertDenied(o, "rogue.fetch", `127.0.0.1:${ungranted.port}`);
     });
-    await t.step("a plugin opening a TCP connection to an ungranted port fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.connect", { hostname: "127.0.0.1", port: ungranted.port });
-      assertDenied(o, "rogue.connect", `127.0.0.1:${ungranted.port}`);
-    });
-    await t.step("a plugin granted 127.0.0.1:port reaching localhost:port fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.fetch", { url: `http://localhost:${granted.port}/` });
-      assertDenied(o, "rogue.fetch", `localhost:${granted.port}`);
-    });
+    await t.step(
+      "a plugin opening a TCP connection to an ungranted port fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.connect", { hostname: "127.0.0.1", port: ungranted.port });
+        assertDenied(o, "rogue.connect", `127.0.0.1:${ungranted.port}`);
+      },
+    );
+    await t.step(
+      "a plugin granted 127.0.0.1:port reaching localhost:port fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.fetch", { url: `http://localhost:${granted.port}/` });
+        assertDenied(o, "rogue.fetch", `localhost:${granted.port}`);
+      },
+    );
     await t.step("a plugin reaching its granted port over [::1] fails with PermissionDeniedError", async () => {
       const o = await drive(k, "rogue.connect", { hostname: "::1", port: granted.port });
       assertDenied(o, "rogue.connect", `${granted.port}`);
     });
-    await t.step("a plugin using a numeric spelling of 127.0.0.1 for an ungranted port fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.fetch", { url: `http://2130706433:${ungranted.port}/` });
-      assertDenied(o, "rogue.fetch", `${ungranted.port}`);
-    });
+    await t.step(
+      "a plugin using a numeric spelling of 127.0.0.1 for an ungranted port fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.fetch", { url: `http://2130706433:${ungranted.port}/` });
+        assertDenied(o, "rogue.fetch", `${ungranted.port}`);
+      },
+    );
     await t.step("a plugin connecting to a private or metadata address fails with PermissionDeniedError", async () => {
       for (const hostname of ["169.254.169.254", "10.0.0.1", "192.168.1.1"]) {
         assertDenied(await drive(k, "rogue.connect", { hostname, port: 80 }), "rogue.connect", hostname);
@@ -235,7 +256,11 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assertDenied(await drive(k, "rogue.node_builtin", { what: "fs" }), "rogue.node_builtin", "/etc/passwd");
     });
     await t.step("a plugin spawning through node:child_process fails with PermissionDeniedError", async () => {
-      assertRefused(await drive(k, "rogue.node_builtin", { what: "child_process" }), "rogue.node_builtin", "PermissionDeniedError");
+      assertRefused(
+        await drive(k, "rogue.node_builtin", { what: "child_process" }),
+        "rogue.node_builtin",
+        "PermissionDeniedError",
+      );
     });
     await t.step("a plugin reading the host name through node:os fails with PermissionDeniedError", async () => {
       assertDenied(await drive(k, "rogue.node_builtin", { what: "os" }), "rogue.node_builtin", "sys");
@@ -246,22 +271,32 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       const o = await drive(k, "rogue.import", { specifier: "https://example.com/payload.ts" });
       assertDenied(o, "rogue.import", "example.com");
     });
-    await t.step("a plugin's dynamic import() of a computed file path outside fails with PermissionDeniedError", async () => {
-      const o = await drive(k, "rogue.import", { specifier: `file://${secretJson}`, type: "json" });
-      assertDenied(o, "rogue.import", secretJson);
-    });
+    await t.step(
+      "a plugin's dynamic import() of a computed file path outside fails with PermissionDeniedError",
+      async () => {
+        const o = await drive(k, "rogue.import", { specifier: `file://${secretJson}`, type: "json" });
+        assertDenied(o, "rogue.import", secretJson);
+      },
+    );
     await t.step("a data: module cannot import a file the plugin may not read", async () => {
       const o = await drive(k, "rogue.data_import", { target: `file://${secretJson}` });
       assertDenied(o, "rogue.data_import", secretJson);
     });
-    await t.step("current behaviour: a plugin may evaluate a self-contained data: module, with no more power", async () => {
-      // Deno's permissions do not gate data: imports (FACTS.md); it is the plugin's own code, so
-      // it gains nothing: the data: module runs under the same grant, as the case above shows.
-      const result = assertSucceeded(await drive(k, "rogue.eval_data", {}), "rogue.eval_data");
-      assert.deepEqual(result, { value: 42 });
-    });
+    await t.step(
+      "current behaviour: a plugin may evaluate a self-contained data: module, with no more power",
+      async () => {
+        // Deno's permissions do not gate data: imports (FACTS.md); it is the plugin's own code, so
+        // it gains nothing: the data: module runs under the same grant, as the case above shows.
+        const result = assertSucceeded(await drive(k, "rogue.eval_data", {}), "rogue.eval_data");
+        assert.deepEqual(result, { value: 42 });
+      },
+    );
     await t.step("a nested Worker asking for more permissions fails with PermissionDeniedError", async () => {
-      assertRefused(await drive(k, "rogue.nested_worker", { mode: "more" }), "rogue.nested_worker", "PermissionDeniedError");
+      assertRefused(
+        await drive(k, "rogue.nested_worker", { mode: "more" }),
+        "rogue.nested_worker",
+        "PermissionDeniedError",
+      );
     });
     await t.step("a nested Worker inheriting the grant cannot read /etc/passwd either", async () => {
       const o = await drive(k, "rogue.nested_worker", { mode: "inherit" });
@@ -269,11 +304,17 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
     });
 
     // ---- the Gateway's own checks ---------------------------------------------
-    await t.step("an agent calling an effect not listed in its manifest uses fails with EffectNotDeclaredError and effect.rejected", async () => {
-      const o = await drive(k, "rogue.undeclared", {});
-      assertRefused(o, "rogue.undeclared", "EffectNotDeclaredError", "effect.rejected");
-      assert.ok(!o.audit.some((e) => e.type === "effect.succeeded" || e.type === "effect.failed"), "never dispatched");
-    });
+    await t.step(
+      "an agent calling an effect not listed in its manifest uses fails with EffectNotDeclaredError and effect.rejected",
+      async () => {
+        const o = await drive(k, "rogue.undeclared", {});
+        assertRefused(o, "rogue.undeclared", "EffectNotDeclaredError", "effect.rejected");
+        assert.ok(
+          !o.audit.some((e) => e.type === "effect.succeeded" || e.type === "effect.failed"),
+          "never dispatched",
+        );
+      },
+    );
     await t.step("an agent calling an effect no connector provides fails with EffectNotDeclaredError", async () => {
       assertRefused(await drive(k, "ghost.effect", {}), "ghost.effect", "EffectNotDeclaredError", "effect.rejected");
     });
@@ -292,7 +333,10 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assert.equal(result.reply.ok, false, JSON.stringify(result));
       assert.equal(result.reply.error.tag, "InvalidInputError", JSON.stringify(result));
       const all = (await k.api("GET", "/api/audit?limit=10000")).body.events;
-      assert.ok(!all.some((e: any) => e.data?.effect === "rogue.irreversible" && e.data?.seq === 99), "no forged effect");
+      assert.ok(
+        !all.some((e: any) => e.data?.effect === "rogue.irreversible" && e.data?.seq === 99),
+        "no forged effect",
+      );
     });
     await t.step("a connector failing with a Keel-only error tag does not pass for a Keel decision", async () => {
       const o = await drive(k, "rogue.forge_tag", { tag: "PolicyDeniedError" });
@@ -308,14 +352,17 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       const o = await drive(k, "rogue.echo", { value: "still here" });
       assert.deepEqual(assertSucceeded(o, "rogue.echo"), { value: "still here" });
     };
-    await t.step("an infinite loop in an effect fails with PluginTimeoutError; the plugin is restarted and serves again", async () => {
-      const before = await restartsOf("rogue");
-      assertRefused(await drive(k, "rogue.spin", {}), "rogue.spin", "PluginTimeoutError");
-      const crashed = (await k.api("GET", "/api/audit?limit=50")).body.events;
-      assert.ok(crashed.some((e: any) => e.type === "plugin.crashed" && e.data.plugin === "rogue"), "plugin.crashed");
-      await stillServes();
-      assert.ok(await restartsOf("rogue") > before, "the retired Worker was replaced by a fresh one");
-    });
+    await t.step(
+      "an infinite loop in an effect fails with PluginTimeoutError; the plugin is restarted and serves again",
+      async () => {
+        const before = await restartsOf("rogue");
+        assertRefused(await drive(k, "rogue.spin", {}), "rogue.spin", "PluginTimeoutError");
+        const crashed = (await k.api("GET", "/api/audit?limit=50")).body.events;
+        assert.ok(crashed.some((e: any) => e.type === "plugin.crashed" && e.data.plugin === "rogue"), "plugin.crashed");
+        await stillServes();
+        assert.ok(await restartsOf("rogue") > before, "the retired Worker was replaced by a fresh one");
+      },
+    );
     await t.step("an uncaught throw from a timer fails with PluginCrashedError and the host stays up", async () => {
       assertRefused(await drive(k, "rogue.async_throw", {}), "rogue.async_throw", "PluginCrashedError");
       await stillServes();
@@ -345,25 +392,31 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assertRefused(await drive(k, "rogue.huge_error", { chars: 200_000 }), "rogue.huge_error", "PluginFailedError");
       await stillServes();
     });
-    await t.step("a message flood kills the plugin with PluginCrashedError while /healthz keeps answering", async () => {
-      const flood = drive(k, "rogue.flood", { count: 20_000 });
-      const health = await fetch(`${k.url}/healthz`);
-      assert.equal(health.status, 200);
-      await health.body?.cancel();
-      const o = await flood;
-      assertRefused(o, "rogue.flood", "PluginCrashedError");
-      assert.match(o.run.steps.find((s: any) => s.name === "rogue.flood").error.message, /answer to no request/);
-      await stillServes();
-    });
-    await t.step("an answer that breaks the protocol fails the call with a tagged error and the host stays up", async () => {
-      for (const shape of ["no-error", "null-error", "odd-error", "string-error"]) {
-        const o = await drive(k, "rogue.malformed_result", { shape });
-        const tag = o.run.steps.find((s: any) => s.name === "rogue.malformed_result")?.error?.tag;
-        assert.ok(typeof tag === "string", JSON.stringify(o.run));
-        assertRefused(o, "rogue.malformed_result", tag);
+    await t.step(
+      "a message flood kills the plugin with PluginCrashedError while /healthz keeps answering",
+      async () => {
+        const flood = drive(k, "rogue.flood", { count: 20_000 });
+        const health = await fetch(`${k.url}/healthz`);
+        assert.equal(health.status, 200);
+        await health.body?.cancel();
+        const o = await flood;
+        assertRefused(o, "rogue.flood", "PluginCrashedError");
+        assert.match(o.run.steps.find((s: any) => s.name === "rogue.flood").error.message, /answer to no request/);
         await stillServes();
-      }
-    });
+      },
+    );
+    await t.step(
+      "an answer that breaks the protocol fails the call with a tagged error and the host stays up",
+      async () => {
+        for (const shape of ["no-error", "null-error", "odd-error", "string-error"]) {
+          const o = await drive(k, "rogue.malformed_result", { shape });
+          const tag = o.run.steps.find((s: any) => s.name === "rogue.malformed_result")?.error?.tag;
+          assert.ok(typeof tag === "string", JSON.stringify(o.run));
+          assertRefused(o, "rogue.malformed_result", tag);
+          await stillServes();
+        }
+      },
+    );
     await t.step("a message outside the protocol kills the plugin with PluginCrashedError", async () => {
       const o = await drive(k, "rogue.garbage", {});
       assertRefused(o, "rogue.garbage", "PluginCrashedError");
@@ -388,9 +441,12 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assert.equal(event.data.error.tag, o.run.error.tag);
       assertNoLeak(o);
     };
-    await t.step("an agent reading /etc/passwd in its workflow fails with PermissionDeniedError and is audited", async () => {
-      assertRunFailed(await runOf("read_secret", {}), ["PermissionDeniedError"]);
-    });
+    await t.step(
+      "an agent reading /etc/passwd in its workflow fails with PermissionDeniedError and is audited",
+      async () => {
+        assertRunFailed(await runOf("read_secret", {}), ["PermissionDeniedError"]);
+      },
+    );
     await t.step("an agent returning an output too large to record fails its run instead of hanging", async () => {
       const o = await runOf("huge_output", { chars: 1_000_000 });
       assertRunFailed(o, ["PluginFailedError"]);
@@ -417,23 +473,30 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       assert.equal(o.run.output.reply.ok, false, JSON.stringify(o.run.output));
       assert.equal(o.run.output.reply.error.tag, "InvalidInputError", JSON.stringify(o.run.output));
       const after = (await k.api("GET", `/api/audit?runId=${victim.run.runId}`)).body.events;
-      assert.deepEqual(after.map((e: any) => e.seq), victim.audit.map((e) => e.seq), "no event was added to the victim run");
+      assert.deepEqual(
+        after.map((e: any) => e.seq),
+        victim.audit.map((e) => e.seq),
+        "no event was added to the victim run",
+      );
       const steps = (await k.api("GET", `/api/runs/${victim.run.runId}`)).body.steps;
       assert.equal(steps.length, victim.run.steps.length, "no step was added to the victim run");
     });
 
     // ---- the host still serves ---------------------------------------------------
-    await t.step("after all of it the host still serves /healthz, a benign plugin, and an intact audit chain", async () => {
-      const health = await fetch(`${k.url}/healthz`);
-      assert.equal(health.status, 200);
-      assert.equal((await health.json()).ok, true);
-      const o = await drive(k, "benign.echo", { value: "hello" });
-      assert.deepEqual(assertSucceeded(o, "benign.echo"), { echoed: "hello" });
-      const verify = await k.api("GET", "/api/audit/verify");
-      assert.equal(verify.body.ok, true, JSON.stringify(verify.body));
-      const all = await k.api("GET", "/api/audit?limit=10000");
-      assertNoLeak({ run: null, audit: all.body.events });
-    });
+    await t.step(
+      "after all of it the host still serves /healthz, a benign plugin, and an intact audit chain",
+      async () => {
+        const health = await fetch(`${k.url}/healthz`);
+        assert.equal(health.status, 200);
+        assert.equal((await health.json()).ok, true);
+        const o = await drive(k, "benign.echo", { value: "hello" });
+        assert.deepEqual(assertSucceeded(o, "benign.echo"), { echoed: "hello" });
+        const verify = await k.api("GET", "/api/audit/verify");
+        assert.equal(verify.body.ok, true, JSON.stringify(verify.body));
+        const all = await k.api("GET", "/api/audit?limit=10000");
+        assertNoLeak({ run: null, audit: all.body.events });
+      },
+    );
   } finally {
     await k.close();
     await granted.close();
