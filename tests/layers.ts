@@ -23,6 +23,7 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   gateway: ["errors", "manifest", "policy", "journal", "plugins", "telemetry"],
   orchestrator: ["errors", "journal", "gateway", "plugins", "memory", "telemetry", "sdk"],
   http: ["errors", "plugins", "orchestrator", "journal", "telemetry"],
+  cli: ["config", "errors", "manifest"],
 };
 
 const root = new URL("../", import.meta.url).pathname.replace(/\/$/, "");

@@ -165,6 +165,20 @@ export class Gateway extends Context.Service<Gateway, {
           agent: r.agent.name,
           workflow: r.workflow,
         });
+        yield* journal.recordDecision({
+          at: yield* now,
+          runId: r.runId,
+          seq: r.seq,
+          effect: r.effect,
+          effectClass: decl.class,
+          plugin: connector.name,
+          agent: r.agent.name,
+          workflow: r.workflow,
+          args: r.args,
+          decision: decision.decision,
+          rule: decision.rule,
+          policyHash: decision.policyHash,
+        });
         const key = `keel-${(yield* Effect.promise(() => sha256Hex(`${r.runId}:${r.seq}`))).slice(0, 32)}`;
         if (decision.decision === "deny") {
           return yield* reject(

@@ -70,6 +70,22 @@ export interface ApprovalRecord {
   readonly resolution?: "retry" | "delivered";
 }
 
+/** One policy decision on an effect request, kept so a candidate policy can be replayed against history. */
+export interface DecisionRecord {
+  readonly at: string;
+  readonly runId: string;
+  readonly seq: number;
+  readonly effect: string;
+  readonly effectClass: string;
+  readonly plugin: string;
+  readonly agent: string;
+  readonly workflow: string;
+  readonly args: unknown;
+  readonly decision: "allow" | "approve" | "deny";
+  readonly rule: string;
+  readonly policyHash: string;
+}
+
 const runKey = (id: string) => ["run", id];
 const stepKey = (runId: string, seq: number) => ["run_step", runId, seq];
 const approvalKey = (id: string) => ["approval", id];
@@ -92,6 +108,10 @@ export class Journal extends Context.Service<Journal, {
   /** Overwrite a step record (effect state transitions), optionally with its approval. */
   putStep(runId: string, step: StepRecord, approval?: ApprovalRecord): Effect.Effect<void, StoreError>;
   getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
+  /** Append a policy decision to the decision log (ordered by time). */
+  recordDecision(decision: DecisionRecord): Effect.Effect<void, StoreError>;
+  /** The decision log, oldest first. */
+  listDecisions(filter: { limit?: number }): Effect.Effect<DecisionRecord[], StoreError>;
   listApprovals(filter: { status?: ApprovalRecord["status"] }): Effect.Effect<ApprovalRecord[], StoreError>;
   /** Move an approval from `from` to its new state atomically; false if someone else moved it first. */
   transitionApproval(
@@ -155,6 +175,19 @@ export class Journal extends Context.Service<Journal, {
               if (approval.status === "pending") op.set(["approval_pending", approval.id], true);
             }
             await op.commit();
+          }),
+        recordDecision: (decision) =>
+          kvTry("Cannot record decision", async () => {
+            // Time first, then a random suffix: ordered, and never colliding across hosts.
+            await kv.set(["decision", `${decision.at}#${crypto.randomUUID().slice(0, 8)}`], decision);
+          }),
+        listDecisions: ({ limit }) =>
+          kvTry("Cannot list decisions", async () => {
+            const out: DecisionRecord[] = [];
+            for await (const e of kv.list<DecisionRecord>({ prefix: ["decision"] }, { limit: limit ?? 100_000 })) {
+              out.push(e.value);
+            }
+            return out;
           }),
         getApproval: (id) =>
           kvTry("Cannot read approval", async () => (await kv.get<ApprovalRecord>(approvalKey(id))).value ?? undefined),

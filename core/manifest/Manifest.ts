@@ -25,6 +25,12 @@ export interface EffectDecl {
   readonly input: JsonSchema;
   readonly output?: JsonSchema;
   readonly compensate?: string;
+  /** How the host may retry a failed call: never, with backoff (reads), or only with the idempotency key. */
+  readonly retry: "none" | "backoff" | "idempotent-key";
+  /** At most `count` calls per `per` (a duration like `1m`), enforced at the Gateway. */
+  readonly rateLimit?: { readonly count: number; readonly per: string };
+  /** What one call costs, charged against budgets. */
+  readonly cost?: { readonly usdPerCall: number };
 }
 
 /** One workflow entry point an agent offers. */
@@ -53,6 +59,12 @@ export interface Manifest {
   readonly effects: ReadonlyArray<EffectDecl>;
   readonly uses: ReadonlyArray<string>;
   readonly workflows: ReadonlyArray<WorkflowDecl>;
+  /** `worker` (in-process Worker) or `process` (a sandboxed child); absent: the host decides. */
+  readonly isolation?: "worker" | "process";
+  /** Periodic health check the host runs. */
+  readonly health?: { readonly intervalSeconds: number; readonly timeoutMs: number };
+  /** npm packages the plugin may import, as `name@version`. */
+  readonly npm: ReadonlyArray<string>;
 }
 
 const NAME = "^[a-z][a-z0-9_-]{0,63}$";
@@ -91,10 +103,40 @@ export const MANIFEST_SCHEMA: JsonSchema = {
           input: { type: "object" },
           output: { type: "object" },
           compensate: { type: "string", pattern: EFFECT_NAME },
+          retry: { enum: ["none", "backoff", "idempotent-key"] },
+          rateLimit: {
+            type: "object",
+            required: ["count", "per"],
+            additionalProperties: false,
+            properties: {
+              count: { type: "integer", minimum: 1 },
+              per: { type: "string", pattern: "^[1-9][0-9]*(s|m|h|d)$" },
+            },
+          },
+          cost: {
+            type: "object",
+            required: ["usdPerCall"],
+            additionalProperties: false,
+            properties: { usdPerCall: { type: "number", minimum: 0 } },
+          },
         },
       },
     },
     uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
+    isolation: { enum: ["worker", "process"] },
+    health: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        intervalSeconds: { type: "integer", minimum: 1, maximum: 86400 },
+        timeoutMs: { type: "integer", minimum: 10, maximum: 60000 },
+      },
+    },
+    npm: {
+      type: "array",
+      items: { type: "string", pattern: "^(@[a-z0-9._-]+/)?[a-z0-9._-]+@[0-9][0-9A-Za-z.+-]*$" },
+      uniqueItems: true,
+    },
     workflows: {
       type: "array",
       items: {
@@ -172,9 +214,18 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
         read: m.permissions?.read ?? [],
         write: m.permissions?.write ?? [],
       },
-      effects: (m.effects ?? []).map((e) => ({ ...e, idempotency: e.idempotency ?? "none" })),
+      effects: (m.effects ?? []).map((e) => ({
+        ...e,
+        idempotency: e.idempotency ?? "none",
+        retry: e.retry ?? (e.class === "read" ? "backoff" : e.idempotency === "key" ? "idempotent-key" : "none"),
+      })),
       uses: m.uses ?? [],
       workflows: m.workflows ?? [],
+      ...(m.isolation ? { isolation: m.isolation } : {}),
+      ...(m.health
+        ? { health: { intervalSeconds: m.health.intervalSeconds ?? 60, timeoutMs: m.health.timeoutMs ?? 2000 } }
+        : {}),
+      npm: m.npm ?? [],
     };
     if (manifest.kind === "connector" && manifest.workflows.length) {
       return yield* invalid(file, "workflows", "is only for agents");
@@ -186,6 +237,16 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
     for (const [i, e] of manifest.effects.entries()) {
       if (names.has(e.name)) return yield* invalid(file, `effects.${i}.name`, `repeats "${e.name}"`);
       names.add(e.name);
+      if (e.retry === "idempotent-key" && e.idempotency !== "key") {
+        return yield* invalid(
+          file,
+          `effects.${i}.retry`,
+          `is "idempotent-key" but the effect does not honour an idempotency key`,
+        );
+      }
+      if (e.retry === "backoff" && e.class !== "read") {
+        return yield* invalid(file, `effects.${i}.retry`, `"backoff" retries blindly, which only a read effect allows`);
+      }
       if (e.compensate !== undefined && !manifest.effects.some((other) => other.name === e.compensate)) {
         return yield* invalid(
           file,

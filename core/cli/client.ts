@@ -1,0 +1,89 @@
+/**
+ * @module
+ * What every CLI command shares: the error type that prints as one line, the
+ * HTTP client for a running Keel (URL and token from the environment or the
+ * data dir), JSON flag parsing, and the yes/no prompt.
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parsePort } from "../config/mod.ts";
+
+/** A mistake the operator can fix; printed as `error: <message>`, exit 1, no stack. */
+export class UsageError extends Error {}
+
+/** An environment variable, treating empty as unset. */
+export const env = (name: string): string | undefined => Deno.env.get(name) || undefined;
+/** The data dir: `KEEL_DATA_DIR` or `./.keel`. */
+export const dataDir = (): string => env("KEEL_DATA_DIR") ?? "./.keel";
+
+/** The API token: `KEEL_TOKEN`, or the one Keel saved in the data dir. */
+export const readToken = (): string | undefined => {
+  if (env("KEEL_TOKEN")) return env("KEEL_TOKEN");
+  try {
+    return Deno.readTextFileSync(`${dataDir()}/token`).trim();
+  } catch {
+    return undefined;
+  }
+};
+
+/** Call the running Keel's API; a failure becomes a one-line `UsageError`. */
+export const api = async (method: string, path: string, body?: unknown): Promise<any> => {
+  const base = env("KEEL_URL") ?? `http://127.0.0.1:${parsePort(env("KEEL_PORT"), 8787)}`;
+  const token = readToken();
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, {
+      method,
+      headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new UsageError(`Keel is not running at ${base}: start it with "deno task start"`);
+  }
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const e = json?.error ?? { tag: `HTTP ${res.status}`, message: res.statusText };
+    throw new UsageError(`${e.tag}: ${e.message}`);
+  }
+  return json;
+};
+
+/** Parse a JSON flag value, or say which flag is wrong. */
+export const parseJson = (flag: string, text: string | undefined): unknown => {
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`--${flag} must be JSON: ${(error as Error).message}`);
+  }
+};
+
+/** Print a value as indented JSON. */
+export const print = (value: unknown): void => console.log(JSON.stringify(value, null, 2));
+
+/** Ask yes/no at a terminal; without one the answer is no. */
+export const confirm = (question: string): boolean => {
+  if (!Deno.stdin.isTerminal()) return false;
+  const answer = prompt(`${question} [y/N]`);
+  return answer !== null && /^y(es)?$/i.test(answer.trim());
+};
+
+/** `parseArgs` with strict options; an unknown flag is a `UsageError`. */
+export const flagsOf = <T extends ParseArgsConfig["options"]>(args: string[], options: T) => {
+  try {
+    return parseArgs({
+      args,
+      options: { help: { type: "boolean", short: "h" }, ...options },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+};
+
+/** One CLI command group: its help text and its handler. */
+export interface Command {
+  readonly summary: ReadonlyArray<string>;
+  readonly help: string;
+  run(args: string[]): Promise<void>;
+}

@@ -1,0 +1,110 @@
+/**
+ * @module
+ * Runs, approvals and the audit trail from the command line: `run`, `runs
+ * show`, `approvals`, `approve`, `deny`, `audit`.
+ */
+import { api, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
+
+/** `keel run WORKFLOW --input JSON [--wait [S]]`. */
+export const runCommand: Command = {
+  summary: ["run WORKFLOW --input JSON     Start a run (add --wait to wait for it)"],
+  help: `Usage: deno task keel run WORKFLOW --input JSON [--wait [SECONDS]]
+
+Start a run of WORKFLOW with the given input. With --wait, wait (default 30 s)
+until the run ends or pauses for an approval, and print it.`,
+  async run(args) {
+    // `--wait` may stand alone (30 s) or take a number.
+    const i = args.indexOf("--wait");
+    if (i >= 0 && (args[i + 1] === undefined || args[i + 1].startsWith("-"))) {
+      args = [...args.slice(0, i + 1), "30", ...args.slice(i + 1)];
+    }
+    const { values, positionals } = flagsOf(args, { input: { type: "string" }, wait: { type: "string" } });
+    const workflow = positionals[0];
+    if (!workflow) throw new UsageError("run needs a WORKFLOW name");
+    const input = parseJson("input", values.input) ?? {};
+    const wait = values.wait === undefined ? "" : `?wait=${Number(values.wait) || 30}`;
+    const result = await api("POST", `/api/workflows/${encodeURIComponent(workflow)}/runs${wait}`, { input });
+    if (!wait) return console.log(`Started ${result.runId}`);
+    print(result);
+    if (result.status === "waiting_approval") {
+      console.log(`Waiting for approval: deno task keel approve ${result.waitingFor?.approvalId}`);
+    }
+  },
+};
+
+/** `keel runs show ID`. */
+export const runsCommand: Command = {
+  summary: ["runs show ID                  Show a run: status, steps, output, error"],
+  help: "Usage: deno task keel runs show RUN_ID",
+  async run(args) {
+    const { positionals } = flagsOf(args, {});
+    if (positionals[0] !== "show" || !positionals[1]) throw new UsageError("Usage: runs show RUN_ID");
+    print(await api("GET", `/api/runs/${encodeURIComponent(positionals[1])}`));
+  },
+};
+
+/** `keel approvals [--status S]`. */
+export const approvalsCommand: Command = {
+  summary: ["approvals                     List pending approvals"],
+  help: "Usage: deno task keel approvals [--status pending|approved|denied|used|expired]",
+  async run(args) {
+    const { values } = flagsOf(args, { status: { type: "string" } });
+    const status = values.status ?? "pending";
+    const { approvals } = await api("GET", `/api/approvals?status=${encodeURIComponent(status)}`);
+    if (!approvals.length) return console.log(`No ${status} approvals`);
+    for (const a of approvals) {
+      console.log(`${a.id}  ${a.effect}  run ${a.runId}  rule ${a.rule}  expires ${a.expiresAt}`);
+      console.log(`    args: ${JSON.stringify(a.args)}`);
+      if (a.message) console.log(`    ${a.message}`);
+    }
+  },
+};
+
+const decide = (verb: "approve" | "deny"): Command => ({
+  summary: [
+    verb === "approve"
+      ? "approve ID [--note TEXT]      Approve a pending action; the run resumes"
+      : "deny ID [--note TEXT]         Deny a pending action",
+  ],
+  help: verb === "approve"
+    ? `Usage: deno task keel approve APPROVAL_ID [--note TEXT] [--resolution retry|delivered]
+
+--resolution is needed when Keel could not tell whether an effect happened
+(after a crash): "delivered" if it did, "retry" to perform it again.`
+    : "Usage: deno task keel deny APPROVAL_ID [--note TEXT]",
+  async run(args) {
+    const { values, positionals } = flagsOf(args, { note: { type: "string" }, resolution: { type: "string" } });
+    if (!positionals[0]) throw new UsageError(`${verb} needs an APPROVAL_ID`);
+    const { approval } = await api("POST", `/api/approvals/${encodeURIComponent(positionals[0])}/${verb}`, {
+      note: values.note,
+      resolution: values.resolution,
+    });
+    console.log(`${approval.id} ${approval.status} by ${approval.decidedBy}`);
+  },
+});
+
+/** `keel approve ID`. */
+export const approveCommand: Command = decide("approve");
+/** `keel deny ID`. */
+export const denyCommand: Command = decide("deny");
+
+/** `keel audit [--run ID] [--limit N] [--verify]`. */
+export const auditCommand: Command = {
+  summary: ["audit [--run ID]              Show the audit trail (add --verify to check the hash chain)"],
+  help: "Usage: deno task keel audit [--run RUN_ID] [--limit N] [--verify]",
+  async run(args) {
+    const { values } = flagsOf(args, {
+      run: { type: "string" },
+      limit: { type: "string" },
+      verify: { type: "boolean" },
+    });
+    if (values.verify) return print(await api("GET", "/api/audit/verify"));
+    const q = new URLSearchParams();
+    if (values.run) q.set("runId", values.run);
+    if (values.limit) q.set("limit", values.limit);
+    const { events } = await api("GET", `/api/audit?${q}`);
+    for (const e of events) {
+      console.log(`${e.seq}\t${e.at}\t${e.type}\t${e.actor}\t${e.runId ?? ""}\t${JSON.stringify(e.data)}`);
+    }
+  },
+};
