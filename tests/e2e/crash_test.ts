@@ -140,6 +140,7 @@ Deno.test("a run waiting for approval survives kill -9 and, once approved, sends
     const first = await start();
     await installOnboardingOver(first.api, peer);
     const { runId, approvalId } = await startRun(first, client);
+    const before = (await first.api("GET", `/api/runs/${runId}`)).body.steps;
     await first.kill();
     assert.equal(peer.received.length, 0);
 
@@ -156,6 +157,10 @@ Deno.test("a run waiting for approval survives kill -9 and, once approved, sends
     await settle();
     assertDeliveredOnce(peer, done, client.email);
     assert.equal(peer.received.length, 1);
+    // Completed steps are replayed from the journal, not redone: the same records, untouched by the restart.
+    const completed = before.filter((s: { status: string }) => s.status === "done");
+    assert.deepEqual(completed.map((s: { name: string }) => s.name), ["remember", "draft_welcome"]);
+    assert.deepEqual(done.steps.slice(0, completed.length), completed);
     const types = await auditTypes(second, runId);
     assert.deepEqual(types, [
       "run.started",
