@@ -5,12 +5,25 @@
  * 127.0.0.1 with an OS-chosen port. `api()` calls it with the token.
  */
 import { type Keel, startKeel } from "../../core/mod.ts";
-import { keelRoot } from "../../core/config/mod.ts";
+import { type KeelConfigShape, keelRoot } from "../../core/config/mod.ts";
 
 /** Keel's source root. */
 export const ROOT = keelRoot();
 /** The token every test host uses. */
 export const TEST_TOKEN = "test-token";
+
+/** A complete configuration for building core layers directly in a test. */
+export const testConfig = (dataDir: string, overrides: Partial<KeelConfigShape> = {}): KeelConfigShape => ({
+  dataDir,
+  hostname: "127.0.0.1",
+  port: 0,
+  token: TEST_TOKEN,
+  policiesDir: `${ROOT}/policies`,
+  root: ROOT,
+  rpcTimeoutMs: 1000,
+  eagerMemory: false,
+  ...overrides,
+});
 
 /** A started Keel plus helpers. */
 export interface TestKeel {
@@ -47,19 +60,11 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     if (!options.dataDir) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     if (options.policies) await Deno.remove(policiesDir, { recursive: true }).catch(() => {});
   };
-  const keel = await startKeel({
-    dataDir,
-    hostname: "127.0.0.1",
-    port: 0,
-    token: TEST_TOKEN,
-    policiesDir,
-    root: ROOT,
-    rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000,
-    eagerMemory: false,
-  }).catch(async (error) => {
-    await cleanUp();
-    throw error;
-  });
+  const keel = await startKeel(testConfig(dataDir, { policiesDir, rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000 }))
+    .catch(async (error) => {
+      await cleanUp();
+      throw error;
+    });
   const url = keel.url!;
   return {
     keel,

@@ -9,19 +9,6 @@
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
 
-/** `startTestKeel` on a fresh data dir that `close()` also removes (PGlite leaves tens of MB). */
-const startKeel = async (): Promise<TestKeel> => {
-  const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-  const k = await startTestKeel({ dataDir });
-  return {
-    ...k,
-    close: async () => {
-      await k.close();
-      await Deno.remove(dataDir, { recursive: true });
-    },
-  };
-};
-
 interface CliResult {
   readonly code: number;
   readonly stdout: string;
@@ -171,7 +158,7 @@ const eventTypes = async (k: TestKeel) =>
   (await k.api("GET", "/api/audit")).body.events.map((e: { type: string }) => e.type) as string[];
 
 Deno.test("the CLI against a running Keel: install asks first, --yes installs, and errors change nothing", async (t) => {
-  const k = await startKeel();
+  const k = await startTestKeel();
   const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
   const smtp = `${ROOT}/plugins/smtp`;
   const config = JSON.stringify({ host: "127.0.0.1", port: 2525, from: "Keel <keel@example.test>" });

@@ -9,19 +9,6 @@ import assert from "node:assert/strict";
 import { installOnboarding, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
 import { startSmtpPeer } from "../_support/smtp_peer.ts";
 
-/** `startTestKeel` on a fresh data dir that `close()` also removes (PGlite leaves tens of MB). */
-const startKeel = async (): Promise<TestKeel> => {
-  const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-  const k = await startTestKeel({ dataDir });
-  return {
-    ...k,
-    close: async () => {
-      await k.close();
-      await Deno.remove(dataDir, { recursive: true });
-    },
-  };
-};
-
 interface Reply {
   readonly status: number;
   readonly contentType: string | null;
@@ -82,7 +69,7 @@ const ADA = { name: "Ada Lovelace", email: "ada@example.test" };
 
 Deno.test("the HTTP API answers bad requests with a clear JSON error and changes nothing", async (t) => {
   const peer = await startSmtpPeer();
-  const k = await startKeel();
+  const k = await startTestKeel();
   try {
     await installOnboarding(k, peer);
     const routes = k.keel.app.routes.filter((r) => r.method !== "ALL");

@@ -7,20 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { openApiDocument } from "../../core/http/mod.ts";
-import { startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
-
-/** `startTestKeel` on a fresh data dir that `close()` also removes (PGlite leaves tens of MB). */
-const startKeel = async (): Promise<TestKeel> => {
-  const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-  const k = await startTestKeel({ dataDir });
-  return {
-    ...k,
-    close: async () => {
-      await k.close();
-      await Deno.remove(dataDir, { recursive: true });
-    },
-  };
-};
+import { startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
 
 const METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
 const doc = JSON.parse(JSON.stringify(openApiDocument));
@@ -86,7 +73,7 @@ Deno.test("every documented operation declares its path parameters and documents
 });
 
 Deno.test("every route the app registers is documented, and every documented operation is served", async () => {
-  const k = await startKeel();
+  const k = await startTestKeel();
   try {
     const served = k.keel.app.routes
       .filter((r) => r.method !== "ALL") // middleware (the bearer check on /api/*)
@@ -142,7 +129,7 @@ Deno.test("every route the app registers is documented, and every documented ope
 });
 
 Deno.test("`GET /openapi.json` serves exactly the document", async () => {
-  const k = await startKeel();
+  const k = await startTestKeel();
   try {
     const res = await fetch(`${k.url}/openapi.json`);
     assert.equal(res.status, 200);

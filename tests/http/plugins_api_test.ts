@@ -9,19 +9,6 @@
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
 
-/** `startTestKeel` on a fresh data dir that `close()` also removes (PGlite leaves tens of MB). */
-const startKeel = async (): Promise<TestKeel> => {
-  const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-  const k = await startTestKeel({ dataDir });
-  return {
-    ...k,
-    close: async () => {
-      await k.close();
-      await Deno.remove(dataDir, { recursive: true });
-    },
-  };
-};
-
 const BAD = `${ROOT}/tests/fixtures/bad`;
 const CASES: ReadonlyArray<{ fixture: string; field?: string; says: ReadonlyArray<string> }> =
   JSON.parse(Deno.readTextFileSync(`${BAD}/cases.json`)).cases;
@@ -80,7 +67,7 @@ const installedEvents = async (k: TestKeel) =>
   (await k.api("GET", "/api/audit")).body.events.filter((e: { type: string }) => e.type === "plugin.installed");
 
 Deno.test("`POST /api/plugins` refuses bad manifests, grants and config with a 400 and installs nothing", async (t) => {
-  const k = await startKeel();
+  const k = await startTestKeel();
   try {
     for (const { fixture, field, says } of CASES) {
       await t.step(

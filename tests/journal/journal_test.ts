@@ -8,23 +8,14 @@ import { Effect, Layer, ManagedRuntime } from "effect";
 import { KeelConfig } from "../../core/config/mod.ts";
 import { Kv } from "../../core/store/mod.ts";
 import { Journal, type RunRecord } from "../../core/journal/mod.ts";
-import { ROOT } from "../_support/keel.ts";
+import { testConfig } from "../_support/keel.ts";
 
 const runtimeFor = (dataDir: string) =>
   ManagedRuntime.make(
     Journal.layer.pipe(
       Layer.provideMerge(Kv.layer),
       Layer.provide(
-        KeelConfig.layer({
-          dataDir,
-          hostname: "127.0.0.1",
-          port: 0,
-          token: "t",
-          policiesDir: `${ROOT}/policies`,
-          root: ROOT,
-          rpcTimeoutMs: 1000,
-          eagerMemory: false,
-        }),
+        KeelConfig.layer(testConfig(dataDir)),
       ),
     ),
   );

@@ -8,22 +8,13 @@ import assert from "node:assert/strict";
 import { Effect, Layer, ManagedRuntime } from "effect";
 import { KeelConfig } from "../../core/config/mod.ts";
 import { embedOffline, Memory, OFFLINE_DIM } from "../../core/memory/mod.ts";
-import { ROOT } from "../_support/keel.ts";
+import { testConfig } from "../_support/keel.ts";
 
 const runtimeFor = (dataDir: string) =>
   ManagedRuntime.make(
     Memory.layer.pipe(
       Layer.provide(
-        KeelConfig.layer({
-          dataDir,
-          hostname: "127.0.0.1",
-          port: 0,
-          token: "t",
-          policiesDir: `${ROOT}/policies`,
-          root: ROOT,
-          rpcTimeoutMs: 1000,
-          eagerMemory: true,
-        }),
+        KeelConfig.layer(testConfig(dataDir, { eagerMemory: true })),
       ),
     ),
   );
