@@ -7,7 +7,9 @@
  * Environment: KEEL_DATA_DIR (default ./.keel), KEEL_PORT (default 8787),
  * KEEL_HOST (default 127.0.0.1), KEEL_TOKEN (default: generated on first start
  * and kept in <data dir>/token), KEEL_POLICIES (default ./policies),
- * KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT).
+ * KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT),
+ * KEEL_EMBEDDER (memory's embedder: offline, ollama or ollama:MODEL) and
+ * OLLAMA_HOST (default http://127.0.0.1:11434).
  */
 import { keelRoot, parsePort } from "./core/config/mod.ts";
 import { KeelStartError, startKeel } from "./core/mod.ts";
@@ -59,6 +61,8 @@ const serve = async () => {
     root,
     rpcTimeoutMs: Number(env("KEEL_RPC_TIMEOUT_MS") ?? 30_000),
     eagerMemory: false,
+    embedder: env("KEEL_EMBEDDER"),
+    ollamaHost: env("OLLAMA_HOST"),
   };
   const keel = await startKeel(config);
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);

@@ -9,8 +9,9 @@ import { KeelConfig, type KeelConfigShape } from "./config/mod.ts";
 import { Kv } from "./store/mod.ts";
 import { Journal } from "./journal/mod.ts";
 import { Audit } from "./telemetry/mod.ts";
-import { Policy } from "./policy/mod.ts";
+import { Limits, Policy } from "./policy/mod.ts";
 import { Memory } from "./memory/mod.ts";
+import { ModelRouter } from "./models/mod.ts";
 import { PluginHost } from "./plugins/mod.ts";
 import { Gateway } from "./gateway/mod.ts";
 import { Orchestrator } from "./orchestrator/mod.ts";
@@ -20,13 +21,18 @@ import { toErrorBody } from "./errors/mod.ts";
 
 export type { KeelConfigShape } from "./config/mod.ts";
 
-/** Every core service, built from one configuration. */
-export const keelLayer = (config: KeelConfigShape) => {
+/** Every core service, built from one configuration; `policy` replaces the policy engine (tests break it on purpose). */
+export const keelLayer = (config: KeelConfigShape, overrides: { policy?: typeof Policy.layer } = {}) => {
   const stores = Kv.layer.pipe(Layer.provideMerge(KeelConfig.layer(config)));
-  const base = Layer.mergeAll(Journal.layer, Audit.layer, Policy.layer, Memory.layer).pipe(Layer.provideMerge(stores));
+  // The policy engine audits its reloads, so it is built with the audit log in reach.
+  const policy = (overrides.policy ?? Policy.layer).pipe(Layer.provide(Audit.layer));
+  const base = Layer.mergeAll(Journal.layer, Audit.layer, policy, Limits.layer, Memory.layer).pipe(
+    Layer.provideMerge(stores),
+  );
   return Orchestrator.layer.pipe(
     Layer.provideMerge(Gateway.layer),
     Layer.provideMerge(PluginHost.layer),
+    Layer.provideMerge(ModelRouter.layer),
     Layer.provideMerge(base),
   );
 };
@@ -56,8 +62,11 @@ export class KeelStartError extends Error {
 }
 
 /** Build the core, resume interrupted runs and (unless `serve: false`) listen on HTTP. */
-export const startKeel = async (config: KeelConfigShape, options: { serve?: boolean } = {}): Promise<Keel> => {
-  const runtime = ManagedRuntime.make(keelLayer(config));
+export const startKeel = async (
+  config: KeelConfigShape,
+  options: { serve?: boolean; policy?: typeof Policy.layer } = {},
+): Promise<Keel> => {
+  const runtime = ManagedRuntime.make(keelLayer(config, { policy: options.policy }));
   const exit = await runtime.runPromiseExit(Orchestrator.use((o) => o.recover));
   if (exit._tag === "Failure") {
     await runtime.dispose().catch(() => {});

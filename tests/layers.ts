@@ -15,15 +15,16 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   config: [],
   store: ["errors", "config"],
   manifest: ["errors"],
-  policy: ["errors", "config", "manifest"],
+  policy: ["errors", "config", "manifest", "store", "telemetry"],
   telemetry: ["errors", "store", "manifest"],
   journal: ["errors", "store"],
   memory: ["errors", "config", "manifest"],
   plugins: ["errors", "config", "manifest", "store", "telemetry", "sdk"],
   gateway: ["errors", "manifest", "policy", "journal", "plugins", "telemetry"],
-  orchestrator: ["errors", "journal", "gateway", "plugins", "memory", "telemetry", "sdk"],
-  http: ["errors", "plugins", "orchestrator", "journal", "telemetry"],
-  cli: ["config", "errors", "manifest"],
+  models: ["errors", "config", "store", "manifest", "policy", "sdk"],
+  orchestrator: ["errors", "journal", "gateway", "plugins", "memory", "models", "telemetry", "sdk"],
+  http: ["errors", "plugins", "orchestrator", "journal", "telemetry", "manifest", "policy", "memory"],
+  cli: ["config", "errors", "manifest", "policy", "plugins"],
 };
 
 const root = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -43,6 +44,8 @@ export const violations = (): string[] => {
   const files = ["core", "plugins", "agents"].flatMap((d) => walk(`${root}/${d}`));
   for (const file of files) {
     const rel = file.slice(root.length + 1);
+    // A plugin's own test (`keel plugin new` writes `mod_test.ts`) is not in its module graph: it may import Keel's test kit.
+    if (!rel.startsWith("core/") && rel.endsWith("_test.ts")) continue;
     const text = Deno.readTextFileSync(file);
     for (const m of text.matchAll(IMPORT)) {
       const spec = m[1] ?? m[2] ?? m[3];

@@ -3,7 +3,7 @@
  * The welcome email, from a fixed template. Deterministic on purpose: the
  * same client always gets the same draft, so a replay after a crash produces
  * the same effect arguments and the approval still matches. A model-written
- * draft goes through `ctx.model` (not available yet) and is journaled.
+ * draft would go through `ctx.model.generate`, which journals it.
  */
 
 /** A drafted email. */

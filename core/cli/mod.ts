@@ -6,6 +6,8 @@
  */
 import type { Command } from "./client.ts";
 import { pluginCommand } from "./plugin.ts";
+import { memoryCommand } from "./memory.ts";
+import { policyCommand } from "./policy.ts";
 import { approvalsCommand, approveCommand, auditCommand, denyCommand, runCommand, runsCommand } from "./runs.ts";
 
 export { type Command, UsageError } from "./client.ts";
@@ -20,4 +22,6 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   approve: approveCommand,
   deny: denyCommand,
   audit: auditCommand,
+  memory: memoryCommand,
+  policy: policyCommand,
 };

@@ -1,29 +1,56 @@
 /**
  * @module
- * `keel plugin …`: install a plugin folder with an explicit grant (showing
- * what it asks for in plain words first), and list installed plugins.
+ * `keel plugin …`: install a plugin folder or `.tar.gz` archive with an
+ * explicit grant (showing what it asks for in plain words first), upgrade it
+ * (showing what the new version changes, and whether it needs a new grant),
+ * grant a version, remove a version or the whole plugin, and list every
+ * installed version with its state. The package is read here only to show
+ * it; Keel checks it again, on its own stored copy.
  */
 import { Effect } from "effect";
-import { describePermissions, readManifest, resolveRequested, validateConfig } from "../manifest/mod.ts";
+import {
+  describePermissions,
+  type Manifest,
+  readManifest,
+  resolveRequested,
+  validateConfig,
+  validateManifest,
+} from "../manifest/mod.ts";
+import { isArchivePath, readArchiveManifest } from "../plugins/mod.ts";
 import { api, type Command, confirm, flagsOf, parseJson, UsageError } from "./client.ts";
+import { describeHealth } from "./describeHealth.ts";
+import { newPluginCommand } from "./scaffold.ts";
 
-const install = async (path: string | undefined, flags: { config?: string; grant?: string; yes?: boolean }) => {
-  if (!path) throw new UsageError("plugin install needs a PATH to the plugin folder");
-  const config = parseJson("config", flags.config);
-  const { manifest, requested } = await Effect.runPromise(
+/** Read a folder's or archive's manifest here, to show it; never contacts Keel. */
+const readLocal = (path: string) =>
+  Effect.runPromise(
     Effect.gen(function* () {
-      const manifest = yield* readManifest(path);
-      const cfg = yield* validateConfig(manifest, config);
-      const requested = yield* resolveRequested(manifest, cfg);
-      return { manifest, requested };
+      if (isArchivePath(path)) {
+        const raw = yield* readArchiveManifest(path);
+        return yield* validateManifest(raw, `${path}/plugin.json`);
+      }
+      return yield* readManifest(path);
     }).pipe(Effect.mapError((e) => new UsageError(e.message))),
   ).catch((e) => {
     throw e instanceof UsageError ? e : new UsageError(String(e?.message ?? e));
   });
-  const grant = flags.grant !== undefined ? parseJson("grant", flags.grant) : requested;
-  console.log(`Plugin ${manifest.name} ${manifest.version} (${manifest.kind}): ${manifest.description}`);
-  console.log("It asks to:");
-  for (const line of describePermissions(requested)) console.log(`  - ${line}`);
+
+const realPath = (path: string) => {
+  try {
+    return Deno.realPathSync(path);
+  } catch {
+    throw new UsageError(`No folder or .tar.gz archive at "${path}"`);
+  }
+};
+
+const isolationFlag = (isolation: string | undefined) => {
+  if (isolation !== undefined && isolation !== "worker" && isolation !== "process") {
+    throw new UsageError(`--isolation must be "worker" or "process": got "${isolation}"`);
+  }
+  return isolation;
+};
+
+const describeManifest = (manifest: Manifest) => {
   if (manifest.effects.length) {
     console.log("It performs these effects:");
     for (const e of manifest.effects) console.log(`  - ${e.name} (${e.class}): ${e.description}`);
@@ -32,47 +59,203 @@ const install = async (path: string | undefined, flags: { config?: string; grant
   if (manifest.workflows.length) {
     console.log(`It offers workflows: ${manifest.workflows.map((w) => w.name).join(", ")}`);
   }
+};
+
+const install = async (
+  path: string | undefined,
+  flags: { config?: string; grant?: string; yes?: boolean; isolation?: string },
+) => {
+  if (!path) throw new UsageError("plugin install needs a PATH to the plugin folder or .tar.gz archive");
+  const config = parseJson("config", flags.config);
+  const isolation = isolationFlag(flags.isolation);
+  const manifest = await readLocal(path);
+  const requested = await Effect.runPromise(
+    Effect.flatMap(validateConfig(manifest, config), (cfg) => resolveRequested(manifest, cfg)).pipe(
+      Effect.mapError((e) => new UsageError(e.message)),
+    ),
+  );
+  const grant = flags.grant !== undefined ? parseJson("grant", flags.grant) : requested;
+  console.log(`Plugin ${manifest.name} ${manifest.version} (${manifest.kind}): ${manifest.description}`);
+  console.log("It asks to:");
+  for (const line of describePermissions(requested)) console.log(`  - ${line}`);
+  describeManifest(manifest);
   if (flags.grant !== undefined) console.log(`You grant: ${JSON.stringify(grant)}`);
   if (!flags.yes && !confirm("Install and grant this?")) {
     throw new UsageError("Not installed (answer y, or pass --yes in scripts)");
   }
-  const { plugin } = await api("POST", "/api/plugins", { path: Deno.realPathSync(path), grant, config });
+  const { plugin } = await api("POST", "/api/plugins", { path: realPath(path), grant, config, isolation });
   console.log(`Installed ${plugin.name} ${plugin.version} (manifest ${String(plugin.manifestHash).slice(0, 12)})`);
+};
+
+const upgrade = async (
+  path: string | undefined,
+  flags: { config?: string; yes?: boolean; isolation?: string },
+) => {
+  if (!path) throw new UsageError("plugin upgrade needs a PATH to the new version's folder or .tar.gz archive");
+  const config = parseJson("config", flags.config);
+  const isolation = isolationFlag(flags.isolation);
+  const manifest = await readLocal(path);
+  const body = { path: realPath(path), config, isolation };
+  const route = `/api/plugins/${encodeURIComponent(manifest.name)}/upgrade`;
+  const preview = await api("POST", route, { ...body, dryRun: true });
+  console.log(`Upgrade ${manifest.name} ${preview.from} → ${manifest.version}: ${manifest.description}`);
+  const lines: string[] = preview.diff.lines;
+  if (lines.length) {
+    console.log(`Compared with ${preview.from}, it:`);
+    for (const line of lines) console.log(`  - ${line}`);
+  } else {
+    console.log(`It declares exactly what ${preview.from} declares.`);
+  }
+  if (preview.diff.escalates) {
+    console.log(
+      `It asks for more than ${preview.from} was granted: it will be installed but stays disabled, and ${preview.from} keeps serving, until you grant it with "deno task keel plugin grant ${manifest.name} ${manifest.version}".`,
+    );
+  } else {
+    console.log(`It asks for nothing more: it will run with ${preview.from}'s grant, narrowed to what it requests:`);
+    for (const line of describePermissions(preview.carriedGrant)) console.log(`  - ${line}`);
+  }
+  if (!flags.yes && !confirm(preview.diff.escalates ? "Install it, disabled?" : "Upgrade?")) {
+    throw new UsageError("Not upgraded (answer y, or pass --yes in scripts)");
+  }
+  const { plugin } = await api("POST", route, body);
+  console.log(
+    plugin.activation === "needs_grant"
+      ? `Installed ${plugin.name} ${plugin.version}, disabled until granted; ${preview.from} keeps serving`
+      : `Upgraded ${plugin.name} to ${plugin.version} (manifest ${String(plugin.manifestHash).slice(0, 12)})`,
+  );
+};
+
+const grant = async (
+  name: string | undefined,
+  version: string | undefined,
+  flags: { grant?: string; yes?: boolean },
+) => {
+  if (!name || !version) throw new UsageError("plugin grant needs a NAME and a VERSION");
+  const { plugins } = await api("GET", "/api/plugins");
+  const target = plugins.find((p: { name: string; version: string }) => p.name === name && p.version === version);
+  if (!target) {
+    const versions = plugins.filter((p: { name: string }) => p.name === name).map((p: { version: string }) =>
+      p.version
+    );
+    throw new UsageError(
+      versions.length
+        ? `Plugin "${name}" has no version ${version} (installed: ${versions.join(", ")})`
+        : `No plugin named "${name}" is installed`,
+    );
+  }
+  const granted = flags.grant !== undefined ? parseJson("grant", flags.grant) : target.requested;
+  console.log(`Plugin ${name} ${version} (${target.manifest.kind}): ${target.manifest.description}`);
+  if (target.pendingChanges?.length) {
+    console.log("Compared with the version it upgrades, it:");
+    for (const line of target.pendingChanges) console.log(`  - ${line}`);
+  }
+  console.log("It asks to:");
+  for (const line of describePermissions(target.requested)) console.log(`  - ${line}`);
+  describeManifest(target.manifest);
+  if (flags.grant !== undefined) console.log(`You grant: ${JSON.stringify(granted)}`);
+  if (!flags.yes && !confirm(`Grant this and make ${version} the active version?`)) {
+    throw new UsageError("Not granted (answer y, or pass --yes in scripts)");
+  }
+  const route = `/api/plugins/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/grant`;
+  const { plugin } = await api("POST", route, { grant: granted });
+  console.log(`Granted ${plugin.name} ${plugin.version}; it is the active version`);
+};
+
+const remove = async (name: string | undefined, flags: { version?: string; force?: boolean }) => {
+  if (!name) throw new UsageError("plugin remove needs a NAME");
+  const base = `/api/plugins/${encodeURIComponent(name)}`;
+  const path = flags.version ? `${base}/versions/${encodeURIComponent(flags.version)}` : base;
+  const result = await api("DELETE", `${path}${flags.force ? "?force=true" : ""}`);
+  console.log(
+    result.whole
+      ? `Removed ${name} (${result.removed.join(", ")}) and its data`
+      : `Removed ${name} ${result.removed.join(", ")}`,
+  );
 };
 
 const list = async () => {
   const { plugins } = await api("GET", "/api/plugins");
   if (!plugins.length) return console.log("No plugins installed");
+  let current = "";
   for (const p of plugins) {
-    console.log(
-      `${p.name} ${p.version} ${p.manifest.kind} — ${p.state}${p.restarts ? ` (${p.restarts} restarts)` : ""}`,
-    );
+    if (p.name !== current) {
+      current = p.name;
+      console.log(`${p.name} (${p.manifest.kind}): ${p.manifest.description}`);
+    }
+    const activation = p.activation === "needs_grant" ? "disabled: needs a grant" : p.activation;
+    const runs = p.activation === "needs_grant" ? "" : ` — ${p.state}${p.restarts ? ` (${p.restarts} restarts)` : ""}`;
+    const where = `${p.isolation ?? "worker"}${
+      p.sandbox === "bwrap" ? " in bwrap" : p.sandbox === "none" ? " without bwrap" : ""
+    }`;
+    console.log(`  ${p.version} ${activation}${runs}, ${where}`);
+    if (p.activation === "needs_grant") {
+      for (const line of p.pendingChanges ?? []) console.log(`    changes: ${line}`);
+      console.log(`    grant it: deno task keel plugin grant ${p.name} ${p.version}`);
+      continue;
+    }
+    console.log(`    health: ${describeHealth(p.health)}`);
     for (const line of describePermissions(p.grant)) console.log(`    grant: ${line}`);
   }
 };
 
-/** `keel plugin install|list`. */
+/** `keel plugin install|upgrade|grant|remove|list|new`. */
 export const pluginCommand: Command = {
   summary: [
-    "plugin install PATH           Install a plugin folder with an explicit grant",
-    "plugin list                   List installed plugins, their grants and state",
+    "plugin install PATH           Install a plugin folder or .tar.gz archive with an explicit grant",
+    "plugin upgrade PATH           Install a new version; one asking for more waits for a grant",
+    "plugin grant NAME VERSION     Grant a version and make it the active one",
+    "plugin remove NAME            Remove a plugin (or --version V), unless runs still use it",
+    "plugin list                   List installed versions, which is active, their grants and state",
+    ...newPluginCommand.summary,
   ],
   help: `Usage:
-  deno task keel plugin install PATH [--config JSON] [--grant JSON] [--yes]
+  deno task keel plugin install PATH|ARCHIVE.tar.gz [--config JSON] [--grant JSON] [--isolation worker|process] [--yes]
+  deno task keel plugin upgrade PATH|ARCHIVE.tar.gz [--config JSON] [--isolation worker|process] [--yes]
+  deno task keel plugin grant NAME VERSION [--grant JSON] [--yes]
+  deno task keel plugin remove NAME [--version V] [--force]
   deno task keel plugin list
+  deno task keel plugin new NAME --kind connector|agent [--dir DIR]
 
 install shows the permissions and effects the plugin requests and asks before
 granting them. --grant gives a subset explicitly (e.g. '{"net":["127.0.0.1:2525"]}');
---yes grants what is requested without asking (for scripts).`,
+--yes grants what is requested without asking (for scripts). --isolation
+overrides where it runs: a Worker in Keel, or its own sandboxed process (the
+default for plugins from outside Keel's folder). Keel copies the plugin into
+<data dir>/plugins/NAME/VERSION and runs that copy, so editing the folder
+later changes nothing.
+
+upgrade installs a new version of an installed plugin and shows what it
+changes. If it asks for nothing more (same or fewer permissions, identical
+effect declarations) it becomes the active version with the old grant. If it
+asks for more, it is installed but disabled, and the old version keeps
+serving, until you grant it. Runs keep the version they started with.
+
+grant grants one version what it requests (or --grant JSON) and makes it the
+active version; the previous one stays installed for the runs pinned to it.
+
+remove deletes a plugin's versions, stored files and data (or one version with
+--version). Keel refuses while runs pinned to it are running or waiting for an
+approval; --force removes it anyway and those runs fail.
+
+new creates a plugin folder whose test passes as it is (see docs/plugins.md).`,
   async run(args) {
+    if (args[0] === "new") return await newPluginCommand.run(args.slice(1));
     const { values, positionals } = flagsOf(args, {
       config: { type: "string" },
       grant: { type: "string" },
       yes: { type: "boolean", short: "y" },
+      isolation: { type: "string" },
+      version: { type: "string" },
+      force: { type: "boolean" },
     });
-    const [sub, path] = positionals;
-    if (sub === "install") return await install(path, values);
+    const [sub, first, second] = positionals;
+    if (sub === "install") return await install(first, values);
+    if (sub === "upgrade") return await upgrade(first, values);
+    if (sub === "grant") return await grant(first, second, values);
+    if (sub === "remove") return await remove(first, values);
     if (sub === "list") return await list();
-    throw new UsageError(`Unknown plugin command "${sub ?? ""}": use install or list`);
+    throw new UsageError(
+      `Unknown plugin command "${sub ?? ""}": use install, upgrade, grant, remove, list or new`,
+    );
   },
 };

@@ -24,6 +24,10 @@ export interface KeelConfigShape {
   readonly rpcTimeoutMs: number;
   /** Open PGlite (memory) at start-up instead of on first use. */
   readonly eagerMemory: boolean;
+  /** Memory's embedder: `offline` (default, no model), `ollama` or `ollama:MODEL` (`KEEL_EMBEDDER`). */
+  readonly embedder?: string;
+  /** Ollama's base URL for the embedder (`OLLAMA_HOST`); default http://127.0.0.1:11434. */
+  readonly ollamaHost?: string;
 }
 
 /** The configuration service. */

@@ -21,6 +21,8 @@ export class ManifestError extends Schema.TaggedError<ManifestError>()("Manifest
 export class GrantError extends Schema.TaggedError<GrantError>()("GrantError", fields) {}
 /** A plugin whose module graph reaches outside its folder and the SDK. */
 export class ModuleGraphError extends Schema.TaggedError<ModuleGraphError>()("ModuleGraphError", fields) {}
+/** A plugin folder or `.tar.gz` archive Keel refuses to store: `../` or absolute entries, links, devices, too big. */
+export class PluginPackageError extends Schema.TaggedError<PluginPackageError>()("PluginPackageError", fields) {}
 /** A policy file that does not parse or type-check; names file and line. */
 export class PolicyFileError extends Schema.TaggedError<PolicyFileError>()("PolicyFileError", fields) {}
 /** The policy gate said no. */
@@ -39,6 +41,8 @@ export class PermissionDeniedError extends Schema.TaggedError<PermissionDeniedEr
 export class PluginCrashedError extends Schema.TaggedError<PluginCrashedError>()("PluginCrashedError", fields) {}
 /** A plugin did not answer in time. */
 export class PluginTimeoutError extends Schema.TaggedError<PluginTimeoutError>()("PluginTimeoutError", fields) {}
+/** A plugin already has as many calls in flight as it may; try again later. */
+export class PluginBusyError extends Schema.TaggedError<PluginBusyError>()("PluginBusyError", fields) {}
 /** A plugin handler failed with its own error tag (kept in `details.tag`). */
 export class PluginFailedError extends Schema.TaggedError<PluginFailedError>()("PluginFailedError", fields) {}
 /** A state store (Deno KV, PGlite, the data dir) failed. */
@@ -47,6 +51,17 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", f
 export class DataDirLockedError extends Schema.TaggedError<DataDirLockedError>()("DataDirLockedError", fields) {}
 /** A missing or wrong bearer token. */
 export class UnauthorizedError extends Schema.TaggedError<UnauthorizedError>()("UnauthorizedError", fields) {}
+/** A `models.json` that does not parse or validate; names the file and the field. */
+export class ModelConfigError extends Schema.TaggedError<ModelConfigError>()("ModelConfigError", fields) {}
+/** No model provider on the route could answer (down, timing out, rate limited); `details.attempts` says why. */
+export class ModelUnavailableError extends Schema.TaggedError<ModelUnavailableError>()(
+  "ModelUnavailableError",
+  fields,
+) {}
+/** A model's answer did not match the requested schema, even after one retry with the validation error. */
+export class ModelOutputError extends Schema.TaggedError<ModelOutputError>()("ModelOutputError", fields) {}
+/** The embedding provider (Ollama) failed or returned vectors memory cannot store. */
+export class EmbeddingError extends Schema.TaggedError<EmbeddingError>()("EmbeddingError", fields) {}
 /** The run must stop here and wait (an approval); not a failure of the run. */
 export class RunSuspendedError extends Schema.TaggedError<RunSuspendedError>()("RunSuspendedError", fields) {}
 
@@ -58,17 +73,23 @@ export type KeelError =
   | ManifestError
   | GrantError
   | ModuleGraphError
+  | PluginPackageError
   | PolicyFileError
   | PolicyDeniedError
   | EffectNotDeclaredError
   | PermissionDeniedError
   | PluginCrashedError
   | PluginTimeoutError
+  | PluginBusyError
   | PluginFailedError
   | StoreError
   | DataDirLockedError
   | UnauthorizedError
-  | RunSuspendedError;
+  | RunSuspendedError
+  | ModelConfigError
+  | ModelUnavailableError
+  | ModelOutputError
+  | EmbeddingError;
 
 /** The JSON shape of an error in the API, the journal and the audit log. */
 export interface ErrorBody {
@@ -98,17 +119,23 @@ const BY_TAG = {
   ManifestError,
   GrantError,
   ModuleGraphError,
+  PluginPackageError,
   PolicyFileError,
   PolicyDeniedError,
   EffectNotDeclaredError,
   PermissionDeniedError,
   PluginCrashedError,
   PluginTimeoutError,
+  PluginBusyError,
   PluginFailedError,
   StoreError,
   DataDirLockedError,
   UnauthorizedError,
   RunSuspendedError,
+  ModelConfigError,
+  ModelUnavailableError,
+  ModelOutputError,
+  EmbeddingError,
 } as const;
 
 /** Rebuild a Keel error that crossed the plugin boundary as `{tag, message}`; undefined for a plugin's own tag. */

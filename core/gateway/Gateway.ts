@@ -7,8 +7,15 @@
  * connector → outcome journaled → audit event (what, who, which rule,
  * latency). The policy check yields an `Authorized` capability and `dispatch`
  * accepts nothing else, so no code path can skip the gate.
+ *
+ * The gate fails closed: a policy engine that throws, hangs past
+ * `POLICY_TIMEOUT_MS` or answers nonsense, args nested too deep to inspect
+ * safely, and limit counters that cannot be read all become a deny with rule
+ * `fail-closed`, journaled and audited. Rates and budgets (the matching rules'
+ * limits and the manifest's `rateLimit`) are counted atomically in Deno KV
+ * just before dispatch, once per execution.
  */
-import { Clock, Context, Effect, Layer } from "effect";
+import { Cause, Clock, Context, Effect, Layer, Option } from "effect";
 import {
   EffectNotDeclaredError,
   type ErrorBody,
@@ -20,7 +27,17 @@ import {
   toErrorBody,
 } from "../errors/mod.ts";
 import { canonicalJson, type EffectDecl, sha256Hex } from "../manifest/mod.ts";
-import { Policy, type PolicyDecision } from "../policy/mod.ts";
+import {
+  type AppliedLimit,
+  failClosed,
+  Limits,
+  manifestRateLimit,
+  Policy,
+  policyContext,
+  type PolicyDecision,
+  type PolicyRequest,
+  type Usage,
+} from "../policy/mod.ts";
 import { type ApprovalRecord, Journal, type StepRecord } from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
@@ -33,7 +50,34 @@ export interface EffectRequest {
   readonly workflow: string;
   readonly effect: string;
   readonly args: unknown;
+  /** What this call costs in US dollars, when the caller knows better than the manifest's `cost.usdPerCall`. */
+  readonly costUsd?: number;
+  /** Model tokens this call uses, charged against token budgets. */
+  readonly tokens?: number;
+  /** Facts the orchestrator knows about the run, as `context.…` in conditions (`tainted`: a model read untrusted input). */
+  readonly context?: Readonly<Record<string, unknown>>;
 }
+
+/** How long the policy engine may take to decide before the request is denied. */
+export const POLICY_TIMEOUT_MS = 1000;
+/** Deepest args the Gateway inspects; deeper args are refused before any schema or policy sees them. */
+export const MAX_ARGS_DEPTH = 64;
+
+/** How deep a JSON value nests (iteratively, so hostile input cannot exhaust the stack). */
+const depthOf = (value: unknown, limit: number): number => {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    deepest = Math.max(deepest, d);
+    if (deepest > limit) return deepest;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, d + 1]);
+  }
+  return deepest;
+};
+
+const DECISIONS = new Set(["allow", "approve", "deny"]);
 
 /** Everything the Gateway can answer besides a result. */
 export type GatewayError =
@@ -55,6 +99,7 @@ export interface Authorized {
   readonly decision: PolicyDecision;
   readonly idempotencyKey: string;
   readonly approval?: ApprovalRecord;
+  readonly usage?: Usage;
 }
 
 const authorized = (
@@ -64,7 +109,8 @@ const authorized = (
   decision: PolicyDecision,
   idempotencyKey: string,
   approval?: ApprovalRecord,
-): Authorized => ({ request, connector, decl, decision, idempotencyKey, approval }) as unknown as Authorized;
+  usage?: Usage,
+): Authorized => ({ request, connector, decl, decision, idempotencyKey, approval, usage }) as unknown as Authorized;
 
 /** The digest an approval is bound to: the exact effect, args, run, step and policy. */
 export const actionDigest = (e: { effect: string; args: unknown; runId: string; seq: number; policyHash: string }) =>
@@ -98,11 +144,118 @@ export class Gateway extends Context.Service<Gateway, {
     Effect.gen(function* () {
       const host = yield* PluginHost;
       const policy = yield* Policy;
+      const limits = yield* Limits;
       const journal = yield* Journal;
       const audit = yield* Audit;
 
       const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
       const actorOf = (r: EffectRequest) => `plugin:${r.agent.name}`;
+
+      /** Ask the engine, failing closed on a throw, a hang or a malformed answer. */
+      const decideSafely = Effect.fn("Gateway.decideSafely")(function* (request: PolicyRequest) {
+        const hash = (yield* policy.current).hash;
+        const exit = yield* Effect.exit(Effect.timeoutOption(policy.decide(request), POLICY_TIMEOUT_MS));
+        if (exit._tag === "Failure") {
+          const error = Cause.squash(exit.cause);
+          return failClosed(
+            hash,
+            `policy evaluation failed: ${error instanceof Error ? error.message : String(error)}`,
+          );
+        }
+        if (Option.isNone(exit.value)) {
+          return failClosed(hash, `policy evaluation timed out after ${POLICY_TIMEOUT_MS} ms`);
+        }
+        const d = exit.value.value as Partial<PolicyDecision> | null;
+        if (
+          d === null || typeof d !== "object" || !DECISIONS.has(d.decision as string) || typeof d.rule !== "string" ||
+          typeof d.policyHash !== "string" || (d.limits !== undefined && !Array.isArray(d.limits))
+        ) {
+          return failClosed(hash, "policy engine returned a malformed decision");
+        }
+        return d as PolicyDecision;
+      });
+
+      /** The request the policy engine sees for an effect request, at time `nowMs`. */
+      const policyRequest = (r: EffectRequest, connector: InstalledPlugin, decl: EffectDecl, nowMs: number) => ({
+        effect: r.effect,
+        effectClass: decl.class,
+        plugin: connector.name,
+        agent: r.agent.name,
+        workflow: r.workflow,
+        args: r.args,
+        context: policyContext(nowMs, { ...r.context, runId: r.runId, seq: r.seq }),
+      });
+
+      /** The decision with the connector manifest's own rate limit added (it binds whatever the rules say). */
+      const withManifestLimit = (d: PolicyDecision, connector: InstalledPlugin, decl: EffectDecl): PolicyDecision => {
+        const own = manifestRateLimit(connector.name, decl);
+        return own && d.decision !== "deny" ? { ...d, limits: [...(d.limits ?? []), own] } : d;
+      };
+
+      const usageOf = (r: EffectRequest, decl: EffectDecl): Usage => ({
+        calls: 1,
+        usd: r.costUsd ?? decl.cost?.usdPerCall,
+        tokens: r.tokens,
+      });
+
+      /** Count the call against its limits; a refusal (or a store that cannot count) turns the decision into a deny. */
+      const countLimits = Effect.fn("Gateway.countLimits")(function* (
+        d: PolicyDecision,
+        usage: Usage,
+        dryRun: boolean,
+      ) {
+        if (!d.limits?.length) return d;
+        const verdict = yield* Effect.result(limits.consume(d, usage, { dryRun }));
+        if (verdict._tag === "Failure") {
+          return failClosed(d.policyHash, `limits could not be counted: ${verdict.failure.message}`);
+        }
+        if (verdict.success.ok) return d;
+        const hit: AppliedLimit = verdict.success.limit;
+        return {
+          ...d,
+          decision: "deny",
+          rule: hit.rule,
+          ruleSource: hit.rule === d.rule ? d.ruleSource : undefined,
+          reason: verdict.success.reason,
+          approval: undefined,
+          limit: verdict.success.name,
+        } satisfies PolicyDecision;
+      });
+
+      const record = (r: EffectRequest, req: PolicyRequest, d: PolicyDecision, args: unknown = r.args) =>
+        Effect.flatMap(now, (at) =>
+          journal.recordDecision({
+            at,
+            runId: r.runId,
+            seq: r.seq,
+            effect: r.effect,
+            effectClass: req.effectClass,
+            plugin: req.plugin,
+            agent: r.agent.name,
+            workflow: r.workflow,
+            args,
+            decision: d.decision,
+            rule: d.rule,
+            policyHash: d.policyHash,
+            ...(d.limit ? { limit: d.limit } : {}),
+            ...(req.context ? { context: req.context } : {}),
+          }));
+
+      const denied = (r: EffectRequest, d: PolicyDecision) =>
+        reject(
+          r,
+          new PolicyDeniedError({
+            message: `Policy denied effect "${r.effect}": ${d.reason} (rule "${d.rule}")`,
+            details: { rule: d.rule, policyHash: d.policyHash, ...(d.limit ? { limit: d.limit } : {}) },
+          }),
+          {
+            rule: d.rule,
+            policyHash: d.policyHash,
+            reason: d.reason,
+            ...(d.ruleSource ? { ruleSource: d.ruleSource } : {}),
+            ...(d.limit ? { limit: d.limit } : {}),
+          },
+        );
 
       const reject = Effect.fn("Gateway.reject")(function* (
         r: EffectRequest,
@@ -148,6 +301,14 @@ export class Gateway extends Context.Service<Gateway, {
           );
         }
         const { plugin: connector, decl } = found.success;
+        if (depthOf(r.args, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH) {
+          // Malformed input fails closed before any validator or condition has to walk it.
+          const hash = (yield* policy.current).hash;
+          const d = failClosed(hash, `malformed input: args nest deeper than ${MAX_ARGS_DEPTH} levels`);
+          // The log keeps no copy of args that are unsafe to walk.
+          yield* record(r, { effect: r.effect, effectClass: decl.class, plugin: connector.name }, d, null);
+          return yield* denied(r, d);
+        }
         const problems = host.validate(connector, `in:${decl.name}`, decl.input, r.args);
         if (problems.length) {
           return yield* reject(
@@ -158,70 +319,71 @@ export class Gateway extends Context.Service<Gateway, {
             }),
           );
         }
-        const decision = yield* policy.decide({
-          effect: r.effect,
-          effectClass: decl.class,
-          plugin: connector.name,
-          agent: r.agent.name,
-          workflow: r.workflow,
-        });
-        yield* journal.recordDecision({
-          at: yield* now,
-          runId: r.runId,
-          seq: r.seq,
-          effect: r.effect,
-          effectClass: decl.class,
-          plugin: connector.name,
-          agent: r.agent.name,
-          workflow: r.workflow,
-          args: r.args,
-          decision: decision.decision,
-          rule: decision.rule,
-          policyHash: decision.policyHash,
-        });
+        const req = policyRequest(r, connector, decl, yield* Clock.currentTimeMillis);
+        const usage = usageOf(r, decl);
+        const decision = withManifestLimit(yield* decideSafely(req), connector, decl);
         const key = `keel-${(yield* Effect.promise(() => sha256Hex(`${r.runId}:${r.seq}`))).slice(0, 32)}`;
         if (decision.decision === "deny") {
-          return yield* reject(
-            r,
-            new PolicyDeniedError({
-              message: `Policy denied effect "${r.effect}": ${decision.reason} (rule "${decision.rule}")`,
-              details: { rule: decision.rule, policyHash: decision.policyHash },
-            }),
-            { rule: decision.rule, policyHash: decision.policyHash },
-          );
+          yield* record(r, req, decision);
+          return yield* denied(r, decision);
         }
-        if (decision.decision === "allow") return authorized(r, connector, decl, decision, key);
+        if (decision.decision === "allow") {
+          const counted = yield* countLimits(decision, usage, false);
+          yield* record(r, req, counted);
+          if (counted.decision === "deny") return yield* denied(r, counted);
+          return authorized(r, connector, decl, counted, key, undefined, usage);
+        }
 
-        // A human gate: the approval must be for this exact action under this policy.
+        // A human gate: the approval must be for this exact action under this policy, approved and unexpired.
         const digest = yield* actionDigest({ ...r, policyHash: decision.policyHash });
         if (prior?.approvalId) {
           const approval = yield* journal.getApproval(prior.approvalId);
           const at = yield* Clock.currentTimeMillis;
-          if (approval && approval.digest === digest) {
-            if (approval.status === "pending" && Date.parse(approval.expiresAt) > at) {
+          const fresh = approval !== undefined && Date.parse(approval.expiresAt) > at;
+          if (approval && approval.digest === digest && fresh) {
+            if (approval.status === "pending") {
+              yield* record(r, req, decision);
               return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
             }
-            if (approval.status === "approved" || approval.status === "used") {
-              return authorized(r, connector, decl, decision, key, approval);
-            }
-            if (approval.status === "denied") {
-              return yield* reject(
-                r,
-                new PolicyDeniedError({
-                  message: `Effect "${r.effect}" was denied by ${approval.decidedBy ?? "the approver"}${
-                    approval.note ? `: ${approval.note}` : ""
-                  }`,
-                  details: { approvalId: approval.id, rule: approval.rule },
-                }),
-                { rule: approval.rule, approvalId: approval.id, approver: approval.decidedBy },
-              );
+            if (approval.status === "approved") {
+              const counted = yield* countLimits(decision, usage, false);
+              yield* record(r, req, counted);
+              if (counted.decision === "deny") return yield* denied(r, counted);
+              return authorized(r, connector, decl, counted, key, approval, usage);
             }
           }
-          if (approval && approval.status === "pending") {
-            // Args, policy or expiry changed: the old approval can never be used.
-            yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending");
+          if (approval && approval.digest === digest && approval.status === "denied") {
+            yield* record(r, req, { ...decision, decision: "deny" });
+            return yield* reject(
+              r,
+              new PolicyDeniedError({
+                message: `Effect "${r.effect}" was denied by ${approval.decidedBy ?? "the approver"}${
+                  approval.note ? `: ${approval.note}` : ""
+                }`,
+                details: { approvalId: approval.id, rule: approval.rule },
+              }),
+              { rule: approval.rule, approvalId: approval.id, approver: approval.decidedBy },
+            );
+          }
+          if (approval && (approval.status === "pending" || approval.status === "approved")) {
+            // Args, policy or expiry changed: the old approval can never be used, and the operator sees why.
+            const why = approval.digest !== digest
+              ? approval.policyHash !== decision.policyHash ? "policy changed" : "action changed"
+              : "expired";
+            if (yield* journal.transitionApproval({ ...approval, status: "expired" }, approval.status)) {
+              yield* audit.append({
+                type: "approval.invalidated",
+                actor: "system",
+                runId: r.runId,
+                data: { approvalId: approval.id, was: approval.status, reason: why, effect: r.effect, seq: r.seq },
+              });
+            }
           }
         }
+        // Do not ask the operator for something its limits would refuse anyway.
+        const fits = yield* countLimits(decision, usage, true);
+        yield* record(r, req, fits);
+        if (fits.decision === "deny") return yield* denied(r, fits);
         const createdAt = yield* Clock.currentTimeMillis;
         const approval: ApprovalRecord = {
           id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
@@ -268,6 +430,7 @@ export class Gateway extends Context.Service<Gateway, {
             ruleSource: decision.ruleSource,
             policyHash: decision.policyHash,
             expiresAt: approval.expiresAt,
+            ...(decision.limit ? { limit: decision.limit } : {}),
           },
         });
         return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
@@ -313,6 +476,8 @@ export class Gateway extends Context.Service<Gateway, {
           policyHash: auth.decision.policyHash,
           idempotencyKey: auth.idempotencyKey,
           latencyMs,
+          ...(auth.usage?.usd !== undefined ? { costUsd: auth.usage.usd } : {}),
+          ...(auth.usage?.tokens !== undefined ? { tokens: auth.usage.tokens } : {}),
           ...(auth.approval
             ? { approvalId: auth.approval.id, approver: auth.approval.decidedBy, approvedAt: auth.approval.decidedAt }
             : {}),
@@ -356,14 +521,8 @@ export class Gateway extends Context.Service<Gateway, {
           (e) => new EffectNotDeclaredError({ message: e.message }),
         );
         if (decl.class === "read" || (decl.class === "write" && decl.idempotency === "key")) {
-          // Safe to send again: reads change nothing, and the connector honours the key.
-          const decision = yield* policy.decide({
-            effect: r.effect,
-            effectClass: decl.class,
-            plugin: connector.name,
-            agent: r.agent.name,
-            workflow: r.workflow,
-          });
+          // Safe to send again: reads change nothing, and the connector honours the key. Limits were counted once.
+          const decision = yield* decideSafely(policyRequest(r, connector, decl, yield* Clock.currentTimeMillis));
           if (decision.decision === "allow") {
             return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!));
           }
@@ -388,13 +547,9 @@ export class Gateway extends Context.Service<Gateway, {
             return value;
           }
           if (approval?.status === "approved" && approval.resolution === "retry") {
-            const decision = yield* policy.decide({
-              effect: r.effect,
-              effectClass: decl.class,
-              plugin: connector.name,
-              agent: r.agent.name,
-              workflow: r.workflow,
-            });
+            const decision = yield* decideSafely(policyRequest(r, connector, decl, yield* Clock.currentTimeMillis));
+            // The operator said "send again", but not past a policy that now forbids it.
+            if (decision.decision === "deny") return yield* denied(r, decision);
             return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!, approval));
           }
           if (approval?.status === "denied") {

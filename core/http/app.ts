@@ -14,11 +14,23 @@ import { PluginHost } from "../plugins/mod.ts";
 import { Orchestrator } from "../orchestrator/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
+import type { Limits, Policy } from "../policy/mod.ts";
 import { errorResponse } from "./errors.ts";
 import { openApiDocument } from "./openapi.ts";
+import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
+import { explainRoute, simulateRoute } from "./policyRoutes.ts";
+import type { Memory, Records } from "../memory/mod.ts";
+import {
+  collectionsRoute,
+  defineCollectionRoute,
+  memorySearchRoute,
+  putRecordRoute,
+  recordRoute,
+  recordsRoute,
+} from "./memoryRoutes.ts";
 
 /** The services the API needs from the runtime. */
-export type ApiServices = PluginHost | Orchestrator | Journal | Audit;
+export type ApiServices = PluginHost | Orchestrator | Journal | Audit | Policy | Limits | Memory | Records;
 
 /** Keel's version, reported by `/healthz` and the OpenAPI document. */
 export const KEEL_VERSION = "0.1.0";
@@ -88,7 +100,9 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       Effect.gen(function* () {
         const b = yield* body(c);
         if (typeof b.path !== "string" || b.path === "") {
-          return yield* new InvalidInputError({ message: 'Field "path" must be the plugin\'s folder' });
+          return yield* new InvalidInputError({
+            message: 'Field "path" must be the plugin\'s folder or .tar.gz archive',
+          });
         }
         if (b.grant === undefined) {
           return yield* new InvalidInputError({
@@ -96,12 +110,32 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
           });
         }
         const host = yield* PluginHost;
-        const plugin = yield* host.install({ path: b.path, grant: b.grant, config: b.config }, "operator");
+        const plugin = yield* host.install(
+          { path: b.path, grant: b.grant, config: b.config, isolation: b.isolation },
+          "operator",
+        );
         const { config: _c, ...shown } = plugin;
         return { plugin: shown };
       }),
       201,
     ));
+  app.post("/api/plugins/preview", (c) => respond(c, Effect.flatMap(body(c), previewRoute)));
+  app.post(
+    "/api/plugins/:name/upgrade",
+    (c) => respond(c, Effect.flatMap(body(c), (b) => upgradeRoute(c.req.param("name"), b)), 201),
+  );
+  app.post(
+    "/api/plugins/:name/versions/:version/grant",
+    (c) => respond(c, Effect.flatMap(body(c), (b) => grantRoute(c.req.param("name"), c.req.param("version"), b))),
+  );
+  app.delete(
+    "/api/plugins/:name",
+    (c) => respond(c, removeRoute(c.req.param("name"), c.req.query("version"), c.req.query("force"))),
+  );
+  app.delete(
+    "/api/plugins/:name/versions/:version",
+    (c) => respond(c, removeRoute(c.req.param("name"), c.req.param("version"), c.req.query("force"))),
+  );
 
   app.post("/api/workflows/:name/runs", (c) =>
     respond(
@@ -198,6 +232,22 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       }),
     ));
   app.get("/api/audit/verify", (c) => respond(c, Audit.use((a) => a.verify)));
+
+  app.post("/api/policy/explain", (c) => respond(c, Effect.flatMap(body(c), explainRoute)));
+  app.post("/api/policy/simulate", (c) => respond(c, Effect.flatMap(body(c), simulateRoute)));
+
+  app.get("/api/memory", (c) => respond(c, memorySearchRoute(c.req.queries())));
+  app.get("/api/collections", (c) => respond(c, collectionsRoute));
+  app.put(
+    "/api/collections/:name",
+    (c) => respond(c, Effect.flatMap(body(c), (b) => defineCollectionRoute(c.req.param("name"), b))),
+  );
+  app.get("/api/collections/:name/records", (c) => respond(c, recordsRoute(c.req.param("name"), c.req.queries())));
+  app.get("/api/collections/:name/records/:id", (c) => respond(c, recordRoute(c.req.param("name"), c.req.param("id"))));
+  app.put(
+    "/api/collections/:name/records/:id",
+    (c) => respond(c, Effect.flatMap(body(c), (b) => putRecordRoute(c.req.param("name"), c.req.param("id"), b))),
+  );
 
   return app;
 };

@@ -11,6 +11,7 @@ export const STATUS: Readonly<Record<string, number>> = {
   ManifestError: 400,
   GrantError: 400,
   ModuleGraphError: 400,
+  PluginPackageError: 400,
   PolicyFileError: 400,
   UnauthorizedError: 401,
   PolicyDeniedError: 403,
@@ -22,8 +23,13 @@ export const STATUS: Readonly<Record<string, number>> = {
   PluginFailedError: 502,
   PluginCrashedError: 502,
   PluginTimeoutError: 504,
+  PluginBusyError: 503,
   DataDirLockedError: 503,
   StoreError: 500,
+  ModelConfigError: 400,
+  ModelUnavailableError: 503,
+  ModelOutputError: 502,
+  EmbeddingError: 502,
 };
 
 /** The JSON body and status for any failure; never a stack trace. */

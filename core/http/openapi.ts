@@ -57,21 +57,74 @@ export const openApiDocument = {
         properties: {
           name: { type: "string" },
           version: { type: "string" },
-          path: { type: "string" },
+          path: { type: "string", description: "Keel's stored copy, <data dir>/plugins/<name>/<version>: what runs" },
+          source: { type: "string", description: "The folder or .tar.gz archive it was installed from" },
+          packageHash: { type: "string", description: "SHA-256 of the package's paths and contents" },
           manifest: { type: "object" },
           manifestHash: { type: "string" },
           requested: ref("Grant"),
           grant: ref("Grant"),
-          state: { enum: ["running", "stopped", "crashed"] },
+          activation: {
+            enum: ["active", "inactive", "needs_grant"],
+            description: "active serves; inactive serves only runs pinned to it; needs_grant never runs until granted",
+          },
+          pendingChanges: {
+            type: "array",
+            items: { type: "string" },
+            description: "For needs_grant: what the upgrade changes, in plain words",
+          },
+          grantedAt: { type: "string" },
+          grantedBy: { type: "string" },
+          installedAt: { type: "string" },
+          installedBy: { type: "string" },
+          state: { enum: ["running", "stopped", "crashed", "unhealthy"] },
           restarts: { type: "integer" },
           lastError: { type: "string" },
+          isolation: { enum: ["worker", "process"], description: "A Worker in the host, or its own process" },
+          sandbox: { enum: ["deno-permissions", "bwrap", "none"], description: "What confines the running instance" },
+          health: {
+            type: "object",
+            description: "The last periodic health check; absent until the first",
+            required: ["ok", "at", "consecutiveFailures"],
+            properties: {
+              ok: { type: "boolean" },
+              at: { type: "string", format: "date-time" },
+              error: { type: "string" },
+              consecutiveFailures: { type: "integer", minimum: 0 },
+            },
+          },
+        },
+      },
+      ManifestDiff: {
+        type: "object",
+        description: "What an upgrade changes compared with the serving version",
+        properties: {
+          escalates: { type: "boolean", description: "True when it needs a new grant" },
+          kindChanged: { type: "boolean" },
+          permissions: {
+            type: "object",
+            properties: { added: ref("Grant"), removed: ref("Grant") },
+          },
+          effects: { type: "object" },
+          uses: { type: "object" },
+          npm: { type: "object" },
+          weakerIsolation: { type: "object" },
+          lines: { type: "array", items: { type: "string" }, description: "Every change in plain words" },
+        },
+      },
+      Removal: {
+        type: "object",
+        properties: {
+          name: { type: "string" },
+          removed: { type: "array", items: { type: "string" } },
+          whole: { type: "boolean", description: "True when every version went, with the plugin's data" },
         },
       },
       Step: {
         type: "object",
         properties: {
           seq: { type: "integer" },
-          kind: { enum: ["step", "effect", "memory"] },
+          kind: { enum: ["step", "effect", "memory", "model"] },
           name: { type: "string" },
           status: { enum: ["done", "failed", "waiting_approval", "intent", "unknown_outcome"] },
           value: {},
@@ -99,6 +152,11 @@ export const openApiDocument = {
             properties: { approvalId: { type: "string" }, reason: { type: "string" } },
           },
           steps: { type: "array", items: ref("Step") },
+          recalls: {
+            type: "array",
+            items: ref("RecallLogEntry"),
+            description: "What the run recalled from memory and why; present when it recalled anything",
+          },
           createdAt: { type: "string" },
           updatedAt: { type: "string" },
         },
@@ -140,6 +198,195 @@ export const openApiDocument = {
           hash: { type: "string" },
         },
       },
+      MemoryItem: {
+        type: "object",
+        properties: {
+          id: { type: "string" },
+          scope: { type: "string", description: "agent:<name>" },
+          kind: { enum: ["fact", "preference", "note", "summary", "record-ref"] },
+          text: { type: "string" },
+          tags: { type: "array", items: { type: "string" } },
+          provenance: {
+            type: "object",
+            properties: {
+              runId: { type: "string" },
+              seq: { type: "integer" },
+              plugin: { type: "string" },
+              source: { type: "string" },
+              contentHash: { type: "string" },
+              embedder: { type: "string" },
+            },
+          },
+          cites: { type: "object", description: "For summaries: the entries summarized and quoted" },
+          createdAt: { type: "string" },
+          score: { type: "number", description: "Reciprocal-rank-fusion score" },
+          similarity: { type: "number" },
+          vectorRank: { type: "integer" },
+          textRank: { type: "integer" },
+        },
+      },
+      RecallLogEntry: {
+        type: "object",
+        properties: {
+          id: { type: "string" },
+          runId: { type: "string" },
+          seq: { type: "integer" },
+          plugin: { type: "string" },
+          actor: { type: "string" },
+          query: { type: "string" },
+          filters: { type: "object" },
+          embedder: { type: "string" },
+          at: { type: "string" },
+          results: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: {
+                id: { type: "string" },
+                score: { type: "number" },
+                similarity: { type: "number" },
+                vectorRank: { type: "integer" },
+                textRank: { type: "integer" },
+                kind: { type: "string" },
+                text: { type: "string" },
+                removed: { type: "boolean" },
+              },
+            },
+          },
+        },
+      },
+      Collection: {
+        type: "object",
+        properties: {
+          name: { type: "string" },
+          schema: { type: "object" },
+          schemaHash: { type: "string" },
+          definedBy: { type: "string" },
+          records: { type: "integer" },
+          createdAt: { type: "string" },
+          updatedAt: { type: "string" },
+        },
+      },
+      Record: {
+        type: "object",
+        properties: {
+          collection: { type: "string" },
+          id: { type: "string" },
+          data: {},
+          version: { type: "integer" },
+          provenance: {
+            type: "object",
+            properties: {
+              runId: { type: "string" },
+              seq: { type: "integer" },
+              plugin: { type: "string" },
+              source: { type: "string" },
+              contentHash: { type: "string" },
+              schemaHash: { type: "string" },
+            },
+          },
+          createdAt: { type: "string" },
+          updatedAt: { type: "string" },
+        },
+      },
+      PolicyDecision: {
+        type: "object",
+        properties: {
+          decision: { enum: ["allow", "approve", "deny"] },
+          rule: { type: "string", description: "Rule id, or default / default-deny-<class> / fail-closed" },
+          ruleSource: { type: "string", description: "file:line of the deciding rule" },
+          policyHash: { type: "string" },
+          reason: { type: "string" },
+        },
+      },
+      PolicyExplanation: {
+        type: "object",
+        properties: {
+          request: { type: "object" },
+          policyHash: { type: "string" },
+          files: { type: "array", items: { type: "string" } },
+          decision: ref("PolicyDecision"),
+          matches: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: {
+                id: { type: "string" },
+                decision: { enum: ["allow", "approve", "deny"] },
+                file: { type: "string" },
+                line: { type: "integer" },
+                description: { type: "string" },
+                decides: { type: "boolean" },
+              },
+            },
+          },
+          fallback: ref("PolicyDecision"),
+          installed: {
+            type: ["object", "null"],
+            properties: { plugin: { type: "string" }, class: { type: "string" } },
+          },
+          limits: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: {
+                name: { type: "string" },
+                rule: { type: "string" },
+                key: { type: "string" },
+                used: { type: "number", description: "Used in the current window (calls, USD or tokens)" },
+              },
+            },
+          },
+          notes: { type: "array", items: { type: "string" } },
+        },
+      },
+      PolicySimulation: {
+        type: "object",
+        properties: {
+          policyHash: { type: "string" },
+          files: { type: "array", items: { type: "string" } },
+          rules: { type: "integer" },
+          summary: {
+            type: "object",
+            properties: {
+              total: { type: "integer" },
+              unchanged: { type: "integer" },
+              changed: { type: "integer" },
+              transitions: {
+                type: "object",
+                description: "allowed_to_gated, allowed_to_denied, gated_to_allowed, gated_to_denied, " +
+                  "denied_to_allowed, denied_to_gated: counts",
+                additionalProperties: { type: "integer" },
+              },
+              limitedBefore: {
+                type: "integer",
+                description: "Requests a rate or budget counter refused at the time (counters are not replayed)",
+              },
+            },
+          },
+          pastPolicies: { type: "array", items: { type: "string" } },
+          requests: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: {
+                at: { type: "string" },
+                runId: { type: "string" },
+                seq: { type: "integer" },
+                effect: { type: "string" },
+                effectClass: { type: "string" },
+                plugin: { type: "string" },
+                agent: { type: "string" },
+                workflow: { type: "string" },
+                argsDigest: { type: "string" },
+                before: { type: "object" },
+                after: { type: "object" },
+                transition: { type: "string" },
+              },
+            },
+          },
+        },
+      },
     },
   },
   security: [{ bearer: [] }],
@@ -166,15 +413,114 @@ export const openApiDocument = {
         },
       },
       post: {
-        summary: "Install a plugin from a folder with an explicit grant",
+        summary: "Install a plugin not installed yet, from a folder or .tar.gz archive, with an explicit grant",
         requestBody: json({
           type: "object",
           required: ["path", "grant"],
-          properties: { path: { type: "string" }, grant: ref("Grant"), config: { type: "object" } },
+          properties: {
+            path: { type: "string", description: "A plugin folder, or a .tar.gz/.tgz archive, on Keel's machine" },
+            grant: ref("Grant"),
+            config: { type: "object" },
+            isolation: {
+              enum: ["worker", "process"],
+              description: "Override: default is the manifest's, else process for plugins from outside Keel's folder",
+            },
+          },
         }),
         responses: {
           "201": { description: "Installed", ...json({ type: "object", properties: { plugin: ref("Plugin") } }) },
           ...errors(400, 401, 409, 502, 504),
+        },
+      },
+    },
+    "/api/plugins/preview": {
+      post: {
+        summary: "What a plugin folder or archive asks for, without installing it",
+        requestBody: json({
+          type: "object",
+          required: ["path"],
+          properties: { path: { type: "string" }, config: { type: "object" } },
+        }),
+        responses: {
+          "200": {
+            description: "The manifest and the permissions it requests with this config",
+            ...json({ type: "object", properties: { manifest: { type: "object" }, requested: ref("Grant") } }),
+          },
+          ...errors(400, 401),
+        },
+      },
+    },
+    "/api/plugins/{name}/upgrade": {
+      post: {
+        summary: "Install a new version; one asking for more than the serving version was granted waits for a grant",
+        parameters: [idParam("name")],
+        requestBody: json({
+          type: "object",
+          required: ["path"],
+          properties: {
+            path: { type: "string", description: "The new version's folder or .tar.gz archive" },
+            config: { type: "object", description: "Default: the serving version's config" },
+            isolation: { enum: ["worker", "process"] },
+            dryRun: { type: "boolean", description: "Only compare: store nothing" },
+          },
+        }),
+        responses: {
+          "201": {
+            description: "Installed: active with the old grant, or needs_grant (the serving version keeps serving)",
+            ...json({
+              type: "object",
+              properties: {
+                plugin: ref("Plugin"),
+                from: { type: "string", description: "The version it was compared with" },
+                diff: ref("ManifestDiff"),
+                carriedGrant: ref("Grant"),
+                dryRun: { type: "boolean" },
+              },
+            }),
+          },
+          ...errors(400, 401, 404, 409, 502, 504),
+        },
+      },
+    },
+    "/api/plugins/{name}/versions/{version}/grant": {
+      post: {
+        summary: "Grant one version (recorded with its manifest hash) and make it the active version",
+        parameters: [idParam("name"), idParam("version")],
+        requestBody: json({ type: "object", required: ["grant"], properties: { grant: ref("Grant") } }),
+        responses: {
+          "200": {
+            description: "Granted and active",
+            ...json({ type: "object", properties: { plugin: ref("Plugin") } }),
+          },
+          ...errors(400, 401, 404, 409, 502, 504),
+        },
+      },
+    },
+    "/api/plugins/{name}": {
+      delete: {
+        summary: "Remove a plugin (every version, its stored files and data); refused while runs pinned to it wait",
+        parameters: [
+          idParam("name"),
+          { name: "version", in: "query", schema: { type: "string" }, description: "Remove only this version" },
+          { name: "force", in: "query", schema: { type: "boolean" }, description: "Remove even if runs are pinned" },
+        ],
+        responses: {
+          "200": { description: "Removed", ...json(ref("Removal")) },
+          ...errors(400, 401, 404, 409),
+        },
+      },
+    },
+    "/api/plugins/{name}/versions/{version}": {
+      delete: {
+        summary: "Remove one version; refused for the active version of several, or while runs pinned to it wait",
+        parameters: [
+          idParam("name"),
+          idParam("version"),
+          { name: "force", in: "query", schema: { type: "boolean" }, description: "Remove even if runs are pinned" },
+        ],
+        responses: {
+          "200": { description: "Removed", ...json(ref("Removal")) },
+          ...errors(400, 401, 404, 409),
         },
       },
     },
@@ -273,6 +619,161 @@ export const openApiDocument = {
             }),
           },
           ...errors(401),
+        },
+      },
+    },
+    "/api/policy/explain": {
+      post: {
+        summary: "Which rule decides one effect request under the policy in force, and why",
+        requestBody: json({
+          type: "object",
+          required: ["effect"],
+          properties: {
+            effect: { type: "string" },
+            args: { description: "The effect's args (conditions on args are evaluated); default {}" },
+            plugin: { type: "string", description: "Default: the installed connector providing the effect" },
+            agent: { type: "string" },
+            workflow: { type: "string" },
+            class: {
+              enum: ["read", "write", "irreversible", "financial"],
+              description: "Default: the class in the effect's manifest (required if no installed plugin declares it)",
+            },
+            context: { type: "object", description: "Facts added to the Gateway's context (time, zone)" },
+            at: { type: "string", description: "Judge the request at this date and time (default: now)" },
+          },
+        }),
+        responses: {
+          "200": { description: "The explanation", ...json(ref("PolicyExplanation")) },
+          ...errors(400, 401, 404),
+        },
+      },
+    },
+    "/api/policy/simulate": {
+      post: {
+        summary: "Replay the decision log against a candidate policy set and report what would change",
+        requestBody: json({
+          type: "object",
+          required: ["files"],
+          properties: {
+            files: {
+              type: "object",
+              description: "Candidate policy files: name (*.yaml or *.yml) to YAML text",
+              additionalProperties: { type: "string" },
+            },
+            changedOnly: { type: "boolean", description: "List only the requests whose decision changes" },
+          },
+        }),
+        responses: {
+          "200": { description: "Summary and per-request before/after", ...json(ref("PolicySimulation")) },
+          ...errors(400, 401),
+        },
+      },
+    },
+    "/api/memory": {
+      get: {
+        summary: "Recall memory (vector and full-text search fused by reciprocal rank); logged in the retrieval log",
+        parameters: [
+          { name: "q", in: "query", required: true, schema: { type: "string" } },
+          { name: "kind", in: "query", schema: { type: "string" }, description: "Repeat for several kinds" },
+          { name: "tag", in: "query", schema: { type: "string" }, description: "Repeat: items carry all tags" },
+          { name: "scope", in: "query", schema: { type: "string" } },
+          { name: "runId", in: "query", schema: { type: "string" } },
+          { name: "plugin", in: "query", schema: { type: "string" } },
+          { name: "source", in: "query", schema: { type: "string" } },
+          { name: "since", in: "query", schema: { type: "string" }, description: "ISO 8601" },
+          { name: "until", in: "query", schema: { type: "string" }, description: "ISO 8601" },
+          { name: "limit", in: "query", schema: { type: "integer", minimum: 1, maximum: 50 } },
+        ],
+        responses: {
+          "200": {
+            description: "Items, best first",
+            ...json({
+              type: "object",
+              properties: { recallId: { type: "string" }, items: { type: "array", items: ref("MemoryItem") } },
+            }),
+          },
+          ...errors(400, 401, 502),
+        },
+      },
+    },
+    "/api/collections": {
+      get: {
+        summary: "Record collections and their schemas",
+        responses: {
+          "200": {
+            description: "Collections",
+            ...json({ type: "object", properties: { collections: { type: "array", items: ref("Collection") } } }),
+          },
+          ...errors(401),
+        },
+      },
+    },
+    "/api/collections/{name}": {
+      put: {
+        summary: "Create or replace a collection's JSON Schema",
+        parameters: [idParam("name")],
+        requestBody: json({ type: "object", required: ["schema"], properties: { schema: { type: "object" } } }),
+        responses: {
+          "200": {
+            description: "Defined",
+            ...json({
+              type: "object",
+              properties: {
+                collection: ref("Collection"),
+                created: { type: "boolean" },
+                changed: { type: "boolean" },
+              },
+            }),
+          },
+          ...errors(400, 401),
+        },
+      },
+    },
+    "/api/collections/{name}/records": {
+      get: {
+        summary: "Records of a collection, by id",
+        parameters: [
+          idParam("name"),
+          {
+            name: "where",
+            in: "query",
+            schema: { type: "string" },
+            description: 'JSON containment, {"status":"open"}',
+          },
+          { name: "after", in: "query", schema: { type: "string" }, description: "Ids after this one" },
+          { name: "limit", in: "query", schema: { type: "integer", minimum: 1, maximum: 200 } },
+        ],
+        responses: {
+          "200": {
+            description: "Records",
+            ...json({ type: "object", properties: { records: { type: "array", items: ref("Record") } } }),
+          },
+          ...errors(400, 401, 404),
+        },
+      },
+    },
+    "/api/collections/{name}/records/{id}": {
+      get: {
+        summary: "One record, current version",
+        parameters: [idParam("name"), idParam("id")],
+        responses: {
+          "200": { description: "The record", ...json({ type: "object", properties: { record: ref("Record") } }) },
+          ...errors(400, 401, 404),
+        },
+      },
+      put: {
+        summary: "Write a record as the operator; validated against the collection's schema",
+        parameters: [idParam("name"), idParam("id")],
+        requestBody: json({ type: "object", required: ["data"], properties: { data: {} } }),
+        responses: {
+          "200": {
+            description: "Written (or unchanged)",
+            ...json({
+              type: "object",
+              properties: { record: ref("Record"), created: { type: "boolean" }, changed: { type: "boolean" } },
+            }),
+          },
+          ...errors(400, 401, 404),
         },
       },
     },

@@ -32,7 +32,7 @@ export interface RunRecord {
 /** One recorded step. An effect step moves intent → done (or waiting/unknown). */
 export interface StepRecord {
   readonly seq: number;
-  readonly kind: "step" | "effect" | "memory";
+  readonly kind: "step" | "effect" | "memory" | "model";
   readonly name: string;
   readonly status: "done" | "failed" | "waiting_approval" | "intent" | "unknown_outcome";
   readonly value?: unknown;
@@ -84,6 +84,10 @@ export interface DecisionRecord {
   readonly decision: "allow" | "approve" | "deny";
   readonly rule: string;
   readonly policyHash: string;
+  /** The limit that decided, when one did (`rate 10/1h`, `budget usdPerDay 5`, `quietHours …`). */
+  readonly limit?: string;
+  /** The request context the policy saw (`hour`, `weekday`, `now`, `runId` …), so a replay can see it too. */
+  readonly context?: Readonly<Record<string, unknown>>;
 }
 
 const runKey = (id: string) => ["run", id];

@@ -275,7 +275,8 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
 const invalid = (file: string, field: string, why: string) =>
   new ManifestError({ message: `Invalid manifest "${file}": field "${field}" ${why}`, details: { file, field } });
 
-const schemaProblem = (schema: JsonSchema): string | undefined => {
+/** Why a JSON Schema cannot be used to validate anything, or undefined when it can. */
+export const schemaProblem = (schema: JsonSchema): string | undefined => {
   try {
     new Validator(schema, "2020-12", false).validate(null);
     return shapeProblem(schema, "", schema);

@@ -4,3 +4,4 @@
  */
 export * from "./Manifest.ts";
 export * from "./Grant.ts";
+export * from "./ManifestDiff.ts";

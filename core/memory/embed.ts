@@ -4,11 +4,14 @@
  * and character trigrams are hashed (FNV-1a) into a fixed number of signed
  * buckets and L2-normalised. It captures lexical overlap, not meaning; it
  * exists so memory works with no model installed, and is named as such in
- * every item's provenance (`embedder: "hash-ngram-384"`).
+ * every item's provenance (`embedder: "hash-ngram-384"`). Vectors are
+ * rounded to 6 decimals so the same text gives the same bytes everywhere.
  */
 
+/** Dimension of every vector memory stores (the column is `vector(384)`). */
+export const EMBEDDING_DIM = 384;
 /** Dimension of the offline embedding. */
-export const OFFLINE_DIM = 384;
+export const OFFLINE_DIM = EMBEDDING_DIM;
 /** The name recorded with vectors from this embedder. */
 export const OFFLINE_EMBEDDER = "hash-ngram-384";
 

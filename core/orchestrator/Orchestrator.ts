@@ -11,7 +11,10 @@ import { ConflictError, InvalidInputError, NotFoundError, type StoreError, toErr
 import { type ApprovalRecord, Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
 import { Gateway } from "../gateway/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
-import { Memory } from "../memory/mod.ts";
+import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
+import { answerMemoryCall } from "./memoryCall.ts";
+import { ModelRouter } from "../models/mod.ts";
+import { answerModelCall, makeRunTaint } from "./modelCall.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
@@ -19,6 +22,8 @@ import { SUSPENDED } from "../sdk/mod.ts";
 /** A run with its steps, as the API shows it. */
 export interface RunView extends RunRecord {
   readonly steps: ReadonlyArray<StepRecord>;
+  /** What the run recalled from memory and why (from the retrieval log), when it recalled anything. */
+  readonly recalls?: ReadonlyArray<RecallLogEntry>;
 }
 
 /** How an operator decides an approval. */
@@ -60,6 +65,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const host = yield* PluginHost;
       const gateway = yield* Gateway;
       const memory = yield* Memory;
+      const records = yield* Records;
+      const models = yield* ModelRouter;
+      const taint = makeRunTaint(journal);
       const audit = yield* Audit;
 
       const executing = new Map<string, { again: boolean }>();
@@ -82,7 +90,13 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || typeof call.name !== "string") {
             return yield* new InvalidInputError({ message: "Workflow call does not belong to this run" });
           }
-          const payload = "value" in call ? call.value : "args" in call ? call.args : call.item;
+          const payload = "value" in call
+            ? call.value
+            : "args" in call
+            ? call.args
+            : "item" in call
+            ? call.item
+            : call.request;
           const size = new TextEncoder().encode(JSON.stringify(payload) ?? "").length;
           if (size > MAX_STEP_BYTES) {
             return yield* new InvalidInputError({
@@ -119,6 +133,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
                 workflow: run.workflow,
                 effect: call.name,
                 args: call.args,
+                context: { tainted: yield* taint.before(run.id, call.seq) },
               });
             case "memory.remember": {
               const prior = yield* journal.getStep(run.id, call.seq);
@@ -146,6 +161,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               });
               return result;
             }
+            case "memory.recall":
+            case "memory.summarize":
+            case "records.put":
+            case "records.get":
+            case "records.query":
+              return yield* answerMemoryCall({ journal, memory, records }, run, agent, call, MAX_STEP_BYTES);
+            case "model.generate":
+              return yield* answerModelCall({ journal, host, models, audit, taint }, run, agent, call);
             default:
               return yield* new InvalidInputError({ message: "Unknown workflow call" });
           }
@@ -159,7 +182,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const pass = Effect.fn("Orchestrator.pass")(function* (runId: string) {
         const run = yield* journal.getRun(runId);
         if (!run || run.status !== "running") return;
-        const agent = yield* Effect.result(host.get(run.plugin));
+        // A run is pinned to the agent version it started with, even after an upgrade activates another.
+        const agent = yield* Effect.result(host.get(run.plugin, run.pluginVersion));
         if (agent._tag === "Failure") {
           yield* finish(run, { status: "failed", error: toErrorBody(agent.failure) });
           return;
@@ -234,7 +258,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         Effect.runFork(loop);
       };
 
-      const view = (run: RunRecord) => Effect.map(journal.steps(run.id), (steps): RunView => ({ ...run, steps }));
+      const view = (run: RunRecord) =>
+        Effect.flatMap(journal.steps(run.id), (steps) =>
+          // Only a run that recalled something opens memory to show it.
+          steps.some((s) => s.kind === "memory" && s.name === "recall")
+            ? Effect.map(memory.recalls(run.id), (recalls): RunView => ({ ...run, steps, recalls }))
+            : Effect.succeed<RunView>({ ...run, steps }));
       const get = Effect.fn("Orchestrator.get")(function* (runId: string) {
         const run = yield* journal.getRun(runId);
         if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });

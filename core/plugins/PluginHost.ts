@@ -6,7 +6,7 @@
  * plugin is retired and started again on its next call; the host and the
  * other plugins keep serving.
  */
-import { Clock, Context, Effect, Layer } from "effect";
+import { Context, Effect, Layer } from "effect";
 import { Validator } from "@cfworker/json-schema";
 import { KeelConfig } from "../config/mod.ts";
 import {
@@ -19,52 +19,81 @@ import {
   type ModuleGraphError,
   NotFoundError,
   PermissionDeniedError,
+  PluginBusyError,
   PluginCrashedError,
   PluginFailedError,
+  type PluginPackageError,
   PluginTimeoutError,
   RunSuspendedError,
   type StoreError,
 } from "../errors/mod.ts";
 import {
-  checkGrant,
   type EffectDecl,
   type Grant,
   type Manifest,
-  manifestHash,
   type Permissions,
-  readManifest,
-  resolveRequested,
   schemaErrors,
-  validateConfig,
   workerPermissions,
   type WorkflowDecl,
 } from "../manifest/mod.ts";
-import { Kv, kvTry } from "../store/mod.ts";
+import { Kv } from "../store/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { JournalEntry } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
-import { CallFailure, Connection, type HostCallHandler } from "./_connection.ts";
-import { checkModuleGraph } from "./moduleGraph.ts";
+import { CallFailure, type Connection, type HostCallHandler, type Isolation, openConnection } from "./_connection.ts";
+import { RestartBackoff } from "./_backoff.ts";
+import { type Activation, PluginRegistry, versionKey } from "./registry.ts";
+import { makePluginStore } from "./store.ts";
+import {
+  makeLifecycle,
+  type RemoveRequest,
+  type UpgradePreview,
+  type UpgradeRequest,
+  type UpgradeResult,
+} from "./lifecycle.ts";
+import { DEFAULT_HEALTH, type HealthStatus, type HealthTarget, startHealthChecks } from "./health.ts";
 
-/** A plugin as recorded in the registry. */
+/** A plugin version as recorded in the registry (`["plugin", name, version]`, see `registry.ts`). */
 export interface InstalledPlugin {
   readonly name: string;
   readonly version: string;
+  /** Keel's stored copy, `<data dir>/plugins/<name>/<version>`: what runs (see `store.ts`). */
   readonly path: string;
+  /** The folder or `.tar.gz` archive it was installed from. */
+  readonly source: string;
+  /** SHA-256 of the package's paths and contents as installed. */
+  readonly packageHash: string;
   readonly manifest: Manifest;
   readonly manifestHash: string;
   readonly requested: Permissions;
+  /** What the operator granted, recorded with `manifestHash` (empty while `needs_grant`). */
   readonly grant: Grant;
   readonly config: Record<string, unknown>;
+  /** `active` serves; `inactive` serves only runs pinned to it; `needs_grant` never runs until granted. */
+  readonly activation: Activation;
   readonly installedAt: string;
   readonly installedBy: string;
+  /** Who granted it and when (for an upgrade that carried the old grant: who upgraded). */
+  readonly grantedAt?: string;
+  readonly grantedBy?: string;
+  /** For `needs_grant`: what the upgrade changes, in plain words. */
+  readonly pendingChanges?: ReadonlyArray<string>;
+  /** `worker` or `process`, fixed at install; absent in records older than isolation modes (see `isolationOf`). */
+  readonly isolation?: Isolation;
 }
 
 /** A registry entry with its live state. */
 export interface PluginStatus extends Omit<InstalledPlugin, "config"> {
-  readonly state: "running" | "stopped" | "crashed";
+  /** `unhealthy`: it failed several health checks in a row and is being restarted. */
+  readonly state: "running" | "stopped" | "crashed" | "unhealthy";
   readonly restarts: number;
   readonly lastError?: string;
+  /** How it runs: a Worker in the host, or its own sandboxed process. */
+  readonly isolation: Isolation;
+  /** What confines the running instance: Deno's permissions only (`deno-permissions`, `none`) or `bwrap` too. */
+  readonly sandbox?: "deno-permissions" | "bwrap" | "none";
+  /** The last periodic health check (see `health.ts`); absent until the first one. */
+  readonly health?: HealthStatus;
 }
 
 /** What `install` needs. */
@@ -72,6 +101,8 @@ export interface InstallRequest {
   readonly path: string;
   readonly grant: unknown;
   readonly config?: unknown;
+  /** Operator override of the isolation mode (else the manifest's, else by where the plugin comes from). */
+  readonly isolation?: unknown;
 }
 
 /** Everything install can fail with. */
@@ -80,9 +111,11 @@ export type InstallError =
   | GrantError
   | InvalidInputError
   | ModuleGraphError
+  | PluginPackageError
   | PluginCrashedError
   | PluginTimeoutError
   | ConflictError
+  | NotFoundError
   | StoreError;
 
 /**
@@ -103,15 +136,30 @@ interface Live {
   lastError?: string;
   crashed: boolean;
   validators: Map<string, Validator>;
+  backoff?: RestartBackoff;
 }
 
 /** The plugin host service. */
 export class PluginHost extends Context.Service<PluginHost, {
-  /** Read and check a plugin folder without installing it (for the install prompt). */
+  /** Read and check a plugin folder or archive without installing it (for the install prompt). */
   preview(path: string, config?: unknown): Effect.Effect<{ manifest: Manifest; requested: Permissions }, InstallError>;
+  /** Install a plugin not installed yet, from a folder or `.tar.gz` archive, with the operator's grant. */
   install(request: InstallRequest, actor: string): Effect.Effect<InstalledPlugin, InstallError>;
+  /** Install a new version of an installed plugin; it waits for a grant if it asks for more (see `lifecycle.ts`). */
+  upgrade(request: UpgradeRequest, actor: string): Effect.Effect<UpgradeResult, InstallError>;
+  /** What an upgrade would change, without storing anything. */
+  previewUpgrade(request: UpgradeRequest): Effect.Effect<UpgradePreview, InstallError>;
+  /** Grant one version (recorded with its manifest hash) and make it the active one. */
+  grant(name: string, version: string, grant: unknown, actor: string): Effect.Effect<InstalledPlugin, InstallError>;
+  /** Remove one version or the whole plugin, with its stored files; refused while runs pin it, unless forced. */
+  remove(
+    request: RemoveRequest,
+    actor: string,
+  ): Effect.Effect<{ name: string; removed: string[]; whole: boolean }, NotFoundError | ConflictError | StoreError>;
+  /** Every installed version, oldest first per name, with its live state. */
   readonly list: Effect.Effect<PluginStatus[]>;
-  get(name: string): Effect.Effect<InstalledPlugin, NotFoundError>;
+  /** The active version of a plugin, or one exact version (a run's pinned one). */
+  get(name: string, version?: string): Effect.Effect<InstalledPlugin, NotFoundError>;
   /** The connector and declaration serving an effect name. */
   findEffect(effect: string): Effect.Effect<{ plugin: InstalledPlugin; decl: EffectDecl }, NotFoundError>;
   /** The agent and declaration serving a workflow name. */
@@ -140,7 +188,6 @@ export class PluginHost extends Context.Service<PluginHost, {
       const config = yield* KeelConfig;
       const { kv } = yield* Kv;
       const audit = yield* Audit;
-      const registry = new Map<string, InstalledPlugin>();
       const live = new Map<string, Live>();
       const dataRoot = config.dataDir === ":memory:"
         ? Deno.makeTempDirSync({ prefix: "keel-plugins-" })
@@ -152,9 +199,17 @@ export class PluginHost extends Context.Service<PluginHost, {
         );
       }
 
-      yield* kvTry("Cannot read the plugin registry", async () => {
-        for await (const e of kv.list<InstalledPlugin>({ prefix: ["plugin"] })) registry.set(e.value.name, e.value);
-      });
+      const registry = yield* PluginRegistry.load(kv);
+      const storeRoot = config.dataDir === ":memory:"
+        ? Deno.makeTempDirSync({ prefix: "keel-store-" })
+        : `${config.dataDir}/plugins`;
+      if (config.dataDir === ":memory:") {
+        yield* Effect.addFinalizer(() =>
+          Effect.ignore(Effect.try(() => Deno.removeSync(storeRoot, { recursive: true })))
+        );
+      }
+      const store = makePluginStore(storeRoot, sdkDir);
+      yield* store.sweep;
 
       const liveOf = (name: string): Live => {
         let l = live.get(name);
@@ -167,20 +222,74 @@ export class PluginHost extends Context.Service<PluginHost, {
       const pluginDataDir = (name: string) => {
         const dir = `${dataRoot}/${name}`;
         Deno.mkdirSync(dir, { recursive: true });
-        return dir;
+        // Absolute and real: it becomes --allow-read/--allow-write flags and bwrap mounts.
+        return Deno.realPathSync(dir);
+      };
+      const realRoot = Deno.realPathSync(config.root);
+      /** The operator's choice at install, else the manifest's, else by origin: from outside Keel's root, a process. */
+      const isolationOf = (plugin: Pick<InstalledPlugin, "path" | "manifest" | "isolation">): Isolation =>
+        plugin.isolation ?? plugin.manifest.isolation ??
+          (`${plugin.path}/`.startsWith(`${realRoot}/`) ? "worker" : "process");
+      /** Start a plugin in its isolation mode; its start (and how it is sandboxed) is audited. */
+      const connect = (plugin: InstalledPlugin): Connection => {
+        const dataDir = pluginDataDir(plugin.name);
+        const conn = openConnection({
+          isolation: isolationOf(plugin),
+          name: `${plugin.name}@${plugin.version}`,
+          entry: `${plugin.path}/mod.ts`,
+          folder: plugin.path,
+          sdkDir: Deno.realPathSync(sdkDir),
+          dataDir,
+          cacheDir: `${dataRoot}/.deno-cache/${plugin.name}`,
+          permissions: workerPermissions(plugin.grant, dataDir),
+          config: plugin.config,
+          startTimeoutMs: Math.max(config.rpcTimeoutMs, 5000),
+          npm: plugin.manifest.npm.length > 0,
+          log: (line) => Effect.runFork(Effect.logInfo(line)),
+        });
+        conn.ready.then(() => {
+          const sandbox = conn.sandbox;
+          Effect.runFork(Effect.ignore(Effect.gen(function* () {
+            // A missing sandbox layer is loud: logged as a warning and audited with the start.
+            if (sandbox.warnings?.length) {
+              yield* Effect.logWarning(
+                `Plugin "${plugin.name}" runs with less isolation: ${sandbox.warnings.join("; ")}`,
+              );
+            }
+            yield* audit.append({
+              type: "plugin.started",
+              actor: `plugin:${plugin.name}`,
+              data: { plugin: plugin.name, version: plugin.version, ...sandbox },
+            });
+          })));
+        }, () => {});
+        return conn;
+      };
+      /** The plugin's live connection; one that died is started again once its restart backoff allows. */
+      const started = async (plugin: InstalledPlugin): Promise<Connection> => {
+        const l = liveOf(versionKey(plugin));
+        const dead = l.conn && !l.conn.alive ? l.conn : undefined;
+        if (dead) {
+          const backoff = l.backoff ??= new RestartBackoff();
+          const wait = backoff.wait(dead, Date.now());
+          // A call waits out a short backoff; a plugin in a crash loop fails its calls at once instead.
+          if (wait > 5000) {
+            throw new CallFailure("crashed", {
+              tag: "PluginCrashedError",
+              message:
+                `Plugin "${plugin.name}" crashed ${backoff.crashes} times in a row; it may restart in ${wait} ms`,
+            });
+          }
+          if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        }
+        return start(plugin);
       };
 
       const start = (plugin: InstalledPlugin): Connection => {
-        const l = liveOf(plugin.name);
+        const l = liveOf(versionKey(plugin));
         if (l.conn?.alive) return l.conn;
         if (l.conn) l.restarts++;
-        const conn = new Connection(
-          `${plugin.path}/mod.ts`,
-          `${plugin.name}@${plugin.version}`,
-          workerPermissions(plugin.grant, pluginDataDir(plugin.name)),
-          plugin.config,
-          Math.max(config.rpcTimeoutMs, 5000),
-        );
+        const conn = connect(plugin);
         l.conn = conn;
         l.crashed = false;
         conn.onDeath = (error) => {
@@ -198,9 +307,39 @@ export class PluginHost extends Context.Service<PluginHost, {
         return conn;
       };
       yield* Effect.addFinalizer(() =>
-        Effect.sync(() => {
-          for (const l of live.values()) l.conn?.kill({ tag: "PluginCrashedError", message: "Keel is shutting down" });
+        Effect.promise(() => {
+          const conns = [...live.values()].flatMap((l) => (l.conn ? [l.conn] : []));
+          for (const conn of conns) conn.kill({ tag: "PluginCrashedError", message: "Keel is shutting down" });
+          // Wait (briefly) until plugin processes are reaped, so none outlives the host.
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const late = new Promise((resolve) => (timer = setTimeout(resolve, 2000)));
+          return Promise.race([Promise.all(conns.map((c) => c.closed)), late]).finally(() => clearTimeout(timer));
         })
+      );
+
+      const healthTarget = (plugin: InstalledPlugin): HealthTarget => ({
+        key: `${plugin.name}@${plugin.version}`,
+        plugin: plugin.name,
+        version: plugin.version,
+        ...(plugin.manifest.health ?? DEFAULT_HEALTH),
+        ping: (ms) =>
+          Effect.tryPromise({
+            try: () => {
+              const l = live.get(versionKey(plugin));
+              if (!l?.conn?.alive) throw new Error(`Plugin is not running: ${l?.lastError ?? "stopped"}`);
+              return l.conn.request({ t: "health" }, ms);
+            },
+            catch: (error) => error,
+          }),
+        restart: (reason) =>
+          Effect.sync(() => {
+            live.get(versionKey(plugin))?.conn?.kill({ tag: "PluginCrashedError", message: reason });
+            start(plugin);
+          }),
+      });
+      // Health checks cover every plugin started since Keel started; one that never ran is not woken up for them.
+      const health = yield* startHealthChecks(
+        Effect.sync(() => [...registry.values()].filter((p) => live.get(versionKey(p))?.conn).map(healthTarget)),
       );
 
       const toCallError = (plugin: string, error: unknown): CallError => {
@@ -210,6 +349,7 @@ export class PluginHost extends Context.Service<PluginHost, {
         const w = error.wire;
         if (error.reason === "timeout") return new PluginTimeoutError({ message: w.message, details: { plugin } });
         if (error.reason === "crashed") return new PluginCrashedError({ message: w.message, details: { plugin } });
+        if (error.reason === "busy") return new PluginBusyError({ message: w.message, details: { plugin } });
         if (w.tag === "PermissionDenied" || w.tag === "NotCapable") {
           return new PermissionDeniedError({
             message: `Plugin "${plugin}" was denied: ${w.message}`,
@@ -218,144 +358,138 @@ export class PluginHost extends Context.Service<PluginHost, {
         }
         // A Keel error the plugin passed on (a workflow failing because an effect was denied) keeps its tag.
         // Only an agent passes Keel errors on; a connector claiming one (PolicyDeniedError, say) keeps it as a detail.
-        const keel = registry.get(plugin)?.manifest.kind === "agent" ? fromErrorBody(w) : undefined;
+        const keel = registry.versions(plugin)[0]?.manifest.kind === "agent" ? fromErrorBody(w) : undefined;
         if (keel && keel._tag !== "RunSuspendedError") return keel;
         return new PluginFailedError({
           message: `Plugin "${plugin}" failed: ${w.message}`,
-          details: { plugin, tag: w.tag, details: w.details },
+          // `retryable` is the plugin's own word on whether trying again may help (`PluginError.unavailable` …).
+          details: {
+            plugin,
+            tag: w.tag,
+            details: w.details,
+            ...(w.retryable === undefined ? {} : { retryable: w.retryable }),
+          },
         });
       };
 
       const call = (plugin: InstalledPlugin, f: (conn: Connection) => Promise<unknown>) =>
         Effect.tryPromise({
           try: async () => {
-            const conn = start(plugin);
+            const conn = await started(plugin);
             await conn.ready;
             return await f(conn);
           },
           catch: (error) => toCallError(plugin.name, error),
         });
 
+      /** Stop a version's Worker or process on purpose: not a crash, so not audited as one. */
+      const stop = (plugin: InstalledPlugin, reason: string) => {
+        const key = versionKey(plugin);
+        const conn = live.get(key)?.conn;
+        if (conn) {
+          conn.onDeath = () => {};
+          conn.kill({
+            tag: "PluginCrashedError",
+            message: `Plugin "${plugin.name}" ${plugin.version} stopped: ${reason}`,
+          });
+        }
+        live.delete(key);
+        health.forget(key);
+      };
+      const lifecycle = yield* makeLifecycle({
+        registry,
+        store,
+        sdkDir,
+        launch: (plugin) =>
+          Effect.suspend(() => {
+            stop(plugin, "started again with a new grant");
+            const conn = start(plugin);
+            return Effect.tryPromise({
+              try: () => conn.ready,
+              catch: (error) => {
+                stop(plugin, "it failed to start");
+                const e = toCallError(plugin.name, error);
+                return e._tag === "PluginTimeoutError"
+                  ? e
+                  : new PluginCrashedError({ message: `Plugin "${plugin.name}" failed to start: ${e.message}` });
+              },
+            });
+          }),
+        stop,
+        isolationOf: (source, manifest, override) => isolationOf({ path: source, manifest, isolation: override }),
+        purgeData: (name) =>
+          Effect.ignore(Effect.tryPromise(async () => {
+            await Deno.remove(`${dataRoot}/${name}`, { recursive: true }).catch(() => {});
+            await Deno.remove(`${dataRoot}/.deno-cache/${name}`, { recursive: true }).catch(() => {});
+          })),
+        audit: (type, actor, data) => audit.append({ type, actor, data }),
+      });
       const preview = Effect.fn("PluginHost.preview")(function* (path: string, rawConfig?: unknown) {
-        const dir = yield* Effect.try({
-          try: () => Deno.realPathSync(path),
-          catch: () => new InvalidInputError({ message: `Cannot install plugin: no folder at "${path}"` }),
-        });
-        const manifest = yield* readManifest(dir);
-        const cfg = yield* validateConfig(manifest, rawConfig);
-        const requested = yield* resolveRequested(manifest, cfg);
-        return { manifest, requested, dir, cfg };
+        const pkg = yield* lifecycle.readPackage(path, rawConfig);
+        yield* lifecycle.discardPackage(pkg);
+        return { manifest: pkg.manifest, requested: pkg.requested };
       });
-
-      const install = Effect.fn("PluginHost.install")(function* (request: InstallRequest, actor: string) {
-        const { manifest, requested, dir, cfg } = yield* preview(request.path, request.config);
-        const grant = yield* checkGrant(manifest, requested, request.grant);
-        yield* Effect.tryPromise({
-          try: () => Deno.stat(`${dir}/mod.ts`),
-          catch: () =>
-            new InvalidInputError({ message: `Cannot install plugin "${manifest.name}": no mod.ts in "${dir}"` }),
-        });
-        yield* checkModuleGraph(`${dir}/mod.ts`, [dir, sdkDir]);
-        const existing = registry.get(manifest.name);
-        if (existing && existing.path !== dir) {
-          return yield* new ConflictError({
-            message: `A plugin named "${manifest.name}" is already installed from "${existing.path}"`,
-          });
-        }
-        const millis = yield* Clock.currentTimeMillis;
-        const plugin: InstalledPlugin = {
-          name: manifest.name,
-          version: manifest.version,
-          path: dir,
-          manifest,
-          manifestHash: yield* manifestHash(manifest),
-          requested,
-          grant,
-          config: cfg,
-          installedAt: new Date(millis).toISOString(),
-          installedBy: actor,
-        };
-        // Start it before recording it: a plugin that cannot start is not installed.
-        const conn = new Connection(
-          `${dir}/mod.ts`,
-          `${plugin.name}@${plugin.version}`,
-          workerPermissions(grant, pluginDataDir(plugin.name)),
-          cfg,
-          Math.max(config.rpcTimeoutMs, 5000),
-        );
-        const ready = yield* Effect.tryPromise({
-          try: () => conn.ready,
-          catch: (error) => {
-            conn.kill({ tag: "PluginCrashedError", message: "install failed" });
-            const e = toCallError(plugin.name, error);
-            return e._tag === "PluginTimeoutError"
-              ? e
-              : new PluginCrashedError({ message: `Plugin "${plugin.name}" failed to start: ${e.message}` });
-          },
-        });
-        const missing = [
-          ...manifest.effects.map((e) => e.name).filter((n) => !ready.effects.includes(n)),
-          ...manifest.workflows.map((w) => w.name).filter((n) => !ready.workflows.includes(n)),
-        ];
-        if (missing.length) {
-          conn.kill({ tag: "PluginCrashedError", message: "install failed" });
-          return yield* new InvalidInputError({
-            message: `Plugin "${plugin.name}" declares "${missing[0]}" in plugin.json but mod.ts does not implement it`,
-          });
-        }
-        yield* kvTry("Cannot record plugin", () => kv.set(["plugin", plugin.name], plugin));
-        const previous = live.get(plugin.name)?.conn;
-        previous?.kill({ tag: "PluginCrashedError", message: "replaced by a new install" });
-        live.set(plugin.name, { restarts: 0, crashed: false, validators: new Map(), conn });
-        conn.onDeath = (error) => {
-          const l = liveOf(plugin.name);
-          l.crashed = true;
-          l.lastError = error.message;
-          // The first Worker's death is audited like any restarted one's.
-          Effect.runFork(Effect.ignore(audit.append({
-            type: "plugin.crashed",
-            actor: `plugin:${plugin.name}`,
-            data: { plugin: plugin.name, version: plugin.version, error },
+      /** A refused lifecycle change is audited too: who tried what, and why it was refused. */
+      const audited = <A, E extends { _tag: string; message: string }>(
+        effect: Effect.Effect<A, E>,
+        actor: string,
+        data: Record<string, unknown>,
+      ) =>
+        Effect.tapError(effect, (error) =>
+          Effect.ignore(audit.append({
+            type: "plugin.refused",
+            actor,
+            data: { ...data, error: { tag: error._tag, message: error.message } },
           })));
-        };
-        registry.set(plugin.name, plugin);
-        yield* audit.append({
-          type: "plugin.installed",
-          actor,
-          data: { plugin: plugin.name, version: plugin.version, manifestHash: plugin.manifestHash, grant, requested },
-        });
-        return plugin;
-      });
 
       const list = Effect.sync(() =>
         [...registry.values()].map((p): PluginStatus => {
-          const l = live.get(p.name);
+          const l = live.get(versionKey(p));
           const { config: _c, ...rest } = p;
+          const checked = health.status(`${p.name}@${p.version}`);
           return {
             ...rest,
-            state: l?.conn?.alive ? "running" : l?.crashed ? "crashed" : "stopped",
+            state: health.unhealthy(`${p.name}@${p.version}`)
+              ? "unhealthy"
+              : l?.conn?.alive
+              ? "running"
+              : l?.crashed
+              ? "crashed"
+              : "stopped",
             restarts: l?.restarts ?? 0,
             ...(l?.lastError ? { lastError: l.lastError } : {}),
+            isolation: isolationOf(p),
+            ...(l?.conn ? { sandbox: l.conn.sandbox.sandbox } : {}),
+            ...(checked ? { health: checked } : {}),
           };
         })
       );
 
-      const get = (name: string) => {
-        const p = registry.get(name);
-        return p
-          ? Effect.succeed(p)
-          : Effect.fail(new NotFoundError({ message: `No plugin named "${name}" is installed` }));
+      const get = (name: string, version?: string) => {
+        const p = version === undefined ? registry.active(name) : registry.get(name, version);
+        if (p) return Effect.succeed(p);
+        const installed = registry.versions(name);
+        const listed = installed.map((v) => v.version).join(", ");
+        return Effect.fail(
+          new NotFoundError({
+            message: !installed.length
+              ? `No plugin named "${name}" is installed`
+              : version === undefined
+              ? `Plugin "${name}" has no active version (installed: ${listed})`
+              : `Plugin "${name}" ${version} is not installed (installed: ${listed})`,
+          }),
+        );
       };
 
       const findEffect = (effect: string) => {
-        for (const plugin of registry.values()) {
+        for (const plugin of registry.actives()) {
           const decl = plugin.manifest.effects.find((e) => e.name === effect);
           if (decl) return Effect.succeed({ plugin, decl });
         }
         return Effect.fail(new NotFoundError({ message: `No installed connector provides effect "${effect}"` }));
       };
       const findWorkflow = (workflow: string) => {
-        for (const plugin of registry.values()) {
+        for (const plugin of registry.actives()) {
           const decl = plugin.manifest.workflows.find((w) => w.name === workflow);
           if (decl) return Effect.succeed({ plugin, decl });
         }
@@ -365,7 +499,7 @@ export class PluginHost extends Context.Service<PluginHost, {
       };
 
       const validate = (plugin: InstalledPlugin, key: string, schema: Record<string, unknown>, value: unknown) => {
-        const l = liveOf(plugin.name);
+        const l = liveOf(versionKey(plugin));
         let v = l.validators.get(key);
         if (!v) {
           v = new Validator(schema, "2020-12", false);
@@ -375,15 +509,24 @@ export class PluginHost extends Context.Service<PluginHost, {
       };
 
       return PluginHost.of({
-        preview: (path, cfg) => Effect.map(preview(path, cfg), ({ manifest, requested }) => ({ manifest, requested })),
-        // A refused install is audited too: who tried to install what, and why it was refused.
-        install: (request, actor) =>
-          Effect.tapError(install(request, actor), (error) =>
-            Effect.ignore(audit.append({
-              type: "plugin.refused",
-              actor,
-              data: { path: request.path, error: { tag: error._tag, message: error.message } },
-            }))),
+        preview,
+        install: (request, actor) => audited(lifecycle.install(request, actor), actor, { path: request.path }),
+        upgrade: (request, actor) =>
+          audited(lifecycle.upgrade(request, actor), actor, {
+            action: "upgrade",
+            plugin: request.name,
+            path: request.path,
+          }),
+        previewUpgrade: lifecycle.previewUpgrade,
+        grant: (name, version, grant, actor) =>
+          audited(lifecycle.grant(name, version, grant, actor), actor, { action: "grant", plugin: name, version }),
+        remove: (request, actor) =>
+          audited(lifecycle.remove(request, actor), actor, {
+            action: "remove",
+            plugin: request.name,
+            ...(request.version ? { version: request.version } : {}),
+            force: request.force === true,
+          }),
         list,
         get,
         findEffect,
@@ -397,7 +540,7 @@ export class PluginHost extends Context.Service<PluginHost, {
         runWorkflow: (plugin, workflow, runId, input, journal, handler) =>
           Effect.tryPromise({
             try: async () => {
-              const conn = start(plugin);
+              const conn = await started(plugin);
               await conn.ready;
               return await conn.request({ t: "workflow", name: workflow, runId, input, journal }, 10 * 60_000, handler);
             },

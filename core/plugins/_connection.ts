@@ -1,19 +1,23 @@
 /**
  * @module
- * One live plugin Worker and the host side of the RPC protocol: request ids,
- * timeouts, a size cap on messages, and routing of a running workflow's calls
- * back to the host. A crash (an uncaught error in the Worker) or a timeout
- * fails every in-flight call with a tagged reason and retires the Worker; the
- * next call starts a fresh one. The host never lets a Worker's error reach
- * its own event loop.
+ * One live plugin and the host side of the RPC protocol: request ids,
+ * timeouts, a size cap on messages, a bound on calls in flight, and routing
+ * of a running workflow's calls back to the host. The protocol is the same
+ * whatever carries it: a `Transport` is either a Deno Worker in this process
+ * (`worker` isolation) or a sandboxed child process speaking newline-delimited
+ * JSON over stdio (`process` isolation, `_process.ts`). A crash, a timeout or
+ * a protocol violation fails every in-flight call with a tagged reason and
+ * retires the plugin; the host decides when to start a fresh one. The host
+ * never lets a plugin's error reach its own event loop.
  */
 import type { HostCall, HostMessage, PluginMessage, WireError } from "../sdk/mod.ts";
 import type { WorkerPermissions } from "../manifest/mod.ts";
+import { type ProcessLimits, processTransport, type SandboxReport } from "./_process.ts";
 
 /** Why a call failed, as seen from the host. */
 export class CallFailure extends Error {
-  /** `crashed`, `timeout` or the plugin's own error. */
-  constructor(readonly reason: "crashed" | "timeout" | "failed", readonly wire: WireError) {
+  /** `crashed`, `timeout`, `busy` (too many calls in flight) or the plugin's own error. */
+  constructor(readonly reason: "crashed" | "timeout" | "busy" | "failed", readonly wire: WireError) {
     super(wire.message);
   }
 }
@@ -24,34 +28,106 @@ export type HostCallHandler = (call: HostCall) => Promise<unknown>;
 /** Largest message a plugin may send, in bytes of JSON. */
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 
-/** A started plugin Worker. */
+/** Calls the host may have waiting on one plugin at once; more fail at once with `PluginBusyError`. */
+export const MAX_IN_FLIGHT = 64;
+
+/** How a plugin is isolated from the host. */
+export type Isolation = "worker" | "process";
+
+/** What a transport reports back to its connection. */
+export interface TransportSink {
+  /** One decoded message and its size in bytes (or characters) of JSON. */
+  message(message: unknown, size: number): void;
+  /** The plugin died or broke the transport; fail everything with `error`. */
+  fail(error: WireError): void;
+}
+
+/** How a connection reaches its plugin: a Worker or a child process. */
+export interface Transport {
+  /** Send one message; may throw if the plugin is gone. */
+  send(message: HostMessage): void;
+  /** Stop the plugin for good (idempotent). */
+  close(): void;
+  /** Resolves once the plugin is really gone (its process reaped); never rejects. */
+  readonly closed: Promise<void>;
+  /** How the plugin is sandboxed, for the audit log. */
+  readonly sandbox: SandboxReport;
+}
+
+/** Everything needed to start one plugin, in either isolation mode. */
+export interface PluginSpec {
+  readonly isolation: Isolation;
+  /** `name@version`, for messages and the Worker's name. */
+  readonly name: string;
+  /** Real path of the plugin's `mod.ts`. */
+  readonly entry: string;
+  /** Real path of the plugin's folder. */
+  readonly folder: string;
+  /** Keel's `core/sdk` folder (the only Keel code a plugin may load). */
+  readonly sdkDir: string;
+  /** The plugin's data dir (its granted read/write paths live under it). */
+  readonly dataDir: string;
+  /** A per-plugin folder for Deno's transpile cache (process mode). */
+  readonly cacheDir: string;
+  /** Exactly the grant, every key set. */
+  readonly permissions: WorkerPermissions;
+  /** The plugin's configuration, sent with `init`. */
+  readonly config: Record<string, unknown>;
+  /** Milliseconds the plugin gets to answer `init`. */
+  readonly startTimeoutMs: number;
+  /** Whether the manifest declares npm packages (process mode allows npm resolution only then). */
+  readonly npm: boolean;
+  /** Heap cap and OS limits of a plugin process. */
+  readonly limits?: Partial<ProcessLimits>;
+  /** Where a plugin process's stderr lines go (bounded). */
+  readonly log?: (line: string) => void;
+  readonly maxInFlight?: number;
+  /** `false`: never use bwrap, even where it works (benchmarks and tests of the fallback). */
+  readonly bwrap?: boolean;
+}
+
+/** Start a plugin in its isolation mode and connect to it. */
+export const openConnection = (spec: PluginSpec): Connection =>
+  new Connection(
+    spec.name,
+    spec.config,
+    spec.startTimeoutMs,
+    spec.isolation,
+    (sink) => spec.isolation === "process" ? processTransport(spec, sink) : workerTransport(spec, sink),
+    spec.maxInFlight ?? MAX_IN_FLIGHT,
+  );
+
+/** A started plugin, Worker or process, behind the one protocol. */
 export class Connection {
-  readonly #worker: Worker;
+  readonly #transport: Transport;
   readonly #pending = new Map<
     number,
     { resolve: (v: unknown) => void; reject: (e: CallFailure) => void; timer: ReturnType<typeof setTimeout> }
   >();
   readonly #runs = new Map<string, HostCallHandler>();
   #nextId = 1;
+  #hostCalls = 0;
   #dead: WireError | undefined;
+  /** Calls answered successfully: a plugin that answers is healthy enough to reset its restart backoff. */
+  answered = 0;
+  /** When it was started and when it died (epoch ms), for the restart backoff. */
+  readonly startedAt: number = Date.now();
+  diedAt: number | undefined;
   /** Resolves with what the plugin implements once it answered `init`. */
   readonly ready: Promise<{ effects: ReadonlyArray<string>; workflows: ReadonlyArray<string> }>;
-  /** Called once when the Worker dies. */
+  /** Called once when the plugin dies. */
   onDeath: (error: WireError) => void = () => {};
 
-  /** Start a Worker for `entry` with exactly `permissions`. */
+  /** Start a plugin over the transport `open` makes, and send it `init`. */
   constructor(
-    entry: string,
-    name: string,
-    permissions: WorkerPermissions,
+    readonly name: string,
     config: Record<string, unknown>,
     startTimeoutMs: number,
+    /** The plugin's isolation mode. */
+    readonly isolation: Isolation,
+    open: (sink: TransportSink) => Transport,
+    readonly maxInFlight: number = MAX_IN_FLIGHT,
   ) {
-    this.#worker = new Worker(new URL(`file://${entry}`), {
-      type: "module",
-      name,
-      deno: { permissions: { ...permissions } },
-    });
     let readyResolve!: (v: { effects: ReadonlyArray<string>; workflows: ReadonlyArray<string> }) => void;
     let readyReject!: (e: CallFailure) => void;
     this.ready = new Promise((res, rej) => {
@@ -73,27 +149,46 @@ export class Connection {
       },
       timer: startTimer,
     });
-    this.#worker.onmessage = (event: MessageEvent<PluginMessage>) => {
-      try {
-        this.#receive(event.data);
-      } catch (error) {
-        // Nothing a plugin sends may throw in the host's event loop: that would end the host.
-        this.kill({ tag: "PluginCrashedError", message: `Plugin broke the protocol: ${String(error)}` });
-      }
+    const sink: TransportSink = {
+      message: (message, size) => {
+        try {
+          this.#receive(message, size);
+        } catch (error) {
+          // Nothing a plugin sends may throw in the host's event loop: that would end the host.
+          this.kill({ tag: "PluginCrashedError", message: `Plugin broke the protocol: ${String(error)}` });
+        }
+      },
+      fail: (error) => this.kill(error),
     };
-    this.#worker.onerror = (event: ErrorEvent) => {
-      event.preventDefault();
-      this.kill({ tag: "PluginCrashedError", message: `Plugin "${name}" crashed: ${event.message}` });
-    };
-    this.#worker.onmessageerror = () => {
-      this.kill({ tag: "PluginCrashedError", message: `Plugin "${name}" sent a message that cannot be read` });
-    };
-    this.#post({ t: "init", config });
+    try {
+      this.#transport = open(sink);
+    } catch (error) {
+      this.#transport = deadTransport;
+      this.kill({ tag: "PluginCrashedError", message: `Plugin "${name}" cannot start: ${String(error)}` });
+      return;
+    }
+    if (this.#dead) this.#transport.close();
+    else this.#post({ t: "init", config });
   }
 
-  /** True until the Worker crashed, timed out or was stopped. */
+  /** True until the plugin crashed, timed out or was stopped. */
   get alive(): boolean {
     return this.#dead === undefined;
+  }
+
+  /** Calls waiting for an answer. */
+  get inFlight(): number {
+    return this.#pending.size - (this.#pending.has(0) ? 1 : 0);
+  }
+
+  /** How the plugin is sandboxed (mode, bwrap or not, limits), for the audit log. */
+  get sandbox(): SandboxReport {
+    return this.#transport.sandbox;
+  }
+
+  /** Resolves once the plugin is gone for good (after `kill`, its process reaped). */
+  get closed(): Promise<void> {
+    return this.#transport.closed;
   }
 
   /** Send a request and wait for its result, at most `timeoutMs`. */
@@ -109,6 +204,16 @@ export class Connection {
     handler?: HostCallHandler,
   ): Promise<unknown> {
     if (this.#dead) return Promise.reject(new CallFailure("crashed", this.#dead));
+    if (this.inFlight >= this.maxInFlight) {
+      // Refuse at once rather than queue without bound; the plugin keeps serving what it has.
+      return Promise.reject(
+        new CallFailure("busy", {
+          tag: "PluginBusyError",
+          message:
+            `Plugin "${this.name}" already has ${this.inFlight} calls in flight; the limit is ${this.maxInFlight}`,
+        }),
+      );
+    }
     const id = this.#nextId++;
     if (message.t === "workflow" && handler) this.#runs.set(message.runId, handler);
     return new Promise<unknown>((resolve, reject) => {
@@ -126,14 +231,19 @@ export class Connection {
     });
   }
 
-  /** Stop the Worker and fail everything in flight with `error`. */
+  /** Stop the plugin and fail everything in flight with `error`. */
   kill(
     error: WireError,
     reason: "crashed" | "timeout" = error.tag === "PluginTimeoutError" ? "timeout" : "crashed",
   ): void {
     if (this.#dead) return;
     this.#dead = error;
-    this.#worker.terminate();
+    this.diedAt = Date.now();
+    try {
+      this.#transport?.close();
+    } catch {
+      // already gone
+    }
     for (const [, p] of this.#pending) {
       clearTimeout(p.timer);
       p.reject(new CallFailure(reason, error));
@@ -144,8 +254,9 @@ export class Connection {
   }
 
   #post(message: HostMessage): void {
+    if (this.#dead) return;
     try {
-      this.#worker.postMessage(message);
+      this.#transport.send(message);
     } catch (error) {
       this.kill({ tag: "PluginCrashedError", message: `Cannot send to plugin: ${String(error)}` });
     }
@@ -154,25 +265,21 @@ export class Connection {
   #settle(id: number, ok: boolean, value: unknown, error?: WireError): void {
     const p = this.#pending.get(id);
     if (!p) {
-      // Every request is answered once or its Worker is retired, so this is a forgery or a flood.
+      // Every request is answered once or its plugin is retired, so this is a forgery or a flood.
       return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: an answer to no request" });
     }
     this.#pending.delete(id);
     clearTimeout(p.timer);
-    if (ok) p.resolve(value);
-    else p.reject(new CallFailure("failed", wireError(error)));
+    if (ok) {
+      this.answered++;
+      p.resolve(value);
+    } else p.reject(new CallFailure("failed", wireError(error)));
   }
 
-  #receive(message: PluginMessage): void {
+  #receive(message: unknown, size: number): void {
     if (this.#dead) return;
     if (message === null || typeof message !== "object" || typeof (message as { t?: unknown }).t !== "string") {
       return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: a message without a type" });
-    }
-    let size = 0;
-    try {
-      size = JSON.stringify(message).length;
-    } catch {
-      return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: a message that is not JSON" });
     }
     if (size > MAX_MESSAGE_BYTES) {
       return this.kill({
@@ -180,15 +287,14 @@ export class Connection {
         message: `Plugin sent a ${size}-byte message; the limit is ${MAX_MESSAGE_BYTES}`,
       });
     }
-    switch (message.t) {
+    const m = message as PluginMessage;
+    switch (m.t) {
       case "ready":
-        return this.#settle(0, true, { effects: names(message.effects), workflows: names(message.workflows) });
+        return this.#settle(0, true, { effects: names(m.effects), workflows: names(m.workflows) });
       case "result":
-        return message.ok
-          ? this.#settle(message.id, true, message.value)
-          : this.#settle(message.id, false, undefined, message.error);
+        return m.ok ? this.#settle(m.id, true, m.value) : this.#settle(m.id, false, undefined, m.error);
       case "call": {
-        const { id, t: _t, ...call } = message;
+        const { id, t: _t, ...call } = m;
         const handler = this.#runs.get((call as HostCall).runId);
         if (!handler) {
           return this.#post({
@@ -198,10 +304,22 @@ export class Connection {
             error: { tag: "InvalidInputError", message: "No workflow of this plugin is running for that run" },
           });
         }
+        if (this.#hostCalls >= this.maxInFlight) {
+          return this.#post({
+            t: "reply",
+            id,
+            ok: false,
+            error: {
+              tag: "PluginBusyError",
+              message: `Plugin has ${this.#hostCalls} calls to the host in flight; the limit is ${this.maxInFlight}`,
+            },
+          });
+        }
+        this.#hostCalls++;
         handler(call as HostCall).then(
           (value) => this.#post({ t: "reply", id, ok: true, value: value ?? null }),
           (error: WireError) => this.#post({ t: "reply", id, ok: false, error }),
-        );
+        ).finally(() => this.#hostCalls--);
         return;
       }
       default:
@@ -209,6 +327,50 @@ export class Connection {
     }
   }
 }
+
+/** A Deno Worker in this process with exactly the grant's permissions (`worker` isolation). */
+const workerTransport = (spec: PluginSpec, sink: TransportSink): Transport => {
+  // The Worker starts at a fixed entry that imports the plugin (see `_worker_entry.ts`): every module the plugin
+  // loads is then checked against its read permission, which adds only its own folder and Keel's SDK.
+  const read = [...(spec.permissions.read || []), spec.folder, spec.sdkDir];
+  const worker = new Worker(new URL("./_worker_entry.ts", import.meta.url), {
+    type: "module",
+    name: spec.name,
+    deno: { permissions: { ...spec.permissions, read } },
+  });
+  worker.postMessage({ url: new URL(`file://${spec.entry}`).href });
+  worker.onmessage = (event: MessageEvent<unknown>) => {
+    let size = 0;
+    try {
+      size = JSON.stringify(event.data)?.length ?? 0;
+    } catch {
+      return sink.fail({ tag: "PluginCrashedError", message: "Plugin broke the protocol: a message that is not JSON" });
+    }
+    sink.message(event.data, size);
+  };
+  worker.onerror = (event: ErrorEvent) => {
+    event.preventDefault();
+    sink.fail({ tag: "PluginCrashedError", message: `Plugin "${spec.name}" crashed: ${event.message}` });
+  };
+  worker.onmessageerror = () => {
+    sink.fail({ tag: "PluginCrashedError", message: `Plugin "${spec.name}" sent a message that cannot be read` });
+  };
+  return {
+    send: (message) => worker.postMessage(message),
+    close: () => worker.terminate(),
+    closed: Promise.resolve(),
+    sandbox: { isolation: "worker", sandbox: "deno-permissions" },
+  };
+};
+
+const deadTransport: Transport = {
+  send: () => {
+    throw new Error("plugin is not running");
+  },
+  close: () => {},
+  closed: Promise.resolve(),
+  sandbox: { isolation: "worker", sandbox: "deno-permissions" },
+};
 
 const describe = (m: { t: string; name?: string }) => (m.name ? `${m.t} ${m.name}` : m.t);
 
@@ -220,12 +382,13 @@ const wireError = (raw: unknown): WireError => {
   const e = (raw !== null && typeof raw === "object" ? raw : {}) as Record<string, unknown>;
   const tag = typeof e.tag === "string" && e.tag !== "" ? e.tag.slice(0, 100) : "PluginError";
   const message = typeof e.message === "string" ? e.message.slice(0, 4000) : `Plugin failed without a message`;
-  if (e.details === undefined) return { tag, message };
+  const retryable = typeof e.retryable === "boolean" ? { retryable: e.retryable } : {};
+  if (e.details === undefined) return { tag, message, ...retryable };
   let size = Infinity;
   try {
     size = JSON.stringify(e.details)?.length ?? 0;
   } catch { /* not JSON: dropped below */ }
-  return { tag, message, details: size <= MAX_ERROR_DETAILS ? e.details : { truncated: true, size } };
+  return { tag, message, details: size <= MAX_ERROR_DETAILS ? e.details : { truncated: true, size }, ...retryable };
 };
 
 const names = (list: unknown): string[] =>

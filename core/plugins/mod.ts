@@ -4,5 +4,17 @@
  */
 export * from "./PluginHost.ts";
 export { checkModuleGraph } from "./moduleGraph.ts";
-export type { HostCallHandler } from "./_connection.ts";
-export { MAX_MESSAGE_BYTES } from "./_connection.ts";
+export { PACKAGE_LIMITS, type PackageLimits, readArchiveManifest, readTarGz } from "./archive.ts";
+export { isArchivePath } from "./store.ts";
+export { type Activation, compareSemver } from "./registry.ts";
+export type { RemoveRequest, UpgradePreview, UpgradeRequest, UpgradeResult } from "./lifecycle.ts";
+export {
+  DEFAULT_HEALTH,
+  FAILURES_BEFORE_RESTART,
+  type HealthStatus,
+  type HealthTarget,
+  startHealthChecks,
+} from "./health.ts";
+export type { HostCallHandler, Isolation } from "./_connection.ts";
+export { MAX_IN_FLIGHT, MAX_MESSAGE_BYTES } from "./_connection.ts";
+export { DEFAULT_LIMITS, type ProcessLimits, type SandboxReport } from "./_process.ts";

@@ -5,9 +5,11 @@
  * line and reason, so Keel never starts with a policy it misread.
  */
 import { Effect } from "effect";
-import { isMap, isSeq, LineCounter, parseDocument } from "yaml";
+import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { PolicyFileError } from "../errors/mod.ts";
 import { EFFECT_CLASSES, type EffectClass, sha256Hex } from "../manifest/mod.ts";
+import { type Expr, parseExpr } from "./Expr.ts";
+import { isTimeZone, parseClock } from "./LocalTime.ts";
 
 /** What a rule decides. Most restrictive wins: deny > approve > allow. */
 export type Decision = "allow" | "approve" | "deny";
@@ -17,6 +19,45 @@ export interface ApprovalSpec {
   readonly approver: string;
   readonly expiresInMs: number;
   readonly message?: string;
+}
+
+/** A rule's `when` condition: its source text and the parsed, type-checked expression. */
+export interface When {
+  readonly source: string;
+  readonly expr: Expr;
+}
+
+/** Whose calls one counter of a rule's limits counts: everyone's, or per effect, plugin, agent, workflow or run. */
+export type LimitScope = "global" | "effect" | "plugin" | "agent" | "workflow" | "run";
+/** The values `limits.scope` may take. */
+export const LIMIT_SCOPES: ReadonlyArray<LimitScope> = ["global", "effect", "plugin", "agent", "workflow", "run"];
+
+/** Budget caps of one rule; money in US dollars, model tokens as counted by the model router. */
+export interface BudgetSpec {
+  readonly usdPerDay?: number;
+  readonly usdPerMonth?: number;
+  readonly tokensPerDay?: number;
+  readonly tokensPerMonth?: number;
+  /** The zone whose midnight starts a budget day (default UTC). */
+  readonly timezone: string;
+}
+
+/** Quiet hours: in this window an allow (or approve) becomes `decision`. */
+export interface QuietHoursSpec {
+  readonly from: string;
+  readonly to: string;
+  readonly fromMinute: number;
+  readonly toMinute: number;
+  readonly timezone: string;
+  readonly decision: "approve" | "deny";
+}
+
+/** Limits on a rule: they hold for every request the rule matches. */
+export interface RuleLimits {
+  readonly rate?: { readonly count: number; readonly per: string; readonly perMs: number };
+  readonly budget?: BudgetSpec;
+  readonly scope: LimitScope;
+  readonly quietHours?: QuietHoursSpec;
 }
 
 /** One rule with where it came from. */
@@ -32,8 +73,11 @@ export interface Rule {
     readonly workflow?: ReadonlyArray<string>;
     readonly class?: ReadonlyArray<EffectClass>;
   };
+  /** Only requests for which this condition is exactly `true` match. */
+  readonly when?: When;
   readonly decision: Decision;
   readonly approval?: ApprovalSpec;
+  readonly limits?: RuleLimits;
 }
 
 /** All policy files loaded together, with the content hash every decision records. */
@@ -47,7 +91,9 @@ export interface PolicySet {
 
 const DECISIONS: ReadonlyArray<Decision> = ["allow", "approve", "deny"];
 const MATCH_KEYS = ["effect", "plugin", "agent", "workflow", "class"] as const;
-const DEFAULT_APPROVAL_MS = 7 * 24 * 3600_000;
+/** How long an approval stays good when the rule does not say. */
+export const DEFAULT_APPROVAL_MS = 7 * 24 * 3600_000;
+const BUDGET_KEYS = ["usdPerDay", "usdPerMonth", "tokensPerDay", "tokensPerMonth"] as const;
 
 /** Parse a duration like `90s`, `15m`, `72h`, `7d`. */
 export const parseDuration = (text: string): number | undefined => {
@@ -70,6 +116,7 @@ export const parsePolicyFile = (
       const range = (node as { range?: [number, number, number] } | null)?.range;
       return range ? lineCounter.linePos(range[0]).line : 1;
     };
+    const posOf = (offset: number) => lineCounter.linePos(offset);
     if (doc.errors.length) {
       const e = doc.errors[0];
       // `linePos` is only filled in with prettyErrors; `pos` always is.
@@ -92,7 +139,7 @@ export const parsePolicyFile = (
       } else if (key === "rules") {
         if (!isSeq(pair.value)) return yield* fail(line, `"rules" must be a list`);
         for (const item of pair.value.items) {
-          rules.push(yield* parseRule(file, item, lineOf(item), fail, lineOf));
+          rules.push(yield* parseRule(file, item, lineOf(item), fail, lineOf, posOf));
         }
       } else {
         return yield* fail(line, `unknown key "${key}" (expected "rules" or "default")`);
@@ -107,17 +154,21 @@ const parseRule = (
   line: number,
   fail: (line: number, why: string) => PolicyFileError,
   lineOf: (node: unknown) => number,
+  posOf: (offset: number) => { line: number; col: number },
 ): Effect.Effect<Rule, PolicyFileError> =>
   Effect.gen(function* () {
     if (!isMap(node)) return yield* fail(line, "a rule must be a mapping");
     const value = node.toJSON() as Record<string, unknown>;
     const at = (key: string) => lineOf(node.get(key, true) ?? node);
+    // The line of the key itself (`limits:`), for errors about the whole entry.
+    const keyAt = (key: string) =>
+      lineOf(node.items.find((p) => (p.key as { value?: unknown } | null)?.value === key)?.key ?? node);
     // The line of `parent.key` (e.g. `match.class`), so errors point at the offending entry.
     const atIn = (parent: string, key: string) => {
       const p = node.get(parent, true);
       return isMap(p) ? lineOf(p.get(key, true) ?? p) : at(parent);
     };
-    const allowed = ["id", "description", "match", "decision", "approval"];
+    const allowed = ["id", "description", "match", "when", "decision", "approval", "limits"];
     const unknown = Object.keys(value).find((k) => !allowed.includes(k));
     if (unknown) return yield* fail(at(unknown), `unknown rule key "${unknown}"`);
     if (typeof value.id !== "string" || !/^[A-Za-z0-9_.-]+$/.test(value.id)) {
@@ -174,14 +225,124 @@ const parseRule = (
     } else if (value.approval !== undefined) {
       return yield* fail(at("approval"), `rule "${value.id}": "approval" only goes with decision approve`);
     }
+    const id = value.id;
+    let when: When | undefined;
+    if (value.when !== undefined) {
+      const whenNode = node.get("when", true);
+      if (typeof value.when !== "string" && typeof value.when !== "boolean") {
+        return yield* fail(keyAt("when"), `rule "${id}": "when" must be a condition such as "args.amount <= 100"`);
+      }
+      const source = String(value.when);
+      const parsed = parseExpr(source, EFFECT_CLASSES);
+      if (!parsed.ok) {
+        // Point at the exact column when the YAML scalar is the expression verbatim on one line.
+        const range = isScalar(whenNode) ? whenNode.range : undefined;
+        const quoted = isScalar(whenNode) && (whenNode.type === "QUOTE_DOUBLE" || whenNode.type === "QUOTE_SINGLE");
+        const plain = isScalar(whenNode) && whenNode.type === "PLAIN";
+        let where = { line: keyAt("when"), col: 0 };
+        if (
+          range && (plain || quoted) && !source.includes("\n") &&
+          range[1] - range[0] === source.length + (quoted ? 2 : 0)
+        ) {
+          where = posOf(range[0] + (quoted ? 1 : 0) + parsed.problem.at);
+        }
+        return yield* new PolicyFileError({
+          message: `Policy file "${file}" line ${where.line}: rule "${id}": "when"${
+            where.col ? ` column ${where.col}` : ` at character ${parsed.problem.at + 1}`
+          }: ${parsed.problem.message}`,
+          details: { file, line: where.line, ...(where.col ? { column: where.col } : {}) },
+        });
+      }
+      when = { source, expr: parsed.expr };
+    }
+    let limits: RuleLimits | undefined;
+    if (value.limits !== undefined) {
+      const problem = (key: string, why: string) => fail(atIn("limits", key), `rule "${id}": limits ${why}`);
+      const raw = value.limits as Record<string, unknown>;
+      if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+        return yield* fail(keyAt("limits"), `rule "${id}": "limits" must be a mapping`);
+      }
+      if (value.decision === "deny") {
+        return yield* fail(keyAt("limits"), `rule "${id}": "limits" do nothing on a deny rule`);
+      }
+      const unknownKey = Object.keys(raw).find((k) => !["rate", "budget", "scope", "quietHours"].includes(k));
+      if (unknownKey) {
+        return yield* problem(
+          unknownKey,
+          `has an unknown key "${unknownKey}" (expected rate, budget, scope, quietHours)`,
+        );
+      }
+      let rate: RuleLimits["rate"];
+      if (raw.rate !== undefined) {
+        const r = raw.rate as Record<string, unknown>;
+        const perMs = typeof r?.per === "string" ? parseDuration(r.per) : undefined;
+        if (
+          r === null || typeof r !== "object" || !Number.isInteger(r.count) || (r.count as number) < 1 ||
+          !perMs || Object.keys(r).some((k) => k !== "count" && k !== "per")
+        ) {
+          return yield* problem("rate", `"rate" must look like { count: 10, per: 1h }`);
+        }
+        rate = { count: r.count as number, per: r.per as string, perMs };
+      }
+      let budget: BudgetSpec | undefined;
+      if (raw.budget !== undefined) {
+        const b = raw.budget as Record<string, unknown>;
+        if (b === null || typeof b !== "object" || Array.isArray(b)) {
+          return yield* problem("budget", `"budget" must be a mapping such as { usdPerDay: 5 }`);
+        }
+        const bad = Object.keys(b).find((k) => k !== "timezone" && !(BUDGET_KEYS as ReadonlyArray<string>).includes(k));
+        if (bad) {
+          return yield* problem(
+            "budget",
+            `"budget" has an unknown key "${bad}" (expected ${BUDGET_KEYS.join(", ")}, timezone)`,
+          );
+        }
+        const caps = BUDGET_KEYS.filter((k) => b[k] !== undefined);
+        if (!caps.length) return yield* problem("budget", `"budget" needs at least one of ${BUDGET_KEYS.join(", ")}`);
+        const notNumber = caps.find((k) => typeof b[k] !== "number" || !Number.isFinite(b[k]) || (b[k] as number) < 0);
+        if (notNumber) return yield* problem("budget", `"budget.${notNumber}" must be a number of at least 0`);
+        const timezone = b.timezone === undefined ? "UTC" : String(b.timezone);
+        if (!isTimeZone(timezone)) {
+          return yield* problem("budget", `"budget.timezone" "${timezone}" is not a time zone`);
+        }
+        budget = { timezone, ...Object.fromEntries(caps.map((k) => [k, b[k] as number])) };
+      }
+      const scope = raw.scope === undefined ? "global" : raw.scope;
+      if (!LIMIT_SCOPES.includes(scope as LimitScope)) {
+        return yield* problem("scope", `"scope" must be one of ${LIMIT_SCOPES.join(", ")}`);
+      }
+      let quietHours: QuietHoursSpec | undefined;
+      if (raw.quietHours !== undefined) {
+        const q = raw.quietHours as Record<string, unknown>;
+        const shape = `"quietHours" must look like { from: "22:00", to: "07:00", timezone: Europe/Berlin }`;
+        if (q === null || typeof q !== "object" || Array.isArray(q)) return yield* problem("quietHours", shape);
+        const bad = Object.keys(q).find((k) => !["from", "to", "timezone", "decision"].includes(k));
+        if (bad) return yield* problem("quietHours", `"quietHours" has an unknown key "${bad}"`);
+        const from = parseClock(String(q.from ?? ""));
+        const to = parseClock(String(q.to ?? ""));
+        if (from === undefined || to === undefined) return yield* problem("quietHours", shape);
+        const timezone = q.timezone === undefined ? "UTC" : String(q.timezone);
+        if (!isTimeZone(timezone)) {
+          return yield* problem("quietHours", `"quietHours.timezone" "${timezone}" is not a time zone`);
+        }
+        const decision = q.decision === undefined ? "approve" : q.decision;
+        if (decision !== "approve" && decision !== "deny") {
+          return yield* problem("quietHours", `"quietHours.decision" must be approve or deny`);
+        }
+        quietHours = { from: String(q.from), to: String(q.to), fromMinute: from, toMinute: to, timezone, decision };
+      }
+      limits = { scope: scope as LimitScope, rate, budget, quietHours };
+    }
     return {
       id: value.id,
       description: typeof value.description === "string" ? value.description : undefined,
       file,
       line,
       match: match as Rule["match"],
+      ...(when ? { when } : {}),
       decision: value.decision as Decision,
       approval,
+      ...(limits ? { limits } : {}),
     };
   });
 

@@ -11,34 +11,57 @@
  * });
  * ```
  */
-import type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
+import type { HostCall, HostMessage, JournalEntry, PluginMessage, WireError } from "./protocol.ts";
 import { SUSPENDED } from "./protocol.ts";
+import { PluginError } from "./PluginError.ts";
+import type { AnyEffects, EffectCaller, HealthCheck } from "./define.ts";
+
+export { PluginError, type PluginErrorOptions } from "./PluginError.ts";
+export * from "./define.ts";
 
 export type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
 export { SUSPENDED } from "./protocol.ts";
+import { type ModelRequest, type ModelResult, runToolLoop, type ToolLoopLimits, type ToolLoopResult } from "./model.ts";
+export * from "./model.ts";
+import { MEMORY_OPS, type WorkflowMemory, workflowMemory, type WorkflowRecords } from "./memory.ts";
+export * from "./memory.ts";
 
-/** What an effect handler learns about the call it serves. */
-export interface EffectContext {
+/** What an effect handler learns about the call it serves; `Config` types the plugin's config. */
+export interface EffectContext<Config = Readonly<Record<string, unknown>>> {
   /** Stable for every attempt of the same effect in the same run step. */
   readonly idempotencyKey: string;
   /** The operator's configuration for this plugin, as installed. */
-  readonly config: Readonly<Record<string, unknown>>;
+  readonly config: Config;
 }
 
 /** A connector's implementation of one declared effect. */
 export type EffectHandler = (args: any, ctx: EffectContext) => Promise<unknown>;
 
-/** What a coordinator workflow may do: everything goes through the host. */
-export interface WorkflowContext {
+/**
+ * What a coordinator workflow may do: everything goes through the host.
+ * `Uses` (see `defineAgent`) limits `ctx.effect` to the effects the agent
+ * declares, with their types; the default allows any name, untyped.
+ */
+export interface WorkflowContext<Uses = AnyEffects> {
   /** The run this execution belongs to. */
   readonly runId: string;
   /** A checkpointed step: its result is recorded once and replayed after a crash. */
   step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
   /** Ask the host's gateway to perform a declared effect (policy-checked, journaled). */
-  effect<T = unknown>(name: string, args: unknown): Promise<T>;
-  /** Long-term memory, written by the host with this run as provenance. */
-  readonly memory: {
-    remember(item: MemoryInput): Promise<{ id: string; created: boolean }>;
+  readonly effect: EffectCaller<Uses>;
+  /** Long-term memory: remember, recall (logged), summarize; written by the host with this run as provenance. */
+  readonly memory: WorkflowMemory;
+  /** Structured records in collections the operator defined, validated on write, with this run as provenance. */
+  readonly records: WorkflowRecords;
+  /** Language models through Keel's router: routed, budgeted, cached, journaled (a replay gets the recorded answer). */
+  readonly model: {
+    generate(request: ModelRequest): Promise<ModelResult>;
+    /** A bounded tool loop: effect tool calls go through `ctx.effect`, others to `handlers`. */
+    loop(
+      request: ModelRequest,
+      limits?: ToolLoopLimits,
+      handlers?: Readonly<Record<string, (input: unknown) => unknown>>,
+    ): Promise<ToolLoopResult>;
   };
 }
 
@@ -49,16 +72,7 @@ export type WorkflowHandler = (ctx: WorkflowContext, input: any) => Promise<unkn
 export interface PluginDefinition {
   readonly effects?: Readonly<Record<string, EffectHandler>>;
   readonly workflows?: Readonly<Record<string, WorkflowHandler>>;
-  readonly health?: () => Promise<boolean> | boolean;
-}
-
-/** An error a plugin can throw to give the host a tag and details. */
-export class PluginError extends Error {
-  /** Build an error with a tag the audit log and the API will show. */
-  constructor(readonly tag: string, message: string, readonly details?: unknown) {
-    super(message);
-    this.name = tag;
-  }
+  readonly health?: HealthCheck;
 }
 
 /** Thrown inside a workflow when the host parks the run; never catch it. */
@@ -76,7 +90,10 @@ interface Port {
 }
 
 const toWire = (error: unknown): WireError => {
-  if (error instanceof PluginError) return { tag: error.tag, message: error.message, details: error.details };
+  if (error instanceof PluginError) {
+    const { tag, message, details, retryable } = error;
+    return { tag, message, details, ...(retryable === undefined ? {} : { retryable }) };
+  }
   if (error instanceof Error) {
     // Deno reports a denied dynamic import as a TypeError "Requires read access to …".
     const denied = error.name === "NotCapable" || error.name === "PermissionDenied" ||
@@ -154,14 +171,42 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         if (entry) return entry.value as never;
         return await viaHost({ op: "effect", runId, seq: mySeq, name, args }) as never;
       },
-      memory: {
-        async remember(item) {
+      ...workflowMemory(
+        async (op, args) => {
+          guard();
+          const mySeq = ++seq;
+          const entry = replayed("memory", MEMORY_OPS[op]);
+          if (entry) return entry.value;
+          return await viaHost({ op, runId, seq: mySeq, name: MEMORY_OPS[op], args });
+        },
+        async (item) => {
           guard();
           const mySeq = ++seq;
           const entry = replayed("memory", "remember");
           if (entry) return entry.value as never;
           return await viaHost({ op: "memory.remember", runId, seq: mySeq, name: "remember", item }) as never;
         },
+      ),
+      model: {
+        async generate(request) {
+          guard();
+          const mySeq = ++seq;
+          const name = `model:${request?.purpose}`;
+          const entry = replayed("model", name);
+          if (entry) return entry.value as never;
+          return await viaHost({ op: "model.generate", runId, seq: mySeq, name, request }) as never;
+        },
+        loop: (request, limits, handlers) =>
+          runToolLoop(
+            {
+              generate: (r) => ctx.model.generate(r),
+              effect: (n, a) => ctx.effect(n, a),
+              step: (n, f) => ctx.step(n, f),
+            },
+            request,
+            limits,
+            handlers,
+          ),
       },
     };
     const value = await handler(ctx, input).catch((error) => {
@@ -205,7 +250,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         });
       }
       case "health":
-        return answer(message.id, async () => (def.health ? await def.health() : true));
+        return answer(message.id, async () => (def.health ? await def.health({ config }) : true));
       case "reply": {
         const waiter = pending.get(message.id);
         if (!waiter) return;

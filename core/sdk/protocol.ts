@@ -4,11 +4,13 @@
  * One message shape for both isolation modes; every message is plain JSON so
  * it crosses `postMessage` and a stdio pipe alike.
  */
+import type { ModelRequest } from "./model.ts";
+import type { MemoryOp } from "./memory.ts";
 
 /** A recorded workflow step, sent to the plugin so it can replay without asking. */
 export interface JournalEntry {
   readonly seq: number;
-  readonly kind: "step" | "effect" | "memory";
+  readonly kind: "step" | "effect" | "memory" | "model";
   readonly name: string;
   readonly value: unknown;
 }
@@ -18,6 +20,8 @@ export interface WireError {
   readonly tag: string;
   readonly message: string;
   readonly details?: unknown;
+  /** Whether trying the same call again may succeed, when the plugin knows (`PluginError`'s `retryable`). */
+  readonly retryable?: boolean;
 }
 
 /** Host → plugin messages. */
@@ -64,6 +68,20 @@ export type HostCall =
     readonly seq: number;
     readonly name: string;
     readonly item: MemoryInput;
+  }
+  | {
+    readonly op: "model.generate";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly request: ModelRequest;
+  }
+  | {
+    readonly op: MemoryOp;
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly args: unknown;
   };
 
 /** Plugin → host messages. */

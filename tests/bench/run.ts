@@ -9,7 +9,21 @@
  * 3. a full Gateway effect (`ctx.effect("bench.echo")` under an allow policy:
  *    policy check, intent, dispatch, outcome, audit), timed inside the Worker;
  * 4. baselines: a raw Deno KV atomic commit and a raw Worker postMessage round
- *    trip.
+ *    trip;
+ * 5. each isolation mode (`plugins.ts`): cold start to first call, RPC round
+ *    trip, calls/s with 16 in flight — Worker, process in bwrap, process
+ *    without bwrap;
+ * 6. memory (`memory.ts`): recall at 10k items (and 100k with
+ *    `--memory-100k`): HNSW top-10 median/p99, recall@10 against exact
+ *    search, insert rate, index build time, size on disk;
+ * 7. policy decisions (`policy.ts`): `evaluate()` median and p99 with 10,
+ *    100 and 1,000 rules of a realistic mix (globs, conditions, limits).
+ * 8. policy tooling (`policy_tooling.ts`, its own table): lint of 10, 100
+ *    and 1,000 rules, replaying 10,000 past requests, `POST
+ *    /api/policy/simulate` and `/explain` on a real decision log.
+ * 9. the plugin lifecycle (`lifecycle.ts`): reading a `.tar.gz`, install from
+ *    a folder and from an archive, an upgrade that carries the grant and
+ *    one held for a grant, end to end through the API.
  *
  * Progress goes to stderr, the result table to stdout. Nothing is written
  * into the repository; temp dirs are removed at the end. `--quick` runs a
@@ -21,6 +35,12 @@ import { type Keel, startKeel } from "../../core/mod.ts";
 import { keelRoot } from "../../core/config/mod.ts";
 import { PluginHost } from "../../core/plugins/mod.ts";
 import { Orchestrator } from "../../core/orchestrator/mod.ts";
+import { benchModels } from "./models.ts";
+import { benchPolicyTooling } from "./policy_tooling.ts";
+import { benchPlugins } from "./plugins.ts";
+import { benchMemory, memoryBenchSizes } from "./memory.ts";
+import { benchPolicy } from "./policy.ts";
+import { benchLifecycle } from "./lifecycle.ts";
 
 const QUICK = Deno.args.includes("--quick");
 const scale = (n: number) => (QUICK ? Math.max(1, Math.ceil(n / 10)) : n);
@@ -458,6 +478,13 @@ const main = async () => {
         await keel.close();
       }
     }
+    for (const row of await benchPlugins({ quick: QUICK, progress })) rows.push({ section: "5", ...row });
+    const memorySizes = memoryBenchSizes(Deno.args, QUICK);
+    for (const row of await benchMemory({ sizes: memorySizes, quick: QUICK, progress })) {
+      rows.push({ section: "6", ...row });
+    }
+    for (const row of await benchPolicy({ quick: QUICK, progress })) rows.push({ section: "7", ...row });
+    for (const row of await benchLifecycle({ quick: QUICK, progress })) rows.push({ section: "9", ...row });
   } finally {
     await Deno.remove(temp, { recursive: true }).catch(() => {});
   }
@@ -470,7 +497,11 @@ const main = async () => {
     "- Figures come from a shared, noisy 2-core machine: read them as orders of magnitude, not as limits.",
   );
   console.log(
-    `- Sections: 1 checkpointed step · 2 plugin RPC · 3 Gateway effect (allow policy) · 4 baselines. ` +
+    `- Sections: 1 checkpointed step · 2 plugin RPC · 3 Gateway effect (allow policy) · 4 baselines · ` +
+      `5 isolation modes (worker, process), host side of the protocol · ` +
+      `6 memory recall on PGlite + pgvector, 384 dims, clustered vectors (--memory-100k adds 100k) · ` +
+      `7 policy decision latency, evaluate() alone, per decision · ` +
+      `9 plugin lifecycle through the API (install from a folder or .tar.gz, upgrades). ` +
       `Worker-timed rows pool ${CFG.runs} runs via 1 % histogram buckets (quantiles ±0.5 %). ` +
       `Warm-up runs/calls are excluded. Bench took ${elapsed.toFixed(1)} s.`,
   );
@@ -495,6 +526,8 @@ const main = async () => {
 
 try {
   await main();
+  await benchModels({ quick: QUICK });
+  await benchPolicyTooling({ quick: QUICK });
 } catch (error) {
   console.error("[bench] FAILED:", error);
   Deno.exit(1);

@@ -98,11 +98,11 @@ Deno.test("an unknown command exits 1 with a clear message and no stack trace", 
   const [unknown, flag, sub] = await keelAll([
     [["frobnicate"]],
     [["audit", "--frobnicate"]],
-    [["plugin", "remove", "smtp"]],
+    [["plugin", "frobnicate", "smtp"]],
   ]);
   cleanError(unknown, 'error: Unknown command "frobnicate". Run "deno task keel --help"');
   cleanError(flag, /^error: Unknown option '--frobnicate'/);
-  cleanError(sub, 'error: Unknown plugin command "remove": use install or list');
+  cleanError(sub, 'error: Unknown plugin command "frobnicate": use install, upgrade, grant, remove, list or new');
 });
 
 Deno.test('client commands exit 1 with "Keel is not running at …" when nothing listens there', async () => {
@@ -208,7 +208,8 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
     await t.step("`plugin list` shows the plugin and its grant in plain words", async () => {
       const r = await keel(["plugin", "list"], env);
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stdout, /^smtp 0\.1\.0 connector — running$/m);
+      assert.match(r.stdout, /^smtp \(connector\): /m);
+      assert.match(r.stdout, /^ {2}0\.1\.0 active — running, worker$/m);
       assert.match(r.stdout, /^ {4}grant: connect to 127\.0\.0\.1:2525$/m);
     });
 

@@ -163,7 +163,7 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
 
     await t.step("a malformed JSON body is a 400 InvalidInputError on every POST route", async () => {
       const posts = apiRoutes.filter((r) => r.method === "POST");
-      assert.deepEqual(posts.length, 4, posts.map((r) => r.path).join(", "));
+      assert.ok(posts.length >= 4, posts.map((r) => r.path).join(", "));
       for (const route of posts) {
         for (const body of ["{not json", '{"input": ', "[]", "42", '"text"']) {
           await changesNothing(k, async () => {

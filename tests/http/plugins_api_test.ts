@@ -92,7 +92,7 @@ Deno.test("`POST /api/plugins` refuses bad manifests, grants and config with a 4
 
     await t.step("it rejects a path that is not a folder with an InvalidInputError", async () => {
       const error = await refused(k, { path: `${BAD}/does-not-exist`, grant: {} }, 400, "InvalidInputError");
-      assert.equal(error.message, `Cannot install plugin: no folder at "${BAD}/does-not-exist"`);
+      assert.equal(error.message, `Cannot install plugin: no folder or .tar.gz archive at "${BAD}/does-not-exist"`);
     });
 
     await t.step("it rejects a request without a path or without a grant with an InvalidInputError", async () => {

@@ -258,7 +258,12 @@ const BAD_INLINE: ReadonlyArray<[string, string, number, RegExp]> = [
   ["rules that are not a list", "rules:\n  id: x\n", 1, /"rules" must be a list/],
   ["a rule that is not a mapping", "rules:\n  - allow everything\n", 2, /a rule must be a mapping/],
   ["a rule without an id", "rules:\n  - decision: allow\n    match: { effect: a.b }\n", 2, /every rule needs an "id"/],
-  ["an unknown rule key", "rules:\n  - id: x\n    decision: allow\n    when: always\n", 4, /unknown rule key "when"/],
+  [
+    "an unknown rule key",
+    "rules:\n  - id: x\n    decision: allow\n    unless: always\n",
+    4,
+    /unknown rule key "unless"/,
+  ],
   [
     "an unknown match key",
     "rules:\n  - id: x\n    match:\n      effect: a.b\n      tenant: acme\n    decision: allow\n",

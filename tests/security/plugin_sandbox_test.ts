@@ -122,8 +122,16 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
     await t.step("a plugin opening Keel's KV database fails with PermissionDeniedError", async () => {
       assertDenied(await drive(k, "rogue.open_kv", { path: `${k.dataDir}/keel.kv` }), "rogue.open_kv", "keel.kv");
     });
-    await t.step("a plugin reading a file in its own plugin folder fails with PermissionDeniedError", async () => {
-      assertDenied(await drive(k, "rogue.read_own_folder", {}), "rogue.read_own_folder", "plugin.json");
+    await t.step("a plugin may read its own stored code, but not write it nor read another plugin's", async () => {
+      // A Worker loads its plugin by a computed import, so it holds read access to its own stored folder (and
+      // core/sdk): Deno then checks every module the plugin loads (see core/plugins/_worker_entry.ts).
+      const own = assertSucceeded(await drive(k, "rogue.read_own_folder", {}), "rogue.read_own_folder");
+      assert.match(own.text, /"name": "rogue"/);
+      const store = `${Deno.realPathSync(k.dataDir)}/plugins`;
+      const write = await drive(k, "rogue.write_file", { path: `${store}/rogue/0.1.0/mod.ts`, text: "pwned" });
+      assertDenied(write, "rogue.write_file", "mod.ts");
+      const other = await drive(k, "rogue.read_file", { path: `${store}/benign/0.1.0/plugin.json` });
+      assertDenied(other, "rogue.read_file", "plugin.json");
     });
     await t.step("a plugin writing outside its data dir fails with PermissionDeniedError", async () => {
       const path = `${outside}/dropped.txt`;
@@ -511,24 +519,32 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
 Deno.test({
   // Deno lets code signal its own process without `run` permission, from a Worker too
   // (`Deno.kill(Deno.pid, "SIGKILL")`, or `kill` from a computed `import("node:process")`),
-  // so today any plugin can stop the host. Only running each plugin in its own OS process
-  // closes this; un-ignore the test when that lands. It uses SIGWINCH, which is harmless.
-  name: "KNOWN HOLE until plugins run in their own process: a plugin cannot signal the Keel process",
-  ignore: true,
+  // so a plugin in a Worker can stop the host (a known hole of `worker` isolation, README).
+  // In `process` isolation, the default for third-party plugins, "its own process" is the plugin's.
+  name: "a plugin in process isolation cannot signal the Keel process: Deno.kill(Deno.pid) reaches only its own",
   async fn() {
     let signalled = 0;
     const listener = () => signalled++;
     Deno.addSignalListener("SIGWINCH", listener);
     const k = await startTestKeel({ policies: { "p.yaml": "default: allow\nrules: []\n" } });
     try {
-      for (const [name, body] of Object.entries({ rogue: { config: { port: 9 } }, caller: {} })) {
+      for (const [name, body] of Object.entries({ rogue: { config: { port: 9 }, isolation: "process" }, caller: {} })) {
         const r = await k.api("POST", "/api/plugins", { path: `${HOSTILE}/${name}`, grant: {}, ...body });
         assert.equal(r.status, 201, JSON.stringify(r.body));
       }
       const o = await drive(k, "rogue.signal_self", { signal: "SIGWINCH" });
       await new Promise((resolve) => setTimeout(resolve, 200));
       assert.equal(signalled, 0, "the host process was signalled by a plugin");
-      assertRefused(o, "rogue.signal_self", "PermissionDeniedError");
+      // It signalled itself, which harms no one: the effect ran and is audited as such.
+      assert.deepEqual(assertSucceeded(o, "rogue.signal_self"), { sent: "SIGWINCH" });
+      // SIGKILL to "its own" pid ends the plugin's process only; the host fails the call and restarts the plugin.
+      const killed = await drive(k, "rogue.signal_self", { signal: "SIGKILL" });
+      assertRefused(killed, "rogue.signal_self", "PluginCrashedError");
+      const crashed = (await k.api("GET", "/api/audit?limit=100")).body.events;
+      assert.ok(crashed.some((e: any) => e.type === "plugin.crashed" && e.data.plugin === "rogue"), "plugin.crashed");
+      const again = await drive(k, "rogue.echo", { value: "still here" });
+      assert.deepEqual(assertSucceeded(again, "rogue.echo"), { value: "still here" });
+      assert.equal(signalled, 0);
     } finally {
       Deno.removeSignalListener("SIGWINCH", listener);
       await k.close();

@@ -1,0 +1,101 @@
+/**
+ * @module
+ * The memory and records routes: `GET /api/memory?q=` (the operator's
+ * recall, logged like any other) and `/api/collections/…` (define a
+ * collection's schema, list, read and write records). `app.ts` routes to
+ * these; they check their query strings and bodies here.
+ */
+import { Effect } from "effect";
+import { InvalidInputError, NotFoundError } from "../errors/mod.ts";
+import { Memory, parseRecallOptions, Records } from "../memory/mod.ts";
+
+type Query = Readonly<Record<string, ReadonlyArray<string>>>;
+
+const SEARCH_PARAMS: Readonly<Record<string, string>> = {
+  q: "query",
+  kind: "kind",
+  tag: "tags",
+  scope: "scope",
+  runId: "runId",
+  plugin: "plugin",
+  source: "source",
+  since: "since",
+  until: "until",
+  limit: "limit",
+};
+
+const unknownParam = (query: Query, allowed: ReadonlyArray<string>) => {
+  const extra = Object.keys(query).find((k) => !allowed.includes(k));
+  return extra === undefined ? undefined : new InvalidInputError({
+    message: `Unknown query parameter "${extra}": use ${allowed.join(", ")}`,
+  });
+};
+
+/** `GET /api/memory?q=…&kind=…&tag=…&limit=…`: hybrid recall over every scope, logged with actor `operator`. */
+export const memorySearchRoute = Effect.fn("Http.memorySearch")(function* (query: Query) {
+  const extra = unknownParam(query, Object.keys(SEARCH_PARAMS));
+  if (extra) return yield* extra;
+  const raw: Record<string, unknown> = {};
+  for (const [param, option] of Object.entries(SEARCH_PARAMS)) {
+    const values = query[param];
+    if (!values?.length || param === "q") continue;
+    raw[option] = param === "kind" || param === "tag" ? values : values[0];
+  }
+  const q = query.q?.[0];
+  if (q === undefined || q.trim() === "") {
+    return yield* new InvalidInputError({ message: 'Query "q" is required: what to recall, e.g. ?q=invoice+for+Ada' });
+  }
+  const { query: text, options } = yield* parseRecallOptions(q, raw);
+  const recall = yield* Memory.use((m) => m.recall(text, options, { actor: "operator" }));
+  return { recallId: recall.id, items: recall.items };
+});
+
+/** `GET /api/collections`. */
+export const collectionsRoute = Effect.map(Records.use((r) => r.collections), (collections) => ({ collections }));
+
+/** `PUT /api/collections/{name}` with `{schema}`: create or replace a collection's JSON Schema. */
+export const defineCollectionRoute = Effect.fn("Http.defineCollection")(function* (
+  name: string,
+  body: Record<string, unknown>,
+) {
+  if (body.schema === undefined) {
+    return yield* new InvalidInputError({
+      message: 'Field "schema" is required: a JSON Schema with "type": "object" for the records',
+    });
+  }
+  return yield* Records.use((r) => r.define(name, body.schema, "operator"));
+});
+
+/** `GET /api/collections/{name}/records?where=JSON&after=ID&limit=N`. */
+export const recordsRoute = Effect.fn("Http.records")(function* (name: string, query: Query) {
+  const extra = unknownParam(query, ["where", "after", "limit"]);
+  if (extra) return yield* extra;
+  let where: Record<string, unknown> | undefined;
+  if (query.where?.[0] !== undefined) {
+    where = yield* Effect.try({
+      try: () => JSON.parse(query.where[0]) as Record<string, unknown>,
+      catch: (e) => new InvalidInputError({ message: `Query "where" must be a JSON object: ${(e as Error).message}` }),
+    });
+  }
+  const limitRaw = query.limit?.[0];
+  const limit = limitRaw === undefined ? undefined : Number(limitRaw);
+  const records = yield* Records.use((r) => r.query(name, { where, after: query.after?.[0], limit }));
+  return { records };
+});
+
+/** `GET /api/collections/{name}/records/{id}`. */
+export const recordRoute = Effect.fn("Http.record")(function* (name: string, id: string) {
+  const record = yield* Records.use((r) => r.get(name, id));
+  if (!record) return yield* new NotFoundError({ message: `No record "${id}" in collection "${name}"` });
+  return { record };
+});
+
+/** `PUT /api/collections/{name}/records/{id}` with `{data}`: the operator writes a record (source `operator`). */
+export const putRecordRoute = Effect.fn("Http.putRecord")(function* (
+  name: string,
+  id: string,
+  body: Record<string, unknown>,
+) {
+  if (body.data === undefined) return yield* new InvalidInputError({ message: 'Field "data" is required' });
+  return yield* Records.use((r) => r.put(name, id, body.data, { source: "operator" }));
+});

@@ -1,0 +1,131 @@
+/**
+ * @module
+ * The orchestrator's answer to a workflow's memory and records calls
+ * (`ctx.memory.recall`, `ctx.memory.summarize`, `ctx.records.*`). Each is
+ * performed once and checkpointed as a `memory` step, so a replay returns the
+ * recorded answer even if memory changed since. A workflow reads and writes
+ * only its own agent's memory scope; its run, step, plugin and workflow are
+ * the provenance of everything it writes. A result too large for one journal
+ * step drops items from its end and says `truncated`.
+ */
+import { Clock, Effect } from "effect";
+import type { Context } from "effect";
+import { type EmbeddingError, InvalidInputError, type NotFoundError, type StoreError } from "../errors/mod.ts";
+import type { Journal, RunRecord } from "../journal/mod.ts";
+import type { InstalledPlugin } from "../plugins/mod.ts";
+import { type Memory, parseRecallOptions, type Records } from "../memory/mod.ts";
+import { MEMORY_OPS, type MemoryOp } from "../sdk/mod.ts";
+
+/** The services a memory call needs. */
+export interface MemoryCallServices {
+  readonly journal: Context.Service.Shape<typeof Journal>;
+  readonly memory: Context.Service.Shape<typeof Memory>;
+  readonly records: Context.Service.Shape<typeof Records>;
+}
+
+/** A memory or records call as it arrives from the workflow. */
+export interface MemoryCall {
+  readonly op: MemoryOp;
+  readonly seq: number;
+  readonly name: string;
+  readonly args: unknown;
+}
+
+const bad = (message: string) => new InvalidInputError({ message });
+
+/** Drop items from the end of `value[key]` until the value fits in `maxBytes` of JSON. */
+const fit = <T extends Record<string, unknown>>(value: T, key: keyof T & string, maxBytes: number): T => {
+  const list = [...(value[key] as unknown[])];
+  const size = (v: unknown) => new TextEncoder().encode(JSON.stringify(v)).length;
+  let out: T = value;
+  while (size(out) > maxBytes && list.length > 0) {
+    list.pop();
+    out = { ...value, [key]: [...list], truncated: true };
+  }
+  return out;
+};
+
+/** Perform one memory or records call for a run, once, and return what the journal recorded. */
+export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
+  services: MemoryCallServices,
+  run: RunRecord,
+  agent: InstalledPlugin,
+  call: MemoryCall,
+  maxBytes: number,
+): Effect.fn.Return<unknown, InvalidInputError | NotFoundError | StoreError | EmbeddingError> {
+  const { journal, memory, records } = services;
+  const name = MEMORY_OPS[call.op];
+  if (call.name !== name) return yield* bad(`Workflow call "${call.op}" must be recorded as "${name}"`);
+  const prior = yield* journal.getStep(run.id, call.seq);
+  if (prior && (prior.kind !== "memory" || prior.name !== name)) {
+    return yield* new InvalidInputError({
+      message:
+        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for memory "${name}"`,
+      details: { seq: call.seq },
+    });
+  }
+  if (prior?.status === "done") return prior.value;
+  const args = call.args;
+  if (args === null || typeof args !== "object" || Array.isArray(args)) {
+    return yield* bad(`Workflow call "${call.op}" needs an object of arguments`);
+  }
+  const a = args as Record<string, unknown>;
+  const scope = `agent:${agent.name}`;
+  const provenance = { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` };
+  const collection = a.collection as string;
+  let value: unknown;
+  switch (call.op) {
+    case "memory.recall": {
+      const { query, ...options } = a;
+      if (options.scope !== undefined || options.plugin !== undefined) {
+        return yield* bad(`A workflow recalls only its own agent's memory: drop "scope" and "plugin"`);
+      }
+      const parsed = yield* parseRecallOptions(query, options);
+      const recall = yield* memory.recall(parsed.query, { ...parsed.options, scope }, {
+        actor: scope,
+        runId: run.id,
+        seq: call.seq,
+        plugin: agent.name,
+      });
+      value = fit({ recallId: recall.id, items: recall.items }, "items", maxBytes);
+      break;
+    }
+    case "memory.summarize": {
+      if (a.maxChars !== undefined && typeof a.maxChars !== "number") return yield* bad('"maxChars" must be a number');
+      value = yield* memory.summarize({
+        scope,
+        entries: a.entries as never,
+        maxChars: a.maxChars as number | undefined,
+        tags: a.tags as string[] | undefined,
+        provenance,
+      });
+      break;
+    }
+    case "records.put":
+      value = yield* records.put(collection, a.id as string, a.data, provenance);
+      break;
+    case "records.get":
+      value = (yield* records.get(collection, a.id as string)) ?? null;
+      break;
+    case "records.query": {
+      const found = yield* records.query(collection, {
+        where: a.where as Record<string, unknown> | undefined,
+        after: a.after as string | undefined,
+        limit: a.limit as number | undefined,
+      });
+      value = fit({ records: found }, "records", maxBytes);
+      break;
+    }
+  }
+  const at = new Date(yield* Clock.currentTimeMillis).toISOString();
+  const won = yield* journal.checkpoint(run.id, {
+    seq: call.seq,
+    kind: "memory",
+    name,
+    status: "done",
+    value,
+    startedAt: at,
+    endedAt: at,
+  });
+  return won.value;
+});

@@ -1,0 +1,560 @@
+/**
+ * @module
+ * Install, upgrade, grant and remove: how a plugin version enters the store
+ * and the registry, and when it may serve.
+ *
+ * - **Install** (a folder or a `.tar.gz` archive, a plugin name not yet
+ *   installed): the operator's grant is checked against the request, the
+ *   package is copied into the store, its module graph is checked on the
+ *   stored copy, it is started once to see it implements what it declares,
+ *   and it becomes the active version. Installing the identical package
+ *   again re-grants it; another package under an installed name and version
+ *   is refused.
+ * - **Upgrade** (a new version of an installed name): compared with the
+ *   serving version (`diffManifests`). If it asks for nothing more (same or
+ *   fewer permissions, identical effect declarations, no new `uses`, npm
+ *   packages or weaker isolation) it starts with the old grant narrowed to
+ *   what it still requests, and becomes active. Otherwise it is stored as
+ *   `needs_grant` and never runs until granted, while the old version keeps
+ *   serving. Both outcomes are audited.
+ * - **Grant** a version: the grant is checked against that version's request
+ *   and recorded with its manifest hash, the version is started with it and
+ *   becomes active; the one it replaces stays installed as `inactive` (runs
+ *   pinned to it still use it).
+ * - **Remove** a version or the whole plugin: refused while runs pinned to
+ *   it are running or waiting, unless forced; its stored files go too.
+ *
+ * Every lifecycle change runs under one lock, so two upgrades never race.
+ */
+import { Clock, Effect, Semaphore } from "effect";
+import {
+  ConflictError,
+  InvalidInputError,
+  NotFoundError,
+  type PluginCrashedError,
+  type PluginTimeoutError,
+  type StoreError,
+} from "../errors/mod.ts";
+import {
+  carryGrant,
+  checkGrant,
+  diffManifests,
+  type Grant,
+  type Manifest,
+  type ManifestDiff,
+  manifestHash,
+  type Permissions,
+  readManifest,
+  resolveRequested,
+  validateConfig,
+} from "../manifest/mod.ts";
+import { checkModuleGraph } from "./moduleGraph.ts";
+import { type PluginRegistry, versionKey } from "./registry.ts";
+import type { InstalledPlugin, InstallRequest } from "./PluginHost.ts";
+import type { Isolation } from "./_connection.ts";
+import type { PluginStore, StagedPackage } from "./store.ts";
+
+/** What `upgrade` needs: the installed name, the new package, and config (default: the serving version's). */
+export interface UpgradeRequest {
+  readonly name: string;
+  readonly path: string;
+  readonly config?: unknown;
+  /** Operator override of the isolation mode (else the manifest's, else by where the package comes from). */
+  readonly isolation?: unknown;
+}
+
+/** What an upgrade did: the new version (active, or waiting for a grant) and what changed. */
+export interface UpgradeResult {
+  readonly plugin: InstalledPlugin;
+  /** The version it was compared with. */
+  readonly from: string;
+  readonly diff: ManifestDiff;
+}
+
+/** What an upgrade would do, without storing anything. */
+export interface UpgradePreview {
+  readonly manifest: Manifest;
+  readonly requested: Permissions;
+  readonly from: string;
+  readonly diff: ManifestDiff;
+  /** The grant it would start with when it does not escalate. */
+  readonly carriedGrant: Grant;
+}
+
+/** How to remove. `pinnedRuns`: running or waiting runs pinned to the versions removed. */
+export interface RemoveRequest {
+  readonly name: string;
+  readonly version?: string;
+  readonly force?: boolean;
+  readonly pinnedRuns: ReadonlyArray<string>;
+}
+
+/** What the lifecycle needs from the plugin host. */
+export interface LifecycleDeps {
+  readonly registry: PluginRegistry;
+  readonly store: PluginStore;
+  readonly sdkDir: string;
+  /** Start a version (stopping one already running) and wait for what it implements. */
+  launch(
+    plugin: InstalledPlugin,
+  ): Effect.Effect<
+    { effects: ReadonlyArray<string>; workflows: ReadonlyArray<string> },
+    PluginCrashedError | PluginTimeoutError
+  >;
+  /** Stop a version's Worker or process, if it runs. */
+  stop(plugin: InstalledPlugin, reason: string): void;
+  /** How a package from `source` runs: the operator's override, else the manifest's, else by origin. */
+  isolationOf(source: string, manifest: Manifest, override: Isolation | undefined): Isolation;
+  /** Delete a plugin's data dir (after its last version is removed). */
+  purgeData(name: string): Effect.Effect<void>;
+  audit(type: string, actor: string, data: Record<string, unknown>): Effect.Effect<unknown, StoreError>;
+}
+
+interface Package {
+  readonly source: string;
+  readonly kind: "folder" | "archive";
+  /** Where plugin.json was read: the folder itself, or the staged archive. */
+  readonly root: string;
+  readonly staged?: StagedPackage;
+  readonly manifest: Manifest;
+  readonly config: Record<string, unknown>;
+  readonly requested: Permissions;
+}
+
+const EMPTY_GRANT: Grant = { net: [], env: [], read: [], write: [] };
+
+/** Build install, upgrade, grant and remove over the host's registry, store and Workers. */
+export const makeLifecycle = (deps: LifecycleDeps) =>
+  Effect.gen(function* () {
+    const { registry, store, sdkDir } = deps;
+    const lock = yield* Semaphore.make(1);
+    const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
+
+    /** Messages about a staged package name the folder or archive it came from, not the staging folder. */
+    const namedBySource = <A, E extends { message: string }>(
+      staged: StagedPackage | undefined,
+      effect: Effect.Effect<A, E>,
+    ) =>
+      staged
+        ? Effect.mapError(effect, (e) => {
+          const rebuilt = e as unknown as { constructor: new (f: object) => E; message: string; details?: unknown };
+          return new rebuilt.constructor({
+            message: rebuilt.message.replaceAll(staged.dir, staged.source),
+            ...(rebuilt.details === undefined ? {} : {
+              details: JSON.parse(JSON.stringify(rebuilt.details).replaceAll(staged.dir, staged.source)),
+            }),
+          });
+        })
+        : effect;
+    const discardOnError = <A, E, R>(staged: StagedPackage | undefined, effect: Effect.Effect<A, E, R>) =>
+      staged ? Effect.tapError(effect, () => store.discard(staged.dir)) : effect;
+
+    /** Read a package's manifest, config and permission request (an archive is staged to read it). */
+    const readPackage = Effect.fn("PluginLifecycle.readPackage")(function* (
+      path: string,
+      rawConfig: unknown,
+      fallbackConfig?: Record<string, unknown>,
+    ) {
+      const source = yield* Effect.try({
+        try: () => Deno.realPathSync(path),
+        catch: () =>
+          new InvalidInputError({ message: `Cannot install plugin: no folder or .tar.gz archive at "${path}"` }),
+      });
+      const isDir = yield* Effect.try({
+        try: () => Deno.statSync(source).isDirectory,
+        catch: () => new InvalidInputError({ message: `Cannot install plugin: cannot read "${path}"` }),
+      });
+      const staged = isDir ? undefined : yield* store.stage(source);
+      const root = staged?.dir ?? source;
+      return yield* discardOnError(
+        staged,
+        namedBySource(
+          staged,
+          Effect.gen(function* () {
+            const manifest = yield* readManifest(root);
+            const config = yield* validateConfig(manifest, rawConfig ?? fallbackConfig);
+            const requested = yield* resolveRequested(manifest, config);
+            return { source, kind: isDir ? "folder" : "archive", root, staged, manifest, config, requested } as Package;
+          }),
+        ),
+      );
+    });
+
+    /**
+     * Copy a package into staging (a folder is checked in place first, for clear
+     * errors), point its SDK imports at Keel's SDK, and check the stored copy's
+     * module graph: the guarantee rests on this last check.
+     */
+    const finishPackage = Effect.fn("PluginLifecycle.finishPackage")(function* (pkg: Package) {
+      const name = pkg.manifest.name;
+      const noMod = new InvalidInputError({ message: `Cannot install plugin "${name}": no mod.ts in "${pkg.source}"` });
+      if (pkg.kind === "folder") {
+        yield* Effect.tryPromise({ try: () => Deno.stat(`${pkg.source}/mod.ts`), catch: () => noMod });
+        yield* checkModuleGraph(`${pkg.source}/mod.ts`, [pkg.source, sdkDir]);
+      }
+      const staged = pkg.staged ?? (yield* store.stage(pkg.source));
+      yield* discardOnError(
+        staged,
+        namedBySource(
+          staged,
+          Effect.gen(function* () {
+            yield* Effect.tryPromise({ try: () => Deno.stat(`${staged.dir}/mod.ts`), catch: () => noMod });
+            if (pkg.kind === "folder") {
+              // The folder may have changed since it was read: what is stored must be what was checked.
+              const copied = yield* readManifest(staged.dir);
+              if ((yield* manifestHash(copied)) !== (yield* manifestHash(pkg.manifest))) {
+                return yield* new ConflictError({
+                  message:
+                    `Cannot install plugin "${name}": "${pkg.source}/plugin.json" changed while it was installed`,
+                });
+              }
+            }
+            yield* store.pinSdkImports(staged.dir);
+            yield* checkModuleGraph(`${staged.dir}/mod.ts`, [staged.dir, sdkDir]);
+          }),
+        ),
+      );
+      return staged;
+    });
+
+    /** An effect or workflow name another plugin's active version already serves. */
+    const nameClash = (manifest: Manifest) => {
+      for (const other of registry.actives()) {
+        if (other.name === manifest.name) continue;
+        const effect = manifest.effects.find((e) => other.manifest.effects.some((o) => o.name === e.name));
+        if (effect) {
+          return new ConflictError({
+            message:
+              `Plugin "${manifest.name}" declares effect "${effect.name}", which plugin "${other.name}" provides`,
+          });
+        }
+        const flow = manifest.workflows.find((w) => other.manifest.workflows.some((o) => o.name === w.name));
+        if (flow) {
+          return new ConflictError({
+            message: `Plugin "${manifest.name}" declares workflow "${flow.name}", which plugin "${other.name}" offers`,
+          });
+        }
+      }
+      return undefined;
+    };
+
+    /** Start a version and check it implements everything it declares. */
+    const startChecked = Effect.fn("PluginLifecycle.startChecked")(function* (plugin: InstalledPlugin) {
+      const ready = yield* deps.launch(plugin);
+      const missing = [
+        ...plugin.manifest.effects.map((e) => e.name).filter((n) => !ready.effects.includes(n)),
+        ...plugin.manifest.workflows.map((w) => w.name).filter((n) => !ready.workflows.includes(n)),
+      ];
+      if (missing.length) {
+        deps.stop(plugin, "it does not implement what it declares");
+        return yield* new InvalidInputError({
+          message: `Plugin "${plugin.name}" declares "${missing[0]}" in plugin.json but mod.ts does not implement it`,
+        });
+      }
+    });
+
+    const isolationFor = (pkg: Package, override: unknown) =>
+      override !== undefined && override !== "worker" && override !== "process"
+        ? Effect.fail(
+          new InvalidInputError({
+            message: `Cannot install plugin "${pkg.manifest.name}": isolation must be "worker" or "process"`,
+          }),
+        )
+        : Effect.succeed(deps.isolationOf(pkg.source, pkg.manifest, override));
+
+    const describeVersions = (name: string) =>
+      registry.versions(name).map((p) => `${p.version} ${p.activation.replace("_", " ")}`).join(", ");
+
+    const install = Effect.fn("PluginLifecycle.install")(function* (request: InstallRequest, actor: string) {
+      const pkg = yield* readPackage(request.path, request.config);
+      const { name, version } = pkg.manifest;
+      const grant = yield* discardOnError(pkg.staged, checkGrant(pkg.manifest, pkg.requested, request.grant));
+      const isolation = yield* discardOnError(pkg.staged, isolationFor(pkg, request.isolation));
+      const same = registry.get(name, version);
+      if (!same && registry.versions(name).length) {
+        if (pkg.staged) yield* store.discard(pkg.staged.dir);
+        return yield* new ConflictError({
+          message: `Plugin "${name}" is already installed (${
+            describeVersions(name)
+          }): upgrade it to ${version} with "keel plugin upgrade" (POST /api/plugins/${name}/upgrade)`,
+          details: { versions: registry.versions(name).map((p) => p.version) },
+        });
+      }
+      const staged = yield* finishPackage(pkg);
+      if (same && same.packageHash !== staged.packageHash) {
+        yield* store.discard(staged.dir);
+        return yield* new ConflictError({
+          message:
+            `Plugin "${name}" ${version} is already installed from "${same.source}" with other files: give the new files a new version and upgrade, or remove ${version} first`,
+        });
+      }
+      const clash = nameClash(pkg.manifest);
+      if (clash) {
+        yield* store.discard(staged.dir);
+        return yield* clash;
+      }
+      let path: string;
+      if (same) {
+        yield* store.discard(staged.dir);
+        path = same.path;
+      } else {
+        path = yield* store.commit(staged, name, version);
+      }
+      const at = yield* now;
+      const plugin: InstalledPlugin = {
+        name,
+        version,
+        path,
+        source: pkg.source,
+        packageHash: staged.packageHash,
+        manifest: pkg.manifest,
+        manifestHash: yield* manifestHash(pkg.manifest),
+        requested: pkg.requested,
+        grant,
+        config: pkg.config,
+        activation: "active",
+        isolation,
+        installedAt: same?.installedAt ?? at,
+        installedBy: same?.installedBy ?? actor,
+        grantedAt: at,
+        grantedBy: actor,
+      };
+      // Start it before recording it: a plugin that cannot start is not installed.
+      yield* startChecked(plugin).pipe(Effect.tapError(() => same ? Effect.void : store.removeVersion(name, version)));
+      const previous = registry.active(name);
+      const demoted = previous && previous.version !== version
+        ? [{ ...previous, activation: "inactive" as const }]
+        : [];
+      yield* registry.commit([plugin, ...demoted]);
+      yield* deps.audit("plugin.installed", actor, {
+        plugin: name,
+        version,
+        source: pkg.source,
+        manifestHash: plugin.manifestHash,
+        packageHash: plugin.packageHash,
+        grant,
+        requested: pkg.requested,
+        isolation,
+      });
+      return plugin;
+    });
+
+    /** The version an upgrade is compared with: the active one, else the newest granted one. */
+    const baseline = (name: string) => {
+      const versions = registry.versions(name);
+      if (!versions.length) {
+        return Effect.fail(new NotFoundError({ message: `No plugin named "${name}" is installed` }));
+      }
+      const base = registry.active(name) ?? versions.filter((p) => p.activation === "inactive").at(-1);
+      return base ? Effect.succeed(base) : Effect.fail(
+        new ConflictError({
+          message: `Plugin "${name}" has no granted version to upgrade from: grant one with "keel plugin grant"`,
+        }),
+      );
+    };
+
+    const readUpgrade = Effect.fn("PluginLifecycle.readUpgrade")(function* (request: UpgradeRequest) {
+      const current = yield* baseline(request.name);
+      const pkg = yield* readPackage(request.path, request.config, current.config);
+      const problem = pkg.manifest.name !== request.name
+        ? new InvalidInputError({
+          message: `Cannot upgrade "${request.name}": "${pkg.source}" holds plugin "${pkg.manifest.name}"`,
+        })
+        : registry.get(request.name, pkg.manifest.version)
+        ? new ConflictError({
+          message: `Plugin "${request.name}" ${pkg.manifest.version} is already installed (${
+            registry.get(request.name, pkg.manifest.version)!.activation.replace("_", " ")
+          }): an upgrade needs a new version`,
+        })
+        : current.manifest.kind !== pkg.manifest.kind
+        ? new ConflictError({
+          message:
+            `Cannot upgrade "${request.name}" from a ${current.manifest.kind} to a ${pkg.manifest.kind}: remove it and install the new one`,
+        })
+        : undefined;
+      if (problem) {
+        if (pkg.staged) yield* store.discard(pkg.staged.dir);
+        return yield* problem;
+      }
+      const isolation = yield* discardOnError(pkg.staged, isolationFor(pkg, request.isolation));
+      const diff = diffManifests(current, { ...pkg, isolation });
+      return { current, pkg, diff, isolation };
+    });
+
+    const previewUpgrade = Effect.fn("PluginLifecycle.previewUpgrade")(function* (request: UpgradeRequest) {
+      const { current, pkg, diff } = yield* readUpgrade(request);
+      if (pkg.staged) yield* store.discard(pkg.staged.dir);
+      return {
+        manifest: pkg.manifest,
+        requested: pkg.requested,
+        from: current.version,
+        diff,
+        carriedGrant: carryGrant(current.grant, pkg.requested),
+      } satisfies UpgradePreview;
+    });
+
+    const upgrade = Effect.fn("PluginLifecycle.upgrade")(function* (request: UpgradeRequest, actor: string) {
+      const { current, pkg, diff, isolation } = yield* readUpgrade(request);
+      const { name, version } = pkg.manifest;
+      const staged = yield* finishPackage(pkg);
+      const clash = nameClash(pkg.manifest);
+      if (clash) {
+        yield* store.discard(staged.dir);
+        return yield* clash;
+      }
+      const path = yield* store.commit(staged, name, version);
+      const at = yield* now;
+      const base = {
+        name,
+        version,
+        path,
+        source: pkg.source,
+        packageHash: staged.packageHash,
+        manifest: pkg.manifest,
+        manifestHash: yield* manifestHash(pkg.manifest),
+        requested: pkg.requested,
+        config: pkg.config,
+        isolation,
+        installedAt: at,
+        installedBy: actor,
+      };
+      const event = {
+        plugin: name,
+        version,
+        from: current.version,
+        source: pkg.source,
+        manifestHash: base.manifestHash,
+        packageHash: base.packageHash,
+        changes: diff.lines,
+        isolation,
+      };
+      if (diff.escalates) {
+        const plugin: InstalledPlugin = {
+          ...base,
+          grant: EMPTY_GRANT,
+          activation: "needs_grant",
+          pendingChanges: diff.lines,
+        };
+        yield* registry.commit([plugin]).pipe(Effect.tapError(() => store.removeVersion(name, version)));
+        yield* deps.audit("plugin.upgrade_held", actor, {
+          ...event,
+          reason: "it asks for more than the serving version was granted",
+          permissionsAdded: diff.permissions.added,
+          effectsAdded: diff.effects.added,
+          effectsChanged: diff.effects.changed,
+          usesAdded: diff.uses.added,
+          npmAdded: diff.npm.added,
+          ...(diff.weakerIsolation ? { weakerIsolation: diff.weakerIsolation } : {}),
+        });
+        return { plugin, from: current.version, diff } satisfies UpgradeResult;
+      }
+      const grant = carryGrant(current.grant, pkg.requested);
+      const plugin: InstalledPlugin = { ...base, grant, activation: "active", grantedAt: at, grantedBy: actor };
+      yield* startChecked(plugin).pipe(Effect.tapError(() => store.removeVersion(name, version)));
+      const demoted = current.activation === "active" ? [{ ...current, activation: "inactive" as const }] : [];
+      yield* registry.commit([plugin, ...demoted]).pipe(
+        Effect.tapError(() =>
+          Effect.andThen(Effect.sync(() => deps.stop(plugin, "upgrade failed")), store.removeVersion(name, version))
+        ),
+      );
+      yield* deps.audit("plugin.upgraded", actor, { ...event, grant, carriedGrant: true });
+      return { plugin, from: current.version, diff } satisfies UpgradeResult;
+    });
+
+    const grantVersion = Effect.fn("PluginLifecycle.grant")(function* (
+      name: string,
+      version: string,
+      rawGrant: unknown,
+      actor: string,
+    ) {
+      const target = registry.get(name, version);
+      if (!target) {
+        return yield* new NotFoundError({
+          message: registry.versions(name).length
+            ? `Plugin "${name}" has no version ${version} (installed: ${describeVersions(name)})`
+            : `No plugin named "${name}" is installed`,
+        });
+      }
+      const grant = yield* checkGrant(target.manifest, target.requested, rawGrant);
+      const clash = nameClash(target.manifest);
+      if (clash) return yield* clash;
+      const previous = registry.active(name);
+      const at = yield* now;
+      const { pendingChanges: _p, ...rest } = target;
+      const plugin: InstalledPlugin = { ...rest, grant, activation: "active", grantedAt: at, grantedBy: actor };
+      yield* startChecked(plugin);
+      const demoted = previous && previous.version !== version
+        ? [{ ...previous, activation: "inactive" as const }]
+        : [];
+      yield* registry.commit([plugin, ...demoted]);
+      yield* deps.audit("plugin.granted", actor, {
+        plugin: name,
+        version,
+        manifestHash: plugin.manifestHash,
+        grant,
+        requested: plugin.requested,
+        was: target.activation,
+        ...(demoted.length ? { replaces: demoted[0].version } : {}),
+      });
+      return plugin;
+    });
+
+    const remove = Effect.fn("PluginLifecycle.remove")(function* (request: RemoveRequest, actor: string) {
+      const { name, version } = request;
+      const versions = registry.versions(name);
+      if (!versions.length) return yield* new NotFoundError({ message: `No plugin named "${name}" is installed` });
+      const targets = version === undefined ? versions : versions.filter((p) => p.version === version);
+      if (!targets.length) {
+        return yield* new NotFoundError({
+          message: `Plugin "${name}" has no version ${version} (installed: ${describeVersions(name)})`,
+        });
+      }
+      if (version !== undefined && targets[0].activation === "active" && versions.length > 1) {
+        return yield* new ConflictError({
+          message:
+            `Plugin "${name}" ${version} is the active version: activate another one first ("keel plugin grant ${name} VERSION"), or remove the whole plugin`,
+        });
+      }
+      if (request.pinnedRuns.length && !request.force) {
+        return yield* new ConflictError({
+          message: `Plugin "${name}"${version ? ` ${version}` : ""} is pinned by ${request.pinnedRuns.length} run${
+            request.pinnedRuns.length === 1 ? "" : "s"
+          } still running or waiting (${
+            request.pinnedRuns.slice(0, 3).join(", ")
+          }): wait for them, or force the removal (those runs then fail)`,
+          details: { runs: request.pinnedRuns },
+        });
+      }
+      yield* registry.commit([], targets);
+      for (const p of targets) {
+        deps.stop(p, "removed");
+        yield* store.removeVersion(name, p.version);
+      }
+      const whole = targets.length === versions.length;
+      if (whole) yield* deps.purgeData(name);
+      yield* deps.audit("plugin.removed", actor, {
+        plugin: name,
+        versions: targets.map((p) => p.version),
+        whole,
+        force: request.force === true,
+        pinnedRuns: request.pinnedRuns,
+      });
+      return { name, removed: targets.map((p) => p.version), whole };
+    });
+
+    const locked = <A, E>(effect: Effect.Effect<A, E>) => lock.withPermit(effect);
+    return {
+      readPackage,
+      discardPackage: (pkg: { staged?: StagedPackage }) => pkg.staged ? store.discard(pkg.staged.dir) : Effect.void,
+      install: (request: InstallRequest, actor: string) => locked(install(request, actor)),
+      previewUpgrade: (request: UpgradeRequest) => locked(previewUpgrade(request)),
+      upgrade: (request: UpgradeRequest, actor: string) => locked(upgrade(request, actor)),
+      grant: (name: string, version: string, grant: unknown, actor: string) =>
+        locked(grantVersion(name, version, grant, actor)),
+      remove: (request: RemoveRequest, actor: string) => locked(remove(request, actor)),
+      versionKey,
+    };
+  });
+
+/** The lifecycle operations the plugin host exposes. */
+export type Lifecycle = Effect.Success<ReturnType<typeof makeLifecycle>>;
