@@ -17,7 +17,7 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   manifest: ["errors"],
   policy: ["errors", "config", "manifest", "store", "telemetry"],
   telemetry: ["errors", "store", "manifest"],
-  journal: ["errors", "store"],
+  journal: ["errors", "store", "policy"],
   memory: ["errors", "config", "manifest"],
   plugins: ["errors", "config", "manifest", "store", "telemetry", "sdk"],
   gateway: ["errors", "manifest", "policy", "journal", "plugins", "telemetry"],

@@ -9,6 +9,9 @@ import { Context, Effect, Layer } from "effect";
 import { Kv, kvTry } from "../store/mod.ts";
 import type { StoreError } from "../errors/mod.ts";
 import type { ErrorBody } from "../errors/mod.ts";
+import type { DecisionRecord } from "../policy/mod.ts";
+
+export type { DecisionRecord } from "../policy/mod.ts";
 
 /** Where a run is in its life. */
 export type RunStatus = "running" | "waiting_approval" | "succeeded" | "failed" | "cancelled";
@@ -68,26 +71,6 @@ export interface ApprovalRecord {
   readonly note?: string;
   /** For `unknown_outcome`: what the operator chose. */
   readonly resolution?: "retry" | "delivered";
-}
-
-/** One policy decision on an effect request, kept so a candidate policy can be replayed against history. */
-export interface DecisionRecord {
-  readonly at: string;
-  readonly runId: string;
-  readonly seq: number;
-  readonly effect: string;
-  readonly effectClass: string;
-  readonly plugin: string;
-  readonly agent: string;
-  readonly workflow: string;
-  readonly args: unknown;
-  readonly decision: "allow" | "approve" | "deny";
-  readonly rule: string;
-  readonly policyHash: string;
-  /** The limit that decided, when one did (`rate 10/1h`, `budget usdPerDay 5`, `quietHours …`). */
-  readonly limit?: string;
-  /** The request context the policy saw (`hour`, `weekday`, `now`, `runId` …), so a replay can see it too. */
-  readonly context?: Readonly<Record<string, unknown>>;
 }
 
 const runKey = (id: string) => ["run", id];

@@ -19,8 +19,11 @@ import { evaluateSafely } from "./explain.ts";
 import { limitName, type PolicyRequest } from "./Policy.ts";
 import { type Decision, loadPolicySet, type PolicySet } from "./PolicySet.ts";
 
-/** A past effect request as the decision log keeps it (the journal's `DecisionRecord`). */
-export interface PastRequest {
+/**
+ * One policy decision on an effect request, as the Gateway logs it in the journal, so a candidate policy set can be
+ * replayed against history.
+ */
+export interface DecisionRecord {
   readonly at: string;
   readonly runId: string;
   readonly seq: number;
@@ -33,11 +36,14 @@ export interface PastRequest {
   readonly decision: Decision;
   readonly rule: string;
   readonly policyHash: string;
-  /** The limit that decided at the time, if one did (`rate 10/1h`, `budget usdPerDay 5`, `quietHours …`). */
+  /** The limit that decided, when one did (`rate 10/1h`, `budget usdPerDay 5`, `quietHours …`). */
   readonly limit?: string;
-  /** The context the policy saw (`now`, `hour`, `runId` …). */
+  /** The request context the policy saw (`now`, `hour`, `weekday`, `runId` …), so a replay can see it too. */
   readonly context?: Readonly<Record<string, unknown>>;
 }
+
+/** A past effect request to replay: a decision-log record. */
+export type PastRequest = DecisionRecord;
 
 /** How an operator reads a decision: allowed, gated (waits for approval) or denied. */
 export type Outcome = "allowed" | "gated" | "denied";
