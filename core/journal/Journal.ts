@@ -14,7 +14,25 @@ import type { DecisionRecord } from "../policy/mod.ts";
 export type { DecisionRecord } from "../policy/mod.ts";
 
 /** Where a run is in its life. */
-export type RunStatus = "running" | "waiting_approval" | "succeeded" | "failed" | "cancelled";
+export type RunStatus =
+  /** Waiting for a worker slot (or for its `notBefore` time). */
+  | "queued"
+  | "running"
+  | "waiting_approval"
+  /** Parked on a durable timer (`ctx.sleep`), resumed at `wakeAt`. */
+  | "sleeping"
+  /** Parked until a child workflow it started ends. */
+  | "waiting_child"
+  | "succeeded"
+  | "failed"
+  | "cancelled";
+
+/** What started a run. */
+export interface RunTrigger {
+  readonly kind: "http" | "cli" | "cron" | "webhook" | "child" | "api";
+  /** The schedule, hook or parent run that started it. */
+  readonly id?: string;
+}
 
 /** One run of a workflow. */
 export interface RunRecord {
@@ -28,6 +46,19 @@ export interface RunRecord {
   readonly output?: unknown;
   readonly error?: ErrorBody;
   readonly waitingFor?: { readonly approvalId: string; readonly reason: string };
+  /** Higher runs first among queued runs (0–9, default 5). */
+  readonly priority?: number;
+  /** Do not start before this time (epoch ms): delayed start. */
+  readonly notBefore?: number;
+  /** When a sleeping run wakes (epoch ms). */
+  readonly wakeAt?: number;
+  readonly trigger?: RunTrigger;
+  /** The run that started this one as a child workflow. */
+  readonly parentRunId?: string;
+  /** Connector versions this run is pinned to (connector name → version), fixed at start. */
+  readonly pins?: Readonly<Record<string, string>>;
+  /** Who cancelled it and why. */
+  readonly cancelled?: { readonly by: string; readonly reason?: string; readonly at: string };
   readonly createdAt: string;
   readonly updatedAt: string;
 }

@@ -8,7 +8,7 @@
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import { ConflictError, InvalidInputError, NotFoundError, type StoreError, toErrorBody } from "../errors/mod.ts";
-import { type ApprovalRecord, Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
+import { type ApprovalRecord, Journal, type RunRecord, type RunTrigger, type StepRecord } from "../journal/mod.ts";
 import { Gateway } from "../gateway/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
@@ -35,6 +35,17 @@ export interface Decision {
   readonly resolution?: "retry" | "delivered";
 }
 
+/** How a run is started (all optional). */
+export interface StartOptions {
+  /** 0–9, higher first when runs queue for a slot; default 5. */
+  readonly priority?: number;
+  /** Start no earlier than this time (epoch ms). */
+  readonly notBefore?: number;
+  /** Idempotent start: if a run with this id exists it is returned and nothing new starts. */
+  readonly runId?: string;
+  readonly trigger?: RunTrigger;
+}
+
 /** Largest step result Keel records (Deno KV values are capped at 64 KiB). */
 export const MAX_STEP_BYTES = 60 * 1024;
 
@@ -44,6 +55,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
     workflow: string,
     input: unknown,
     actor: string,
+    options?: StartOptions,
   ): Effect.Effect<RunRecord, NotFoundError | InvalidInputError | StoreError>;
   get(runId: string): Effect.Effect<RunView, NotFoundError | StoreError>;
   /** Wait up to `seconds` for the run to end or pause, then return it. */
@@ -270,7 +282,23 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return yield* view(run);
       });
 
-      const start = Effect.fn("Orchestrator.start")(function* (workflow: string, input: unknown, actor: string) {
+      const start = Effect.fn("Orchestrator.start")(function* (
+        workflow: string,
+        input: unknown,
+        actor: string,
+        options: StartOptions = {},
+      ) {
+        if (options.runId !== undefined) {
+          if (!/^[A-Za-z0-9_.:-]{1,200}$/.test(options.runId)) {
+            return yield* new InvalidInputError({ message: `Run id "${options.runId}" is not a valid id` });
+          }
+          const existing = yield* journal.getRun(options.runId);
+          if (existing) return existing;
+        }
+        const priority = options.priority ?? 5;
+        if (!Number.isInteger(priority) || priority < 0 || priority > 9) {
+          return yield* new InvalidInputError({ message: `Priority must be an integer from 0 to 9: got "${priority}"` });
+        }
         const { plugin, decl } = yield* host.findWorkflow(workflow);
         const problems = host.validate(plugin, `wf:${workflow}`, decl.input, input);
         if (problems.length) {
@@ -281,12 +309,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
         const at = yield* nowIso;
         const run: RunRecord = {
-          id: `run_${crypto.randomUUID().replaceAll("-", "")}`,
+          id: options.runId ?? `run_${crypto.randomUUID().replaceAll("-", "")}`,
           workflow,
           plugin: plugin.name,
           pluginVersion: plugin.version,
           input,
           status: "running",
+          priority,
+          ...(options.notBefore !== undefined ? { notBefore: options.notBefore } : {}),
+          ...(options.trigger ? { trigger: options.trigger } : {}),
           createdAt: at,
           updatedAt: at,
         };
