@@ -6,13 +6,22 @@
  * grant a version, remove a version or the whole plugin, and list every
  * installed version with its state. The package is read here only to show
  * it; Keel checks it again, on its own stored copy.
+ *
+ * A plugin requesting what Keel refuses by default (`run`, `ffi`, `sys`,
+ * `all`, wildcard net, paths outside its data dir) installs only with
+ * `--override ITEM` naming each such request exactly; the CLI then shows
+ * what it unlocks, in plain words, under a loud warning before asking.
  */
 import { Effect } from "effect";
 import {
+  checkOverride,
   describePermissions,
   type Manifest,
+  overrideReason,
+  type Permissions,
+  powerRequests,
   readManifest,
-  resolveRequested,
+  requestedPermissions,
   validateConfig,
   validateManifest,
 } from "../manifest/mod.ts";
@@ -50,6 +59,39 @@ const isolationFlag = (isolation: string | undefined) => {
   return isolation;
 };
 
+/** Check `--override` items against a request here (so a missing one never contacts Keel); returns them. */
+const checkOverrideFlags = async (manifest: Manifest, requested: Permissions, flags: string[] | undefined) =>
+  await Effect.runPromise(
+    checkOverride(manifest, requested, flags?.length ? flags : undefined).pipe(
+      Effect.mapError((e) => new UsageError(e.message)),
+    ),
+  );
+
+/** The loud warning shown before the prompt when the operator overrides Keel's refusals. */
+const warnOverride = (name: string, overrides: ReadonlyArray<string>) => {
+  if (!overrides.length) return;
+  const bar = "!".repeat(78);
+  console.log(bar);
+  console.log(
+    `!!! WARNING: you are overriding Keel's refusal of ${overrides.length} permission${
+      overrides.length === 1 ? "" : "s"
+    } for plugin ${name}.`,
+  );
+  console.log("!!! Keel never grants these on its own. With your override the plugin will be able to:");
+  for (const o of overrides) console.log(`!!!   - ${overrideReason(o)}   [--override ${o}]`);
+  console.log("!!! Anything the plugin does with them is outside Keel's sandbox. Your override is recorded");
+  console.log("!!! with the grant and audited (plugin.permission_override). Upgrades must state it again.");
+  console.log(bar);
+};
+
+/** The default grant: everything ordinary that is requested (overridden items are granted by the override). */
+const ordinaryGrant = (requested: Permissions) => ({
+  net: requested.net,
+  env: requested.env,
+  read: requested.read,
+  write: requested.write,
+});
+
 const describeManifest = (manifest: Manifest) => {
   if (manifest.effects.length) {
     console.log("It performs these effects:");
@@ -63,39 +105,54 @@ const describeManifest = (manifest: Manifest) => {
 
 const install = async (
   path: string | undefined,
-  flags: { config?: string; grant?: string; yes?: boolean; isolation?: string },
+  flags: { config?: string; grant?: string; yes?: boolean; isolation?: string; override?: string[] },
 ) => {
   if (!path) throw new UsageError("plugin install needs a PATH to the plugin folder or .tar.gz archive");
   const config = parseJson("config", flags.config);
   const isolation = isolationFlag(flags.isolation);
   const manifest = await readLocal(path);
+  // run/ffi/sys/all need no config to name: refuse an unstated one before anything else.
+  const powers = powerRequests(manifest);
+  if (powers.some((p) => !flags.override?.includes(p))) {
+    const none = { net: [], env: [], read: [], write: [], needsOverride: powers };
+    await checkOverrideFlags(manifest, none, flags.override?.filter((o) => powers.includes(o)));
+  }
   const requested = await Effect.runPromise(
-    Effect.flatMap(validateConfig(manifest, config), (cfg) => resolveRequested(manifest, cfg)).pipe(
+    Effect.flatMap(validateConfig(manifest, config), (cfg) => requestedPermissions(manifest, cfg)).pipe(
       Effect.mapError((e) => new UsageError(e.message)),
     ),
   );
-  const grant = flags.grant !== undefined ? parseJson("grant", flags.grant) : requested;
+  const overrides = await checkOverrideFlags(manifest, requested, flags.override);
+  const grant = flags.grant !== undefined ? parseJson("grant", flags.grant) : ordinaryGrant(requested);
   console.log(`Plugin ${manifest.name} ${manifest.version} (${manifest.kind}): ${manifest.description}`);
   console.log("It asks to:");
   for (const line of describePermissions(requested)) console.log(`  - ${line}`);
   describeManifest(manifest);
   if (flags.grant !== undefined) console.log(`You grant: ${JSON.stringify(grant)}`);
-  if (!flags.yes && !confirm("Install and grant this?")) {
+  warnOverride(manifest.name, overrides);
+  if (!flags.yes && !confirm(overrides.length ? "Install, grant this AND override?" : "Install and grant this?")) {
     throw new UsageError("Not installed (answer y, or pass --yes in scripts)");
   }
-  const { plugin } = await api("POST", "/api/plugins", { path: realPath(path), grant, config, isolation });
+  const { plugin } = await api("POST", "/api/plugins", {
+    path: realPath(path),
+    grant,
+    config,
+    isolation,
+    ...(overrides.length ? { override: overrides } : {}),
+  });
   console.log(`Installed ${plugin.name} ${plugin.version} (manifest ${String(plugin.manifestHash).slice(0, 12)})`);
 };
 
 const upgrade = async (
   path: string | undefined,
-  flags: { config?: string; yes?: boolean; isolation?: string },
+  flags: { config?: string; yes?: boolean; isolation?: string; override?: string[] },
 ) => {
   if (!path) throw new UsageError("plugin upgrade needs a PATH to the new version's folder or .tar.gz archive");
   const config = parseJson("config", flags.config);
   const isolation = isolationFlag(flags.isolation);
   const manifest = await readLocal(path);
-  const body = { path: realPath(path), config, isolation };
+  const override = flags.override?.length ? flags.override : undefined;
+  const body = { path: realPath(path), config, isolation, ...(override ? { override } : {}) };
   const route = `/api/plugins/${encodeURIComponent(manifest.name)}/upgrade`;
   const preview = await api("POST", route, { ...body, dryRun: true });
   console.log(`Upgrade ${manifest.name} ${preview.from} → ${manifest.version}: ${manifest.description}`);
@@ -106,6 +163,16 @@ const upgrade = async (
   } else {
     console.log(`It declares exactly what ${preview.from} declares.`);
   }
+  const needed: string[] = preview.requested.needsOverride ?? [];
+  const unstated = needed.filter((o) => !(override ?? []).includes(o));
+  if (unstated.length && !preview.diff.escalates) {
+    console.log(
+      `It needs the operator override ${
+        unstated.map((o) => `--override ${o}`).join(" ")
+      } stated again: without it, it will be installed but stay disabled until granted.`,
+    );
+  }
+  warnOverride(manifest.name, needed.filter((o) => (override ?? []).includes(o)));
   if (preview.diff.escalates) {
     console.log(
       `It asks for more than ${preview.from} was granted: it will be installed but stays disabled, and ${preview.from} keeps serving, until you grant it with "deno task keel plugin grant ${manifest.name} ${manifest.version}".`,
@@ -128,7 +195,7 @@ const upgrade = async (
 const grant = async (
   name: string | undefined,
   version: string | undefined,
-  flags: { grant?: string; yes?: boolean },
+  flags: { grant?: string; yes?: boolean; override?: string[] },
 ) => {
   if (!name || !version) throw new UsageError("plugin grant needs a NAME and a VERSION");
   const { plugins } = await api("GET", "/api/plugins");
@@ -143,7 +210,8 @@ const grant = async (
         : `No plugin named "${name}" is installed`,
     );
   }
-  const granted = flags.grant !== undefined ? parseJson("grant", flags.grant) : target.requested;
+  const overrides = await checkOverrideFlags(target.manifest, target.requested, flags.override);
+  const granted = flags.grant !== undefined ? parseJson("grant", flags.grant) : ordinaryGrant(target.requested);
   console.log(`Plugin ${name} ${version} (${target.manifest.kind}): ${target.manifest.description}`);
   if (target.pendingChanges?.length) {
     console.log("Compared with the version it upgrades, it:");
@@ -153,11 +221,12 @@ const grant = async (
   for (const line of describePermissions(target.requested)) console.log(`  - ${line}`);
   describeManifest(target.manifest);
   if (flags.grant !== undefined) console.log(`You grant: ${JSON.stringify(granted)}`);
+  warnOverride(name, overrides);
   if (!flags.yes && !confirm(`Grant this and make ${version} the active version?`)) {
     throw new UsageError("Not granted (answer y, or pass --yes in scripts)");
   }
   const route = `/api/plugins/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/grant`;
-  const { plugin } = await api("POST", route, { grant: granted });
+  const { plugin } = await api("POST", route, { grant: granted, ...(overrides.length ? { override: overrides } : {}) });
   console.log(`Granted ${plugin.name} ${plugin.version}; it is the active version`);
 };
 
@@ -209,9 +278,11 @@ export const pluginCommand: Command = {
     ...newPluginCommand.summary,
   ],
   help: `Usage:
-  deno task keel plugin install PATH|ARCHIVE.tar.gz [--config JSON] [--grant JSON] [--isolation worker|process] [--yes]
-  deno task keel plugin upgrade PATH|ARCHIVE.tar.gz [--config JSON] [--isolation worker|process] [--yes]
-  deno task keel plugin grant NAME VERSION [--grant JSON] [--yes]
+  deno task keel plugin install PATH|ARCHIVE.tar.gz [--config JSON] [--grant JSON] [--isolation worker|process]
+                                [--override ITEM]... [--yes]
+  deno task keel plugin upgrade PATH|ARCHIVE.tar.gz [--config JSON] [--isolation worker|process] [--override ITEM]...
+                                [--yes]
+  deno task keel plugin grant NAME VERSION [--grant JSON] [--override ITEM]... [--yes]
   deno task keel plugin remove NAME [--version V] [--force]
   deno task keel plugin list
   deno task keel plugin new NAME --kind connector|agent [--dir DIR]
@@ -223,6 +294,15 @@ overrides where it runs: a Worker in Keel, or its own sandboxed process (the
 default for plugins from outside Keel's folder). Keel copies the plugin into
 <data dir>/plugins/NAME/VERSION and runs that copy, so editing the folder
 later changes nothing.
+
+--override ITEM grants, against Keel's judgement, one request Keel refuses
+by default, named exactly as the refusal names it: run, run:PROGRAM, ffi,
+ffi:PATH, sys, sys:KIND, all, net:* (any host), net:HOST (any port),
+net:0.0.0.0:PORT, read:PATH or write:PATH (outside the plugin's data dir).
+Repeat it for each item. You see what it unlocks under a loud warning before
+you confirm; the grant records it and the audit log gets
+plugin.permission_override. An override is never carried to another version:
+state it again on upgrade (or the new version waits for a grant).
 
 upgrade installs a new version of an installed plugin and shows what it
 changes. If it asks for nothing more (same or fewer permissions, identical
@@ -245,6 +325,7 @@ new creates a plugin folder whose test passes as it is (see docs/plugins.md).`,
       grant: { type: "string" },
       yes: { type: "boolean", short: "y" },
       isolation: { type: "string" },
+      override: { type: "string", multiple: true },
       version: { type: "string" },
       force: { type: "boolean" },
     });

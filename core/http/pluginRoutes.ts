@@ -38,21 +38,21 @@ export const previewRoute = Effect.fn("Http.pluginPreview")(function* (b: Record
   return yield* host.preview(path, b.config);
 });
 
-/** `POST /api/plugins/{name}/upgrade {path, config?, isolation?, dryRun?}`. */
+/** `POST /api/plugins/{name}/upgrade {path, config?, isolation?, override?, dryRun?}`. */
 export const upgradeRoute = Effect.fn("Http.pluginUpgrade")(function* (name: string, b: Record<string, unknown>) {
   const path = yield* pathField(b);
   if (b.dryRun !== undefined && typeof b.dryRun !== "boolean") {
     return yield* new InvalidInputError({ message: 'Field "dryRun" must be true or false' });
   }
   const host = yield* PluginHost;
-  const request = { name, path, config: b.config, isolation: b.isolation };
+  const request = { name, path, config: b.config, isolation: b.isolation, override: b.override };
   if (b.dryRun) return { dryRun: true, ...(yield* host.previewUpgrade(request)) };
   const { plugin, from, diff } = yield* host.upgrade(request, "operator");
   const { config: _c, ...shown } = plugin;
   return { plugin: shown, from, diff };
 });
 
-/** `POST /api/plugins/{name}/versions/{version}/grant {grant}`. */
+/** `POST /api/plugins/{name}/versions/{version}/grant {grant, override?}`. */
 export const grantRoute = Effect.fn("Http.pluginGrant")(function* (
   name: string,
   rawVersion: string,
@@ -65,7 +65,7 @@ export const grantRoute = Effect.fn("Http.pluginGrant")(function* (
     });
   }
   const host = yield* PluginHost;
-  const { config: _c, ...shown } = yield* host.grant(name, version, b.grant, "operator");
+  const { config: _c, ...shown } = yield* host.grant(name, version, b.grant, "operator", b.override);
   return { plugin: shown };
 });
 

@@ -5,6 +5,13 @@
  * operator's config). The grant, not the manifest, decides the Worker's
  * permissions, and every permission key is always passed: Deno inherits
  * whatever is left out.
+ *
+ * Some requests Keel refuses by default: `run`, `ffi`, `sys`, `all`, a net
+ * entry that is not one literal `host:port` (`*`, a host without a port, an
+ * unspecified address like `0.0.0.0:80`), and a path outside the plugin's
+ * data dir. The operator may grant them anyway with an explicit override that
+ * names each one exactly (`run:git`, `net:*`, `read:/srv/shared` …); it is
+ * recorded in the grant, audited, and never carried to another version.
  */
 import { Effect } from "effect";
 import { Validator } from "@cfworker/json-schema";
@@ -18,18 +25,20 @@ export interface Grant {
   readonly env: ReadonlyArray<string>;
   readonly read: ReadonlyArray<string>;
   readonly write: ReadonlyArray<string>;
+  /** Requests Keel refuses by default that the operator overrode, each named exactly (see `overrideItems`). */
+  readonly overrides?: ReadonlyArray<string>;
 }
 
-/** Every Deno permission key, set explicitly for a plugin Worker. */
+/** Every Deno permission key, set explicitly for a plugin Worker (`true` only through an operator override). */
 export interface WorkerPermissions {
-  readonly env: string[] | false;
-  readonly net: string[] | false;
-  readonly read: string[] | false;
-  readonly write: string[] | false;
-  readonly run: false;
-  readonly ffi: false;
-  readonly sys: false;
-  readonly import: false;
+  readonly env: string[] | boolean;
+  readonly net: string[] | boolean;
+  readonly read: string[] | boolean;
+  readonly write: string[] | boolean;
+  readonly run: string[] | boolean;
+  readonly ffi: string[] | boolean;
+  readonly sys: string[] | boolean;
+  readonly import: boolean;
 }
 
 const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
@@ -53,40 +62,130 @@ export const validateConfig = (manifest: Manifest, config: unknown) =>
     return value as Record<string, unknown>;
   });
 
-/** The manifest's requested permissions with `{field}` templates filled from config. */
-export const resolveRequested = (manifest: Manifest, config: Record<string, unknown>) =>
+/**
+ * The manifest's requested permissions with `{field}` templates filled from
+ * config. Requests Keel refuses by default are not refused here: they are
+ * listed in `needsOverride` (`run`, `run:git`, `net:*`, `read:/etc` …) and
+ * left out of the ordinary lists; `checkOverride` decides.
+ */
+export const requestedPermissions = (manifest: Manifest, config: Record<string, unknown>) =>
   Effect.gen(function* () {
     const fill = (entry: string) =>
       entry.replace(/\{([A-Za-z0-9_]+)\}/g, (_m, key: string) => {
         const v = config[key];
         return typeof v === "string" || typeof v === "number" ? String(v) : `{${key}}`;
       });
-    const requested: Permissions = {
-      net: manifest.permissions.net.map(fill),
-      env: manifest.permissions.env,
-      read: manifest.permissions.read.map(fill),
-      write: manifest.permissions.write.map(fill),
-    };
-    const unfilled = [...requested.net, ...requested.read, ...requested.write].find((e) => /\{[A-Za-z0-9_]+\}/.test(e));
+    const p = manifest.permissions;
+    const net = p.net.map(fill);
+    const read = p.read.map(fill);
+    const write = p.write.map(fill);
+    const unfilled = [...net, ...read, ...write].find((e) => /\{[A-Za-z0-9_]+\}/.test(e));
     if (unfilled) {
       return yield* new InvalidInputError({
         message: `Plugin "${manifest.name}" needs config to resolve permission "${unfilled}"`,
       });
     }
-    for (const net of requested.net) {
-      const problem = netProblem(net);
-      if (problem) {
-        return yield* new GrantError({ message: `Plugin "${manifest.name}" requests net "${net}": ${problem}` });
+    const needsOverride: string[] = powerRequests(manifest);
+    for (const entry of net) {
+      const problem = netProblem(entry);
+      if (problem === undefined) continue;
+      if (!overridableNet(entry)) {
+        return yield* new GrantError({ message: `Plugin "${manifest.name}" requests net "${entry}": ${problem}` });
       }
+      needsOverride.push(`net:${entry}`);
     }
-    for (const path of [...requested.read, ...requested.write]) {
-      const problem = pathProblem(path);
-      if (problem) {
-        return yield* new GrantError({ message: `Plugin "${manifest.name}" requests path "${path}": ${problem}` });
-      }
+    for (const [key, list] of [["read", read], ["write", write]] as const) {
+      for (const path of list) if (pathProblem(path)) needsOverride.push(`${key}:${path}`);
     }
+    const ordinary = (list: string[], key: string) => list.filter((e) => !needsOverride.includes(`${key}:${e}`));
+    const requested: Permissions = {
+      net: ordinary(net, "net"),
+      env: p.env,
+      read: ordinary(read, "read"),
+      write: ordinary(write, "write"),
+      ...(needsOverride.length ? { needsOverride: [...new Set(needsOverride)] } : {}),
+    };
     return requested;
   });
+
+/** The manifest's requests for `all`, `run`, `ffi` and `sys`, as override items (`run`, `run:git` …). */
+export const powerRequests = (manifest: Manifest): string[] =>
+  (["all", "run", "ffi", "sys"] as const).flatMap((key) => {
+    const value = manifest.permissions[key];
+    return value === true ? [key] : Array.isArray(value) ? value.map((v) => `${key}:${v}`) : [];
+  });
+
+/**
+ * The requested permissions, refusing (with a `GrantError` that names what to
+ * pass) any request Keel grants only with an override the operator did not give.
+ */
+export const resolveRequested = (manifest: Manifest, config: Record<string, unknown>, override?: unknown) =>
+  Effect.gen(function* () {
+    const requested = yield* requestedPermissions(manifest, config);
+    yield* checkOverride(manifest, requested, override);
+    return requested;
+  });
+
+/** Why Keel refuses a request item by default, in words. */
+export const overrideReason = (item: string): string => {
+  const [key, ...rest] = item.split(":");
+  const value = rest.join(":");
+  if (key === "all") return "every permission, with no limit";
+  if (key === "run") return value ? `runs program "${value}" outside any sandbox Keel controls` : "runs any program";
+  if (key === "ffi") return value ? `loads native library "${value}"` : "loads any native library";
+  if (key === "sys") return value ? `reads system information "${value}"` : "reads any system information";
+  if (key === "net") {
+    const problem = netProblem(value);
+    return value === "*"
+      ? "connects to any host"
+      : problem === "wildcard hosts are never granted"
+      ? `reaches every local address on a port ("${value}"): ${problem}`
+      : `connects to "${value}" on any port: ${problem}`;
+  }
+  return `${key === "read" ? "reads" : "writes"} "${value}", outside its data dir: ${pathProblem(value)}`;
+};
+
+/**
+ * Check the operator's override (a list of strings) against what a request
+ * needs: it must name every item in `needsOverride` exactly and nothing else.
+ * Returns the items overridden (empty when none were needed).
+ */
+export const checkOverride = (manifest: Manifest, requested: Permissions, raw: unknown) =>
+  Effect.gen(function* () {
+    if (raw !== undefined && (!Array.isArray(raw) || raw.some((v) => typeof v !== "string"))) {
+      return yield* new InvalidInputError({
+        message: `Field "override" must be a list of strings like ["run:git", "net:*"]`,
+      });
+    }
+    const given = [...new Set((raw ?? []) as string[])];
+    const needed = requested.needsOverride ?? [];
+    const extra = given.find((item) => !needed.includes(item));
+    if (extra !== undefined) {
+      return yield* new GrantError({
+        message: `Override for plugin "${manifest.name}" names "${extra}", which the plugin does not request${
+          needed.length ? ` (it needs an override for: ${needed.join(", ")})` : " (it needs no override)"
+        }`,
+        details: { needsOverride: needed },
+      });
+    }
+    const missing = needed.filter((item) => !given.includes(item));
+    if (missing.length) {
+      const flags = missing.map((m) => `--override ${m}`).join(" ");
+      return yield* new GrantError({
+        message: `Plugin "${manifest.name}" requests "${missing[0]}" (${
+          overrideReason(missing[0])
+        }), which Keel never grants without an operator override: to grant it anyway, pass ${flags} (API: "override": ${
+          JSON.stringify(missing)
+        })`,
+        details: { needsOverride: needed, missing },
+      });
+    }
+    return needed.filter((item) => given.includes(item));
+  });
+
+/** A net entry Deno understands that Keel refuses only by default: `*`, a bare host, or an unspecified address. */
+const overridableNet = (entry: string): boolean =>
+  entry === "*" || /^[A-Za-z0-9.-]+$/.test(entry) || netProblem(entry) === "wildcard hosts are never granted";
 
 const netProblem = (entry: string): string | undefined => {
   const match = HOST_PORT.exec(entry);
@@ -122,7 +221,7 @@ export const checkGrant = (manifest: Manifest, requested: Permissions, raw: unkn
       });
     }
     const grant: Record<string, string[]> = {};
-    for (const key of known as Array<keyof Grant>) {
+    for (const key of known as Array<"net" | "env" | "read" | "write">) {
       const list = (raw as Record<string, unknown>)[key] ?? [];
       if (!Array.isArray(list) || list.some((v) => typeof v !== "string")) {
         return yield* new InvalidInputError({ message: `Grant field "${key}" must be a list of strings` });
@@ -139,20 +238,41 @@ export const checkGrant = (manifest: Manifest, requested: Permissions, raw: unkn
     return grant as unknown as Grant;
   });
 
-/** The complete Worker permission set for a grant; nothing is left to inherit. */
+/** The complete Worker permission set for a grant and its overrides; nothing is left to inherit. */
 export const workerPermissions = (grant: Grant, pluginDataDir: string): WorkerPermissions => {
-  const paths = (list: ReadonlyArray<string>) =>
-    list.length ? list.map((p) => `${pluginDataDir}/${p}`.replace(/\/\.?$/, "")) : false;
+  const overrides = grant.overrides ?? [];
+  if (overrides.includes("all")) {
+    return { env: true, net: true, read: true, write: true, run: true, ffi: true, sys: true, import: true };
+  }
+  const of = (key: string) =>
+    overrides.filter((o) => o === key || o.startsWith(`${key}:`)).map((o) => o.slice(key.length + 1));
+  /** `true` when the whole key was overridden, else the list (false when empty). */
+  const list = (values: string[]): string[] | boolean =>
+    values.includes("") || values.includes("*") ? true : values.length ? values : false;
+  const inData = (p: string) => normalize(p.startsWith("/") ? p : `${pluginDataDir}/${p}`);
+  const paths = (granted: ReadonlyArray<string>, key: string) =>
+    list([...granted.map((p) => `${pluginDataDir}/${p}`.replace(/\/\.?$/, "")), ...of(key).map(inData)]);
   return {
     env: grant.env.length ? [...grant.env] : false,
-    net: grant.net.length ? [...grant.net] : false,
-    read: paths(grant.read),
-    write: paths(grant.write),
-    run: false,
-    ffi: false,
-    sys: false,
+    net: list([...grant.net, ...of("net")]),
+    read: paths(grant.read, "read"),
+    write: paths(grant.write, "write"),
+    run: list(of("run")),
+    ffi: list(of("ffi")),
+    sys: list(of("sys")),
     import: false,
   };
+};
+
+/** An absolute path with `.` and `..` segments resolved, without touching the file system. */
+const normalize = (path: string): string => {
+  const out: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") out.pop();
+    else out.push(part);
+  }
+  return `/${out.join("/")}`;
 };
 
 /** Plain-words lines describing a set of permissions, for the install prompt. */
@@ -162,5 +282,7 @@ export const describePermissions = (p: Permissions | Grant): string[] => {
   for (const e of p.env) lines.push(`read environment variable ${e}`);
   for (const r of p.read) lines.push(`read <plugin data>/${r}`);
   for (const w of p.write) lines.push(`write <plugin data>/${w}`);
+  const special = "needsOverride" in p ? p.needsOverride : "overrides" in p ? p.overrides : undefined;
+  for (const o of special ?? []) lines.push(`${overrideReason(o)} [${o}: only with an operator override]`);
   return lines.length ? lines : ["nothing: no network, files or environment"];
 };

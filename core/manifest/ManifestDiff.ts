@@ -70,6 +70,11 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   const removed = Object.fromEntries(
     KEYS.map((k) => [k, minus(from.requested[k], to.requested[k])]),
   ) as unknown as Permissions;
+  // Requests only an operator override grants (run, net:* …): a new one always needs a new grant and override.
+  const overridesAdded = minus(to.requested.needsOverride ?? [], from.requested.needsOverride ?? []);
+  const overridesRemoved = minus(from.requested.needsOverride ?? [], to.requested.needsOverride ?? []);
+  if (overridesAdded.length) Object.assign(added, { needsOverride: overridesAdded });
+  if (overridesRemoved.length) Object.assign(removed, { needsOverride: overridesRemoved });
   const oldEffects = new Map<string, EffectDecl>(from.manifest.effects.map((e) => [e.name, e]));
   const newEffects = new Map<string, EffectDecl>(to.manifest.effects.map((e) => [e.name, e]));
   const effectsAdded = [...newEffects.keys()].filter((n) => !oldEffects.has(n));
@@ -95,6 +100,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
 
   const lines: string[] = [];
   if (kindChanged) lines.push(`changes kind from ${from.manifest.kind} to ${to.manifest.kind}`);
+  for (const o of overridesAdded) lines.push(`asks for "${o}", which only an operator override grants (new)`);
   for (const k of KEYS) for (const v of added[k]) lines.push(`asks to ${permissionWords(k, v)} (new)`);
   for (const name of effectsAdded) {
     const e = newEffects.get(name)!;
@@ -112,6 +118,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
     lines.push(`runs as an in-process Worker instead of ${weakerIsolation.from} (weaker isolation)`);
   }
   for (const k of KEYS) for (const v of removed[k]) lines.push(`no longer asks to ${permissionWords(k, v)}`);
+  for (const o of overridesRemoved) lines.push(`no longer asks for "${o}"`);
   for (const name of effectsRemoved) lines.push(`drops effect ${name}`);
   for (const u of usesRemoved) lines.push(`no longer asks Keel for effect ${u}`);
   for (const p of npmRemoved) lines.push(`no longer imports npm package ${p}`);
@@ -128,7 +135,8 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
     if (!to.manifest.workflows.some((w) => w.name === name)) lines.push(`drops workflow ${name}`);
   }
 
-  const escalates = kindChanged || KEYS.some((k) => added[k].length > 0) || effectsAdded.length > 0 ||
+  const escalates = kindChanged || KEYS.some((k) => added[k].length > 0) || overridesAdded.length > 0 ||
+    effectsAdded.length > 0 ||
     Object.keys(changed).length > 0 || usesAdded.length > 0 || npmAdded.length > 0 || weakerIsolation !== undefined;
   return {
     escalates,

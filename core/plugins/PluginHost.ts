@@ -103,6 +103,8 @@ export interface InstallRequest {
   readonly config?: unknown;
   /** Operator override of the isolation mode (else the manifest's, else by where the plugin comes from). */
   readonly isolation?: unknown;
+  /** The operator's explicit override of requests Keel refuses by default (`["run:git", "net:*"]`), audited. */
+  readonly override?: unknown;
 }
 
 /** Everything install can fail with. */
@@ -149,8 +151,14 @@ export class PluginHost extends Context.Service<PluginHost, {
   upgrade(request: UpgradeRequest, actor: string): Effect.Effect<UpgradeResult, InstallError>;
   /** What an upgrade would change, without storing anything. */
   previewUpgrade(request: UpgradeRequest): Effect.Effect<UpgradePreview, InstallError>;
-  /** Grant one version (recorded with its manifest hash) and make it the active one. */
-  grant(name: string, version: string, grant: unknown, actor: string): Effect.Effect<InstalledPlugin, InstallError>;
+  /** Grant one version (recorded with its manifest hash, with the operator's override if it needs one) and activate it. */
+  grant(
+    name: string,
+    version: string,
+    grant: unknown,
+    actor: string,
+    override?: unknown,
+  ): Effect.Effect<InstalledPlugin, InstallError>;
   /** Remove one version or the whole plugin, with its stored files; refused while runs pin it, unless forced. */
   remove(
     request: RemoveRequest,
@@ -518,8 +526,12 @@ export class PluginHost extends Context.Service<PluginHost, {
             path: request.path,
           }),
         previewUpgrade: lifecycle.previewUpgrade,
-        grant: (name, version, grant, actor) =>
-          audited(lifecycle.grant(name, version, grant, actor), actor, { action: "grant", plugin: name, version }),
+        grant: (name, version, grant, actor, override) =>
+          audited(lifecycle.grant(name, version, grant, actor, override), actor, {
+            action: "grant",
+            plugin: name,
+            version,
+          }),
         remove: (request, actor) =>
           audited(lifecycle.remove(request, actor), actor, {
             action: "remove",

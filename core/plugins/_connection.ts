@@ -332,7 +332,8 @@ export class Connection {
 const workerTransport = (spec: PluginSpec, sink: TransportSink): Transport => {
   // The Worker starts at a fixed entry that imports the plugin (see `_worker_entry.ts`): every module the plugin
   // loads is then checked against its read permission, which adds only its own folder and Keel's SDK.
-  const read = [...(spec.permissions.read || []), spec.folder, spec.sdkDir];
+  const granted = spec.permissions.read;
+  const read = granted === true ? true : [...(granted || []), spec.folder, spec.sdkDir];
   const worker = new Worker(new URL("./_worker_entry.ts", import.meta.url), {
     type: "module",
     name: spec.name,

@@ -4,7 +4,8 @@
  * (a heap bomb, an endless loop, a signal to "its own" pid) is killed without
  * harming the host. The child is `deno run` (`Deno.execPath()`) with
  * `--no-prompt`, exactly the grant's `--allow-net/env/read/write` and nothing
- * else (never run, ffi, sys, import or all), `--cached-only --no-remote`,
+ * else (run, ffi, sys or all only when the operator overrode Keel's refusal of
+ * them, see `Grant.ts`; never import), `--cached-only --no-remote`,
  * `--no-npm` unless the manifest declares npm packages, `--no-config
  * --no-lock`, a V8 heap cap (`--max-old-space-size`), and a cleared
  * environment holding only the granted variables. The main module is the
@@ -30,7 +31,12 @@
  *   `core/sdk` (read-only), its data dir and transpile cache (read-write),
  *   `/dev` basics and a private `/tmp`; no `/proc`, no `/etc` (except DNS
  *   files when net is granted), no home. A denied path is not merely refused
- *   by Deno: it does not exist. Without bwrap the child still gets
+ *   by Deno: it does not exist. Operator overrides widen this only as far as
+ *   they must: a path outside the data dir is bound (read-only unless write
+ *   was overridden), `run` or `ffi` binds `/usr`, `/bin`, `/lib*` read-only
+ *   and sets `PATH`, and `all` runs without bwrap (reported as a warning).
+ *   Declared npm packages are read from Deno's npm cache, bound read-only.
+ *   Without bwrap the child still gets
  *   `setpriv --no-new-privs --pdeathsig KILL --bounding-set -all`.
  */
 import type { HostMessage } from "../sdk/mod.ts";
@@ -123,6 +129,36 @@ const denoLibs = async (deno: string): Promise<Array<readonly [string, string]>>
   });
 };
 
+let npmCacheProbe: Promise<string | undefined> | undefined;
+
+/** The host's Deno npm cache folder (`deno info --json`), once per process; undefined if Deno does not say. */
+export const hostNpmCache = (): Promise<string | undefined> =>
+  npmCacheProbe ??= (async () => {
+    const out = await run(Deno.execPath(), ["info", "--json"]);
+    try {
+      const dir = (JSON.parse(out.stdout) as { npmCache?: string }).npmCache;
+      return dir ? Deno.realPathSync(dir) : undefined;
+    } catch {
+      return undefined;
+    }
+  })();
+
+/**
+ * Point a plugin's own Deno cache at the host's npm cache (a symlink
+ * `<cacheDir>/npm`), so a declared npm package loads with `--cached-only`
+ * and nothing is downloaded or copied.
+ */
+const linkNpmCache = (cacheDir: string, npmCache: string) => {
+  const link = `${cacheDir}/npm`;
+  try {
+    if (Deno.readLinkSync(link) === npmCache) return;
+    Deno.removeSync(link);
+  } catch {
+    // not a link (yet)
+  }
+  Deno.symlinkSync(npmCache, link);
+};
+
 let probed: Promise<SandboxTools> | undefined;
 
 /**
@@ -199,15 +235,19 @@ export interface ProcessCommand {
  * host.
  */
 export const processCommand = (
-  spec: Pick<PluginSpec, "entry" | "folder" | "sdkDir" | "dataDir" | "cacheDir" | "permissions" | "npm">,
+  spec: Pick<PluginSpec, "entry" | "folder" | "sdkDir" | "dataDir" | "cacheDir" | "permissions" | "npm"> & {
+    /** The host's npm cache (for declared npm packages), bound read-only under bwrap. */
+    readonly npmCacheDir?: string;
+  },
   tools: SandboxTools,
   limits: ProcessLimits,
   env: Readonly<Record<string, string>>,
 ): ProcessCommand => {
   const p = spec.permissions;
-  const list = (flag: string, values: ReadonlyArray<string> | false) =>
-    values && values.length ? [`${flag}=${values.join(",")}`] : [];
-  const envNames = p.env ? p.env.filter((name) => !RESERVED_ENV.test(name)) : false;
+  const all = p.run === true && p.ffi === true && p.sys === true && p.read === true && p.write === true;
+  const list = (flag: string, values: ReadonlyArray<string> | boolean) =>
+    values === true ? [flag] : values && values.length ? [`${flag}=${values.join(",")}`] : [];
+  const envNames = p.env === true ? true : p.env ? p.env.filter((name) => !RESERVED_ENV.test(name)) : false;
   const deno = Deno.execPath();
   const denoArgs = [
     "run",
@@ -218,33 +258,53 @@ export const processCommand = (
     "--no-remote",
     ...(spec.npm ? [] : ["--no-npm"]),
     `--v8-flags=--max-old-space-size=${limits.heapMb}`,
-    ...list("--allow-net", p.net),
-    ...list("--allow-env", envNames),
-    // Reading its own code is how a computed import() of it is allowed (see _process_entry.ts).
-    ...list("--allow-read", [spec.folder, spec.sdkDir, ...(p.read || [])]),
-    ...list("--allow-write", p.write),
+    ...(all ? ["--allow-all"] : [
+      ...list("--allow-net", p.net),
+      ...list("--allow-env", envNames),
+      // Reading its own code is how a computed import() of it is allowed (see _process_entry.ts).
+      ...list("--allow-read", p.read === true ? true : [spec.folder, spec.sdkDir, ...(p.read || [])]),
+      ...list("--allow-write", p.write),
+      // Only through an operator override (Grant.ts): never otherwise.
+      ...list("--allow-run", p.run),
+      ...list("--allow-ffi", p.ffi),
+      ...list("--allow-sys", p.sys),
+    ]),
     `${spec.sdkDir}/_process_entry.ts`,
     new URL(`file://${spec.entry}`).href,
   ];
   const childEnv: Record<string, string> = {};
-  for (const name of envNames || []) if (env[name] !== undefined) childEnv[name] = env[name];
+  for (const name of envNames === true ? [] : envNames || []) if (env[name] !== undefined) childEnv[name] = env[name];
+  // A program the operator let it run is found on the usual PATH (its environment is otherwise cleared).
+  if (p.run) childEnv.PATH = "/usr/local/bin:/usr/bin:/bin";
   // Set after the granted variables so a grant cannot redirect Deno's own.
   Object.assign(childEnv, { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", DENO_DIR: spec.cacheDir });
   const warnings: string[] = [];
-  const dropped = (p.env || []).filter((name) => RESERVED_ENV.test(name));
+  const dropped = (p.env === true ? [] : p.env || []).filter((name) => RESERVED_ENV.test(name));
   if (dropped.length) warnings.push(`environment ${dropped.join(", ")} is never passed to a plugin process`);
 
   let inner: string[];
   let sandbox: SandboxReport["sandbox"];
-  if (tools.bwrap) {
+  if (tools.bwrap && !all) {
     sandbox = "bwrap";
     const rw = [spec.dataDir, spec.cacheDir];
-    const ro = [spec.folder, spec.sdkDir];
+    const ro = [spec.folder, spec.sdkDir, ...(spec.npmCacheDir ? [spec.npmCacheDir] : [])];
+    // Paths outside the data dir that an operator override granted, and what a granted program or library needs.
+    const outside = (values: ReadonlyArray<string> | boolean) =>
+      Array.isArray(values) ? values.filter((v) => ![...rw, ...ro].some((d) => `${v}/`.startsWith(`${d}/`))) : [];
+    const system = p.run || p.ffi ? ["/usr", "/bin", "/lib", "/lib64", "/sbin"] : [];
+    const optional = [
+      ...[...system, ...outside(p.read), ...outside(p.ffi)].map((path) => ["--ro-bind-try", path] as const),
+      ...outside(p.write).map((path) => ["--bind-try", path] as const),
+    ];
     // Parents before children, so a nested bind is not hidden by its parent's.
-    const mounts = [...ro.map((path) => ["--ro-bind", path] as const), ...rw.map((path) => ["--bind", path] as const)]
+    const mounts = [
+      ...ro.map((path) => ["--ro-bind", path] as const),
+      ...rw.map((path) => ["--bind", path] as const),
+      ...optional,
+    ]
       .sort((a, b) => a[1].length - b[1].length)
       .flatMap(([flag, path]) => [flag, path, path]);
-    const shareNet = p.net !== false && p.net.length > 0;
+    const shareNet = p.net === true || (p.net !== false && p.net.length > 0);
     inner = [
       tools.bwrap,
       ...bwrapBase(shareNet),
@@ -259,7 +319,11 @@ export const processCommand = (
     ];
   } else {
     sandbox = "none";
-    warnings.push(`no bwrap: the plugin process sees the host's file system (${tools.bwrapProblem ?? "not found"})`);
+    warnings.push(
+      all
+        ? `no bwrap: the operator overrode Keel's refusal of "all", so the plugin process sees the host's file system`
+        : `no bwrap: the plugin process sees the host's file system (${tools.bwrapProblem ?? "not found"})`,
+    );
     inner = [
       ...(tools.setpriv
         // Only root can drop the bounding set; for anyone else it holds no capabilities anyway.
@@ -433,16 +497,18 @@ export const processTransport = (spec: PluginSpec, sink: TransportSink): Transpo
     const tools = spec.bwrap === false ? { ...found, bwrap: undefined, bwrapProblem: "bwrap disabled for it" } : found;
     if (closing) return resolveClosed();
     const env: Record<string, string> = {};
-    for (const name of spec.permissions.env || []) {
+    for (const name of Array.isArray(spec.permissions.env) ? spec.permissions.env : []) {
       const value = Deno.env.get(name);
       if (value !== undefined) env[name] = value;
     }
     Deno.mkdirSync(spec.cacheDir, { recursive: true });
+    const npmCacheDir = spec.npm ? await hostNpmCache() : undefined;
+    if (npmCacheDir) linkNpmCache(spec.cacheDir, npmCacheDir);
     // bwrap mounts and --allow-* flags need absolute, real paths.
     const real = (path: string) => Deno.realPathSync(path);
     const paths = { folder: real(spec.folder), sdkDir: real(spec.sdkDir), dataDir: real(spec.dataDir) };
     const command = processCommand(
-      { ...spec, ...paths, cacheDir: real(spec.cacheDir), entry: real(spec.entry) },
+      { ...spec, ...paths, cacheDir: real(spec.cacheDir), entry: real(spec.entry), npmCacheDir },
       tools,
       limits,
       env,

@@ -24,6 +24,13 @@
  * - **Remove** a version or the whole plugin: refused while runs pinned to
  *   it are running or waiting, unless forced; its stored files go too.
  *
+ * Requests Keel refuses by default (`run`, `ffi`, `sys`, `all`, wildcard net,
+ * paths outside the data dir) need the operator's explicit override, naming
+ * each one, at install, at grant, and again at every upgrade (an override is
+ * never carried): the grant records it and `plugin.permission_override`
+ * audits who gave what for which manifest hash. An upgrade whose request needs
+ * an override that was not re-stated is held as `needs_grant`.
+ *
  * Every lifecycle change runs under one lock, so two upgrades never race.
  */
 import { Clock, Effect, Semaphore } from "effect";
@@ -38,14 +45,16 @@ import {
 import {
   carryGrant,
   checkGrant,
+  checkOverride,
   diffManifests,
   type Grant,
   type Manifest,
   type ManifestDiff,
   manifestHash,
+  overrideReason,
   type Permissions,
   readManifest,
-  resolveRequested,
+  requestedPermissions,
   validateConfig,
 } from "../manifest/mod.ts";
 import { checkModuleGraph } from "./moduleGraph.ts";
@@ -61,6 +70,8 @@ export interface UpgradeRequest {
   readonly config?: unknown;
   /** Operator override of the isolation mode (else the manifest's, else by where the package comes from). */
   readonly isolation?: unknown;
+  /** The operator's override of refused requests, re-stated (never carried from the serving version). */
+  readonly override?: unknown;
 }
 
 /** What an upgrade did: the new version (active, or waiting for a grant) and what changed. */
@@ -173,7 +184,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
           Effect.gen(function* () {
             const manifest = yield* readManifest(root);
             const config = yield* validateConfig(manifest, rawConfig ?? fallbackConfig);
-            const requested = yield* resolveRequested(manifest, config);
+            const requested = yield* requestedPermissions(manifest, config);
             return { source, kind: isDir ? "folder" : "archive", root, staged, manifest, config, requested } as Package;
           }),
         ),
@@ -190,7 +201,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
       const noMod = new InvalidInputError({ message: `Cannot install plugin "${name}": no mod.ts in "${pkg.source}"` });
       if (pkg.kind === "folder") {
         yield* Effect.tryPromise({ try: () => Deno.stat(`${pkg.source}/mod.ts`), catch: () => noMod });
-        yield* checkModuleGraph(`${pkg.source}/mod.ts`, [pkg.source, sdkDir]);
+        yield* checkModuleGraph(`${pkg.source}/mod.ts`, [pkg.source, sdkDir], pkg.manifest.npm);
       }
       const staged = pkg.staged ?? (yield* store.stage(pkg.source));
       yield* discardOnError(
@@ -210,7 +221,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
               }
             }
             yield* store.pinSdkImports(staged.dir);
-            yield* checkModuleGraph(`${staged.dir}/mod.ts`, [staged.dir, sdkDir]);
+            yield* checkModuleGraph(`${staged.dir}/mod.ts`, [staged.dir, sdkDir], pkg.manifest.npm);
           }),
         ),
       );
@@ -265,10 +276,36 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
     const describeVersions = (name: string) =>
       registry.versions(name).map((p) => `${p.version} ${p.activation.replace("_", " ")}`).join(", ");
 
+    /** Audit an operator override of refused requests: who gave what, for which manifest. */
+    const auditOverride = (plugin: InstalledPlugin, action: string, actor: string) => {
+      const overrides = plugin.grant.overrides ?? [];
+      return overrides.length
+        ? deps.audit("plugin.permission_override", actor, {
+          plugin: plugin.name,
+          version: plugin.version,
+          action,
+          overrides,
+          what: overrides.map((o) => `${o}: ${overrideReason(o)}`),
+          manifestHash: plugin.manifestHash,
+          packageHash: plugin.packageHash,
+          isolation: plugin.isolation,
+        })
+        : Effect.void;
+    };
+    const withOverrides = (grant: Grant, overrides: ReadonlyArray<string>): Grant =>
+      overrides.length ? { ...grant, overrides: [...overrides] } : grant;
+
     const install = Effect.fn("PluginLifecycle.install")(function* (request: InstallRequest, actor: string) {
       const pkg = yield* readPackage(request.path, request.config);
       const { name, version } = pkg.manifest;
-      const grant = yield* discardOnError(pkg.staged, checkGrant(pkg.manifest, pkg.requested, request.grant));
+      const overrides = yield* discardOnError(
+        pkg.staged,
+        checkOverride(pkg.manifest, pkg.requested, request.override),
+      );
+      const grant = withOverrides(
+        yield* discardOnError(pkg.staged, checkGrant(pkg.manifest, pkg.requested, request.grant)),
+        overrides,
+      );
       const isolation = yield* discardOnError(pkg.staged, isolationFor(pkg, request.isolation));
       const same = registry.get(name, version);
       if (!same && registry.versions(name).length) {
@@ -336,6 +373,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         requested: pkg.requested,
         isolation,
       });
+      yield* auditOverride(plugin, "install", actor);
       return plugin;
     });
 
@@ -396,6 +434,23 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
     const upgrade = Effect.fn("PluginLifecycle.upgrade")(function* (request: UpgradeRequest, actor: string) {
       const { current, pkg, diff, isolation } = yield* readUpgrade(request);
       const { name, version } = pkg.manifest;
+      // An override is never carried: one the new version needs must be stated with this upgrade, or it waits.
+      const needed = pkg.requested.needsOverride ?? [];
+      const stated = Array.isArray(request.override) ? request.override : [];
+      const unstated = needed.filter((item) => !stated.includes(item));
+      const overrides = unstated.length ? [] : yield* discardOnError(
+        pkg.staged,
+        checkOverride(pkg.manifest, pkg.requested, request.override),
+      );
+      if (unstated.length && request.override !== undefined) {
+        // Malformed or naming what the plugin does not request: refused, not held.
+        const shape = Array.isArray(request.override) ? [...needed, ...request.override] : request.override;
+        const extra = yield* Effect.result(checkOverride(pkg.manifest, pkg.requested, shape));
+        if (extra._tag === "Failure") {
+          if (pkg.staged) yield* store.discard(pkg.staged.dir);
+          return yield* extra.failure;
+        }
+      }
       const staged = yield* finishPackage(pkg);
       const clash = nameClash(pkg.manifest);
       if (clash) {
@@ -428,17 +483,23 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         changes: diff.lines,
         isolation,
       };
-      if (diff.escalates) {
+      if (diff.escalates || unstated.length) {
+        const overrideLines = diff.escalates
+          ? []
+          : unstated.map((o) => `needs the operator override "${o}" stated again (${overrideReason(o)})`);
         const plugin: InstalledPlugin = {
           ...base,
           grant: EMPTY_GRANT,
           activation: "needs_grant",
-          pendingChanges: diff.lines,
+          pendingChanges: [...diff.lines, ...overrideLines],
         };
         yield* registry.commit([plugin]).pipe(Effect.tapError(() => store.removeVersion(name, version)));
         yield* deps.audit("plugin.upgrade_held", actor, {
           ...event,
-          reason: "it asks for more than the serving version was granted",
+          reason: diff.escalates
+            ? "it asks for more than the serving version was granted"
+            : "it needs an operator override that this upgrade did not state",
+          ...(unstated.length ? { overrideNeeded: unstated } : {}),
           permissionsAdded: diff.permissions.added,
           effectsAdded: diff.effects.added,
           effectsChanged: diff.effects.changed,
@@ -448,7 +509,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         });
         return { plugin, from: current.version, diff } satisfies UpgradeResult;
       }
-      const grant = carryGrant(current.grant, pkg.requested);
+      const grant = withOverrides(carryGrant(current.grant, pkg.requested), overrides);
       const plugin: InstalledPlugin = { ...base, grant, activation: "active", grantedAt: at, grantedBy: actor };
       yield* startChecked(plugin).pipe(Effect.tapError(() => store.removeVersion(name, version)));
       const demoted = current.activation === "active" ? [{ ...current, activation: "inactive" as const }] : [];
@@ -458,6 +519,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         ),
       );
       yield* deps.audit("plugin.upgraded", actor, { ...event, grant, carriedGrant: true });
+      yield* auditOverride(plugin, "upgrade", actor);
       return { plugin, from: current.version, diff } satisfies UpgradeResult;
     });
 
@@ -466,6 +528,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
       version: string,
       rawGrant: unknown,
       actor: string,
+      rawOverride?: unknown,
     ) {
       const target = registry.get(name, version);
       if (!target) {
@@ -475,7 +538,8 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
             : `No plugin named "${name}" is installed`,
         });
       }
-      const grant = yield* checkGrant(target.manifest, target.requested, rawGrant);
+      const overrides = yield* checkOverride(target.manifest, target.requested, rawOverride);
+      const grant = withOverrides(yield* checkGrant(target.manifest, target.requested, rawGrant), overrides);
       const clash = nameClash(target.manifest);
       if (clash) return yield* clash;
       const previous = registry.active(name);
@@ -496,6 +560,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         was: target.activation,
         ...(demoted.length ? { replaces: demoted[0].version } : {}),
       });
+      yield* auditOverride(plugin, "grant", actor);
       return plugin;
     });
 
@@ -549,8 +614,8 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
       install: (request: InstallRequest, actor: string) => locked(install(request, actor)),
       previewUpgrade: (request: UpgradeRequest) => locked(previewUpgrade(request)),
       upgrade: (request: UpgradeRequest, actor: string) => locked(upgrade(request, actor)),
-      grant: (name: string, version: string, grant: unknown, actor: string) =>
-        locked(grantVersion(name, version, grant, actor)),
+      grant: (name: string, version: string, grant: unknown, actor: string, override?: unknown) =>
+        locked(grantVersion(name, version, grant, actor, override)),
       remove: (request: RemoveRequest, actor: string) => locked(remove(request, actor)),
       versionKey,
     };

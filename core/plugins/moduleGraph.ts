@@ -5,6 +5,13 @@
  * Worker with `read: false`. So before a plugin runs, the host resolves its
  * static module graph with `deno info --json` and refuses any module outside
  * the plugin's own folder and Keel's `core/sdk`, after resolving symlinks.
+ *
+ * npm packages are allowed only as the manifest's `npm` field declares them,
+ * name and exact version (`"npm": ["@cfworker/json-schema@4.1.6"]` allows
+ * `import … from "npm:@cfworker/json-schema@4.1.6"` and its subpaths): an
+ * undeclared package, a range, or another version is refused. The graph is
+ * read with `--no-npm`, so checking never downloads what a plugin names; the
+ * packages' own code is trusted as declared (it runs under the plugin's grant).
  */
 import { Effect } from "effect";
 import { ModuleGraphError } from "../errors/mod.ts";
@@ -16,8 +23,31 @@ interface InfoModule {
   readonly kind?: string;
 }
 
-/** Check the module graph rooted at `entry`; returns the real paths of every module. */
-export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<string>) =>
+/** `npm:name@version[/sub]` (or `npm:/…`) as name and version; undefined when it is not one. */
+export const parseNpmSpecifier = (specifier: string): { name: string; version?: string } | undefined => {
+  const m = /^npm:\/?((?:@[^/@]+\/)?[^/@]+)(?:@([^/]+))?(?:\/.*)?$/.exec(specifier);
+  return m ? { name: m[1], ...(m[2] === undefined ? {} : { version: m[2] }) } : undefined;
+};
+
+/** Why an npm import is refused given the declared `name@version` list, or undefined when it is declared. */
+const npmProblem = (specifier: string, declared: ReadonlyArray<string>): string | undefined => {
+  const parsed = parseNpmSpecifier(specifier);
+  if (!parsed) return "not an npm package specifier Keel understands";
+  const same = declared.filter((d) => d.slice(0, d.lastIndexOf("@")) === parsed.name);
+  if (!same.length) {
+    return `npm package "${parsed.name}" is not declared in plugin.json "npm"${
+      declared.length ? ` (it declares ${declared.join(", ")})` : ""
+    }`;
+  }
+  if (parsed.version !== undefined && same.includes(`${parsed.name}@${parsed.version}`)) return undefined;
+  return `plugin.json "npm" declares ${same.join(", ")}: the import must name exactly that version`;
+};
+
+/**
+ * Check the module graph rooted at `entry`; returns the real paths of every
+ * local module. `npm` lists the declared packages as `name@version`.
+ */
+export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<string>, npm: ReadonlyArray<string> = []) =>
   Effect.gen(function* () {
     const output = yield* Effect.tryPromise({
       try: () =>
@@ -39,6 +69,16 @@ export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<strin
     const realDirs = allowedDirs.map((d) => Deno.realPathSync(d).replace(/\/?$/, "/"));
     const files: string[] = [];
     for (const m of info.modules) {
+      if (m.specifier.startsWith("npm:")) {
+        const problem = npmProblem(m.specifier, npm);
+        if (problem) {
+          return yield* new ModuleGraphError({
+            message: `Plugin imports "${m.specifier}": ${problem}`,
+            details: { specifier: m.specifier, npm },
+          });
+        }
+        continue;
+      }
       if (m.error) {
         return yield* new ModuleGraphError({
           message: `Plugin module graph is broken at "${m.specifier}": ${m.error}`,
@@ -47,7 +87,8 @@ export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<strin
       }
       if (!m.specifier.startsWith("file://") || !m.local) {
         return yield* new ModuleGraphError({
-          message: `Plugin imports "${m.specifier}": only files inside the plugin folder and core/sdk may be imported`,
+          message:
+            `Plugin imports "${m.specifier}": only files inside the plugin folder, core/sdk and declared npm packages may be imported`,
           details: { specifier: m.specifier },
         });
       }

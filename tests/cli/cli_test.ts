@@ -91,12 +91,12 @@ Deno.test("bad JSON in --input, --config or --grant is a clear error before anyt
 Deno.test("`plugin install` of a bad manifest names the file and field and never contacts Keel", async () => {
   const [version, run] = await keelAll([
     [["plugin", "install", `${ROOT}/tests/fixtures/bad/bad-version`, "--yes"]],
-    [["plugin", "install", `${ROOT}/tests/fixtures/bad/permission-run`, "--yes"]],
+    [["plugin", "install", `${ROOT}/tests/fixtures/hostile/needs_override_run`, "--yes"]],
   ]);
   cleanError(version, /^error: Invalid manifest ".*\/bad-version\/plugin\.json": field "version"/);
   cleanError(
     run,
-    /^error: Invalid manifest ".*\/permission-run\/plugin\.json": field "permissions\.run" is never granted/,
+    /^error: Plugin "needs-override-run" requests "run:\/bin\/sh" .* without an operator override: .*--override run:\/bin\/sh/,
   );
   assert.doesNotMatch(version.stderr + run.stderr, /not running/);
 });

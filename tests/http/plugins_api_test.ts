@@ -182,7 +182,7 @@ Deno.test("`POST /api/plugins` refuses bad manifests, grants and config with a 4
       const before = await snapshot(k);
       assert.deepEqual(before.plugins.map((p: { name: string }) => p.name), ["smtp"]);
       await refused(k, { path: `${BAD}/bad-version`, grant: {} }, 400, "ManifestError");
-      await refused(k, { path: `${BAD}/permission-run`, grant: {} }, 400, "ManifestError");
+      await refused(k, { path: `${BAD}/permission-import`, grant: {} }, 400, "ManifestError");
       await refused(k, { path: SMTP, config: smtpConfig, grant: { net: ["127.0.0.1:25"] } }, 400, "GrantError");
       const after = await snapshot(k);
       assert.deepEqual(after.plugins, before.plugins);

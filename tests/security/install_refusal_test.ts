@@ -64,15 +64,25 @@ Deno.test("hostile installs are refused with the right tag, audited, and leave t
 
     // ---- manifests ------------------------------------------------------------
     for (const power of ["run", "ffi", "sys", "all"]) {
-      await t.step(`a manifest requesting "${power}" is refused with ManifestError`, async () => {
+      await t.step(`a manifest requesting "${power}" is refused with GrantError naming the override`, async () => {
         const dir = await plugin(`req-${power}`, {
           "plugin.json": JSON.stringify(manifest(`req-${power}`, { permissions: { [power]: true } })),
           "mod.ts": modTs(`req-${power}`),
         });
-        const error = await refused(k, { path: dir, grant: {} }, "ManifestError", 400);
-        assert.match(error.message, new RegExp(`permissions\\.${power}`));
+        // Only the operator's explicit override grants it (tests/security/permission_override_test.ts).
+        const error = await refused(k, { path: dir, grant: {} }, "GrantError", 400);
+        assert.ok(error.message.includes(`requests "${power}"`), error.message);
+        assert.ok(error.message.includes(`pass --override ${power} `), error.message);
       });
     }
+    await t.step('a manifest requesting "import" is refused with ManifestError: no override grants it', async () => {
+      const dir = await plugin("req-import", {
+        "plugin.json": JSON.stringify(manifest("req-import", { permissions: { import: ["example.com:443"] } })),
+        "mod.ts": modTs("req-import"),
+      });
+      const error = await refused(k, { path: dir, grant: {}, override: ["import"] }, "ManifestError", 400);
+      assert.match(error.message, /permissions\.import/);
+    });
     await t.step("a malformed plugin.json is refused with ManifestError naming the file", async () => {
       const dir = await plugin("bad-json", { "plugin.json": '{ "name": "bad-json", ', "mod.ts": modTs("bad-json") });
       const error = await refused(k, { path: dir, grant: {} }, "ManifestError", 400);
