@@ -15,6 +15,7 @@ import { ModelRouter } from "./models/mod.ts";
 import { PluginHost } from "./plugins/mod.ts";
 import { Gateway } from "./gateway/mod.ts";
 import { Orchestrator } from "./orchestrator/mod.ts";
+import { Hooks, Scheduler } from "./triggers/mod.ts";
 import { makeApp } from "./http/mod.ts";
 import type { Hono } from "hono";
 import { toErrorBody } from "./errors/mod.ts";
@@ -29,7 +30,8 @@ export const keelLayer = (config: KeelConfigShape, overrides: { policy?: typeof 
   const base = Layer.mergeAll(Journal.layer, Audit.layer, policy, Limits.layer, Memory.layer).pipe(
     Layer.provideMerge(stores),
   );
-  return Orchestrator.layer.pipe(
+  return Layer.mergeAll(Scheduler.layer, Hooks.layer).pipe(
+    Layer.provideMerge(Orchestrator.layer),
     Layer.provideMerge(Gateway.layer),
     Layer.provideMerge(PluginHost.layer),
     Layer.provideMerge(ModelRouter.layer),

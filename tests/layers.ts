@@ -23,7 +23,8 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   gateway: ["errors", "manifest", "policy", "journal", "plugins", "telemetry"],
   models: ["errors", "config", "store", "manifest", "policy", "sdk"],
   orchestrator: ["errors", "journal", "gateway", "plugins", "memory", "models", "telemetry", "sdk"],
-  http: ["errors", "plugins", "orchestrator", "journal", "telemetry", "manifest", "policy", "memory"],
+  triggers: ["errors", "config", "store", "manifest", "journal", "orchestrator", "telemetry", "plugins"],
+  http: ["errors", "plugins", "orchestrator", "journal", "telemetry", "manifest", "policy", "memory", "triggers"],
   cli: ["config", "errors", "manifest", "policy", "plugins"],
 };
 

@@ -8,6 +8,10 @@ import type { Command } from "./client.ts";
 import { pluginCommand } from "./plugin.ts";
 import { memoryCommand } from "./memory.ts";
 import { policyCommand } from "./policy.ts";
+import { schedulesCommand } from "./schedules.ts";
+import { hooksCommand } from "./hooks.ts";
+import { replayCommand } from "./replay.ts";
+import { undoCommand } from "./undo.ts";
 import { approvalsCommand, approveCommand, auditCommand, denyCommand, runCommand, runsCommand } from "./runs.ts";
 
 export { type Command, UsageError } from "./client.ts";
@@ -22,6 +26,10 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   approve: approveCommand,
   deny: denyCommand,
   audit: auditCommand,
+  replay: replayCommand,
+  undo: undoCommand,
+  schedules: schedulesCommand,
+  hooks: hooksCommand,
   memory: memoryCommand,
   policy: policyCommand,
 };

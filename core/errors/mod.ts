@@ -62,6 +62,8 @@ export class ModelUnavailableError extends Schema.TaggedError<ModelUnavailableEr
 export class ModelOutputError extends Schema.TaggedError<ModelOutputError>()("ModelOutputError", fields) {}
 /** The embedding provider (Ollama) failed or returned vectors memory cannot store. */
 export class EmbeddingError extends Schema.TaggedError<EmbeddingError>()("EmbeddingError", fields) {}
+/** A request body larger than the route accepts (an inbound webhook over its cap). */
+export class PayloadTooLargeError extends Schema.TaggedError<PayloadTooLargeError>()("PayloadTooLargeError", fields) {}
 /** The run must stop here and wait (an approval); not a failure of the run. */
 export class RunSuspendedError extends Schema.TaggedError<RunSuspendedError>()("RunSuspendedError", fields) {}
 
@@ -89,7 +91,8 @@ export type KeelError =
   | ModelConfigError
   | ModelUnavailableError
   | ModelOutputError
-  | EmbeddingError;
+  | EmbeddingError
+  | PayloadTooLargeError;
 
 /** The JSON shape of an error in the API, the journal and the audit log. */
 export interface ErrorBody {
@@ -136,6 +139,7 @@ const BY_TAG = {
   ModelUnavailableError,
   ModelOutputError,
   EmbeddingError,
+  PayloadTooLargeError,
 } as const;
 
 /** Rebuild a Keel error that crossed the plugin boundary as `{tag, message}`; undefined for a plugin's own tag. */

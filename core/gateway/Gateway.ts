@@ -14,9 +14,23 @@
  * `fail-closed`, journaled and audited. Rates and budgets (the matching rules'
  * limits and the manifest's `rateLimit`) are counted atomically in Deno KV
  * just before dispatch, once per execution.
+ *
+ * A failed dispatch is retried by the effect's class (`retry.ts`): reads with
+ * backoff, writes only under their idempotency key, irreversible and
+ * financial effects never — an outcome Keel cannot know parks the run on an
+ * `unknown_outcome` approval. The step shows `attempts`, `lastError` and
+ * `nextAttemptAt` while it retries. A financial effect's intent is a
+ * check-and-set on its idempotency key (`Journal.claimIntent`): strong
+ * consistency here means at most one intent, hence at most one dispatch, per
+ * key, whichever host or executor gets there second.
+ *
+ * Undo (`core/orchestrator/undo.ts`) sends compensations through here too, as
+ * requests with `undo` set: declared by the connector's own `compensate`, not
+ * by the agent's `uses`, journaled at `UNDO_SEQ_BASE + seq` as `undo:<effect>`.
  */
-import { Cause, Clock, Context, Effect, Layer, Option } from "effect";
+import { Cause, Clock, Context, Effect, Layer, Option, Random } from "effect";
 import {
+  ConflictError,
   EffectNotDeclaredError,
   type ErrorBody,
   InvalidInputError,
@@ -41,6 +55,7 @@ import {
 import { type ApprovalRecord, Journal, type StepRecord } from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
+import { isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
 
 /** One effect request from a running workflow. */
 export interface EffectRequest {
@@ -56,7 +71,25 @@ export interface EffectRequest {
   readonly tokens?: number;
   /** Facts the orchestrator knows about the run, as `context.…` in conditions (`tainted`: a model read untrusted input). */
   readonly context?: Readonly<Record<string, unknown>>;
+  /**
+   * Set by undo only, never from a plugin's call: this request is the
+   * compensation of the completed effect `effect` at step `seq`.
+   */
+  readonly undo?: { readonly effect: string; readonly seq: number };
+  /**
+   * The connector versions the run pinned at its start (connector name →
+   * version): an effect goes to the pinned version even after an upgrade made
+   * another one active. Absent: the active version serves.
+   */
+  readonly pins?: Readonly<Record<string, string>>;
 }
+
+/** Step numbers from here up belong to undo: the compensation of step `n` is step `UNDO_SEQ_BASE + n`. */
+export const UNDO_SEQ_BASE = 1_000_000_000;
+
+/** The journal name of a request's step: the effect, or `undo:<effect>` for a compensation. */
+export const stepNameOf = (r: Pick<EffectRequest, "effect" | "undo">): string =>
+  r.undo ? `undo:${r.undo.effect}` : r.effect;
 
 /** How long the policy engine may take to decide before the request is denied. */
 export const POLICY_TIMEOUT_MS = 1000;
@@ -81,6 +114,7 @@ const DECISIONS = new Set(["allow", "approve", "deny"]);
 
 /** Everything the Gateway can answer besides a result. */
 export type GatewayError =
+  | ConflictError
   | EffectNotDeclaredError
   | InvalidInputError
   | PolicyDeniedError
@@ -150,6 +184,24 @@ export class Gateway extends Context.Service<Gateway, {
 
       const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
       const actorOf = (r: EffectRequest) => `plugin:${r.agent.name}`;
+      /** The connector serving `effect` for this run: the version it pinned, else the active one. */
+      const findConnector = (r: EffectRequest, effect: string) =>
+        Effect.gen(function* () {
+          for (const [name, version] of Object.entries(r.pins ?? {})) {
+            const pinned = yield* Effect.result(host.get(name, version));
+            if (pinned._tag === "Success") {
+              const decl = pinned.success.manifest.effects.find((e) => e.name === effect);
+              if (decl && pinned.success.activation !== "needs_grant") return { plugin: pinned.success, decl };
+              continue;
+            }
+            // A pinned version removed by force: its runs fail rather than move to another version unseen.
+            const active = yield* Effect.result(host.get(name));
+            if (active._tag === "Success" && active.success.manifest.effects.some((e) => e.name === effect)) {
+              return yield* pinned.failure;
+            }
+          }
+          return yield* host.findEffect(effect);
+        });
 
       /** Ask the engine, failing closed on a throw, a hang or a malformed answer. */
       const decideSafely = Effect.fn("Gateway.decideSafely")(function* (request: PolicyRequest) {
@@ -266,7 +318,7 @@ export class Gateway extends Context.Service<Gateway, {
         yield* journal.putStep(r.runId, {
           seq: r.seq,
           kind: "effect",
-          name: r.effect,
+          name: stepNameOf(r),
           status: "failed",
           error: toErrorBody(error),
           startedAt: at,
@@ -281,9 +333,27 @@ export class Gateway extends Context.Service<Gateway, {
         return yield* error;
       });
 
+      /** Park the run on an approval; an undo parks only itself (its run has ended and stays as it ended). */
+      const park = (r: EffectRequest, approvalId: string, reason: string) =>
+        r.undo ? Effect.void : Effect.asVoid(
+          journal.updateRun(r.runId, { status: "waiting_approval", waitingFor: { approvalId, reason } }),
+        );
+
       /** Steps 1–3: declared, valid, policy. Returns the capability, or parks the run. */
       const authorize = Effect.fn("Gateway.authorize")(function* (r: EffectRequest, prior: StepRecord | undefined) {
-        if (!r.agent.manifest.uses.includes(r.effect)) {
+        if (r.undo) {
+          // A compensation is declared by the connector of the effect it undoes, not by the agent.
+          const original = yield* Effect.result(findConnector(r, r.undo.effect));
+          if (original._tag === "Failure" || original.success.decl.compensate !== r.effect) {
+            return yield* reject(
+              r,
+              new EffectNotDeclaredError({
+                message: `Effect "${r.effect}" is not the declared compensation of "${r.undo.effect}"`,
+                details: { effect: r.effect, undoes: r.undo.effect },
+              }),
+            );
+          }
+        } else if (!r.agent.manifest.uses.includes(r.effect)) {
           return yield* reject(
             r,
             new EffectNotDeclaredError({
@@ -293,7 +363,7 @@ export class Gateway extends Context.Service<Gateway, {
             }),
           );
         }
-        const found = yield* Effect.result(host.findEffect(r.effect));
+        const found = yield* Effect.result(findConnector(r, r.effect));
         if (found._tag === "Failure") {
           return yield* reject(
             r,
@@ -405,19 +475,13 @@ export class Gateway extends Context.Service<Gateway, {
         yield* journal.putStep(r.runId, {
           seq: r.seq,
           kind: "effect",
-          name: r.effect,
+          name: stepNameOf(r),
           status: "waiting_approval",
           approvalId: approval.id,
           args: r.args,
           startedAt: approval.createdAt,
         }, approval);
-        yield* journal.updateRun(r.runId, {
-          status: "waiting_approval",
-          waitingFor: {
-            approvalId: approval.id,
-            reason: `Effect "${r.effect}" needs approval (rule "${decision.rule}")`,
-          },
-        });
+        yield* park(r, approval.id, `Effect "${r.effect}" needs approval (rule "${decision.rule}")`);
         yield* audit.append({
           type: "approval.requested",
           actor: actorOf(r),
@@ -436,34 +500,58 @@ export class Gateway extends Context.Service<Gateway, {
         return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
       });
 
-      /** Steps 4–6: intent, dispatch, outcome, audit. Accepts only a capability. */
-      const dispatch = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
+      /** Record the intent before dispatch; false when another executor already holds this action. */
+      const recordIntent = Effect.fn("Gateway.recordIntent")(function* (auth: Authorized, intent: StepRecord) {
         const r = auth.request;
-        const startedAt = yield* Clock.currentTimeMillis;
-        const intent: StepRecord = {
-          seq: r.seq,
-          kind: "effect",
-          name: r.effect,
-          status: "intent",
-          args: r.args,
-          idempotencyKey: auth.idempotencyKey,
-          approvalId: auth.approval?.id,
-          startedAt: new Date(startedAt).toISOString(),
-        };
+        // The operator's "retry" after an unknown outcome re-sends under the same key, which its first intent holds.
+        const resend = auth.approval?.kind === "unknown_outcome";
+        if (auth.decl.class === "financial") {
+          const { won, holder } = yield* journal.claimIntent(r.runId, {
+            ...intent,
+            idempotencyKey: auth.idempotencyKey,
+          });
+          if (!won && !(resend && holder.runId === r.runId && holder.seq === r.seq)) {
+            const error = new ConflictError({
+              message:
+                `Effect "${r.effect}" was not sent: an intent for idempotency key "${auth.idempotencyKey}" exists (run "${holder.runId}", step ${holder.seq})`,
+              details: { idempotencyKey: auth.idempotencyKey, holder },
+            });
+            // The step belongs to the executor that won; this one leaves it alone.
+            yield* audit.append({
+              type: "effect.duplicate_intent",
+              actor: actorOf(r),
+              runId: r.runId,
+              data: { effect: r.effect, seq: r.seq, idempotencyKey: auth.idempotencyKey, holder },
+            });
+            return yield* error;
+          }
+        }
         if (auth.approval && auth.approval.status === "approved") {
           // Single use: consuming the approval and journaling the intent is one atomic write.
           const ok = yield* journal.transitionApproval({ ...auth.approval, status: "used" }, "approved", {
             step: { runId: r.runId, step: intent },
           });
           if (!ok) return yield* new RunSuspendedError({ message: `Approval ${auth.approval.id} was already used` });
-        } else {
+        } else if (auth.decl.class !== "financial") {
           yield* journal.putStep(r.runId, intent);
         }
-        const outcome = yield* Effect.result(
-          Effect.flatMap(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey), fitsJournal(r)),
-        );
-        const endedAt = yield* Clock.currentTimeMillis;
-        const latencyMs = endedAt - startedAt;
+      });
+
+      /** Steps 4–6: intent, dispatch (retried by class), outcome, audit. Accepts only a capability. */
+      const dispatch = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
+        const r = auth.request;
+        const startedAt = yield* Clock.currentTimeMillis;
+        const intent: StepRecord = {
+          seq: r.seq,
+          kind: "effect",
+          name: stepNameOf(r),
+          status: "intent",
+          args: r.args,
+          idempotencyKey: auth.idempotencyKey,
+          approvalId: auth.approval?.id,
+          startedAt: new Date(startedAt).toISOString(),
+        };
+        yield* recordIntent(auth, intent);
         const base = {
           effect: r.effect,
           seq: r.seq,
@@ -475,49 +563,143 @@ export class Gateway extends Context.Service<Gateway, {
           ruleSource: auth.decision.ruleSource,
           policyHash: auth.decision.policyHash,
           idempotencyKey: auth.idempotencyKey,
-          latencyMs,
+          ...(r.undo ? { undoes: r.undo } : {}),
           ...(auth.usage?.usd !== undefined ? { costUsd: auth.usage.usd } : {}),
           ...(auth.usage?.tokens !== undefined ? { tokens: auth.usage.tokens } : {}),
           ...(auth.approval
             ? { approvalId: auth.approval.id, approver: auth.approval.decidedBy, approvedAt: auth.approval.decidedAt }
             : {}),
         };
-        if (outcome._tag === "Failure") {
+        let attempts = 1;
+        let sleptMs = 0;
+        let lastError: ErrorBody | undefined;
+        for (;;) {
+          // Every attempt carries the same idempotency key: a connector that honours it performs the effect once.
+          const outcome = yield* Effect.result(
+            Effect.flatMap(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey), fitsJournal(r)),
+          );
+          const endedAt = yield* Clock.currentTimeMillis;
+          const latencyMs = endedAt - startedAt;
+          const tried = { attempts, ...(lastError ? { lastError } : {}) };
+          if (outcome._tag === "Success") {
+            const value = outcome.success;
+            const problems = auth.decl.output
+              ? host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
+              : [];
+            yield* journal.putStep(r.runId, {
+              ...intent,
+              ...tried,
+              status: "done",
+              value,
+              endedAt: new Date(endedAt).toISOString(),
+              latencyMs,
+            });
+            const data = { ...base, latencyMs, ...(attempts > 1 ? { attempts } : {}) };
+            yield* audit.append({
+              type: "effect.succeeded",
+              actor: actorOf(r),
+              runId: r.runId,
+              data: problems.length ? { ...data, outputWarnings: problems } : data,
+            });
+            return value;
+          }
           const error: ErrorBody = toErrorBody(outcome.failure);
-          yield* journal.putStep(r.runId, {
-            ...intent,
-            status: "failed",
-            error,
-            endedAt: new Date(endedAt).toISOString(),
-            latencyMs,
+          if (retryModeOf(auth.decl) === "ask" && isUnknownOutcome(outcome.failure)) {
+            // It may have happened: never send again blindly, ask the operator.
+            const why = outcome.failure._tag === "PluginTimeoutError" ? "timeout" : "crash";
+            return yield* askOperator(r, auth.connector, { ...intent, ...tried, lastError: error }, why);
+          }
+          const delay = nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
+          if (delay === undefined) {
+            yield* journal.putStep(r.runId, {
+              ...intent,
+              ...tried,
+              status: "failed",
+              error,
+              endedAt: new Date(endedAt).toISOString(),
+              latencyMs,
+            });
+            yield* audit.append({
+              type: "effect.failed",
+              actor: actorOf(r),
+              runId: r.runId,
+              data: { ...base, latencyMs, error, ...(attempts > 1 ? { attempts } : {}) },
+            });
+            return yield* outcome.failure;
+          }
+          const nextAttemptAt = new Date(endedAt + delay).toISOString();
+          // The run shows the retry while it waits; after a crash here the intent is resent (reads, keyed writes).
+          yield* journal.putStep(r.runId, { ...intent, attempts, lastError: error, nextAttemptAt });
+          yield* audit.append({
+            type: "effect.retry",
+            actor: "system",
+            runId: r.runId,
+            data: { ...base, attempt: attempts, error, delayMs: delay, nextAttemptAt },
           });
-          yield* audit.append({ type: "effect.failed", actor: actorOf(r), runId: r.runId, data: { ...base, error } });
-          return yield* outcome.failure;
+          yield* Effect.sleep(delay);
+          sleptMs += delay;
+          lastError = error;
+          attempts++;
         }
-        const value = outcome.success;
-        const problems = auth.decl.output
-          ? host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
-          : [];
-        yield* journal.putStep(r.runId, {
-          ...intent,
-          status: "done",
-          value,
-          endedAt: new Date(endedAt).toISOString(),
-          latencyMs,
-        });
-        yield* audit.append({
-          type: "effect.succeeded",
-          actor: actorOf(r),
+      });
+
+      /** Park the run on an `unknown_outcome` approval: the effect may have happened, and only the operator can tell. */
+      const askOperator = Effect.fn("Gateway.askOperator")(function* (
+        r: EffectRequest,
+        connector: InstalledPlugin,
+        prior: StepRecord,
+        why: "restart" | "timeout" | "crash",
+      ) {
+        const created = yield* Clock.currentTimeMillis;
+        const policyHash = (yield* policy.current).hash;
+        const what = why === "restart"
+          ? `Keel stopped while "${r.effect}" was in flight`
+          : `"${r.effect}" was sent, then the connector ${why === "timeout" ? "timed out" : "crashed"}`;
+        const approval: ApprovalRecord = {
+          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          kind: "unknown_outcome",
           runId: r.runId,
-          data: problems.length ? { ...base, outputWarnings: problems } : base,
+          seq: r.seq,
+          effect: r.effect,
+          plugin: connector.name,
+          args: r.args,
+          digest: yield* actionDigest({ ...r, policyHash }),
+          policyHash,
+          rule: "unknown-outcome",
+          approver: "operator",
+          message:
+            `${what}, and Keel cannot know whether it happened. Check the recipient, then approve with resolution "delivered" (it happened) or "retry" (send it again); deny to give up.`,
+          status: "pending",
+          createdAt: new Date(created).toISOString(),
+          expiresAt: new Date(created + 30 * 86_400_000).toISOString(),
+        };
+        const { nextAttemptAt: _n, ...rest } = prior;
+        yield* journal.putStep(r.runId, { ...rest, status: "unknown_outcome", approvalId: approval.id }, approval);
+        yield* park(
+          r,
+          approval.id,
+          `Outcome of "${r.effect}" is unknown after ${why === "restart" ? "a crash" : `a ${why}`}`,
+        );
+        yield* audit.append({
+          type: "effect.outcome_unknown",
+          actor: "system",
+          runId: r.runId,
+          data: {
+            effect: r.effect,
+            seq: r.seq,
+            approvalId: approval.id,
+            idempotencyKey: prior.idempotencyKey,
+            cause: why,
+            ...(prior.lastError ? { error: prior.lastError } : {}),
+          },
         });
-        return value;
+        return yield* new RunSuspendedError({ message: `Waiting for the operator on ${approval.id}` });
       });
 
       /** An intent with no outcome: for irreversible effects, ask the operator instead of guessing. */
       const unknownOutcome = Effect.fn("Gateway.unknownOutcome")(function* (r: EffectRequest, prior: StepRecord) {
         const { plugin: connector, decl } = yield* Effect.mapError(
-          host.findEffect(r.effect),
+          findConnector(r, r.effect),
           (e) => new EffectNotDeclaredError({ message: e.message }),
         );
         if (decl.class === "read" || (decl.class === "write" && decl.idempotency === "key")) {
@@ -559,43 +741,25 @@ export class Gateway extends Context.Service<Gateway, {
             );
           }
         }
-        const created = yield* Clock.currentTimeMillis;
-        const policyHash = (yield* policy.current).hash;
-        const approval: ApprovalRecord = {
-          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
-          kind: "unknown_outcome",
-          runId: r.runId,
-          seq: r.seq,
-          effect: r.effect,
-          plugin: connector.name,
-          args: r.args,
-          digest: yield* actionDigest({ ...r, policyHash }),
-          policyHash,
-          rule: "unknown-outcome",
-          approver: "operator",
-          message:
-            `Keel stopped while "${r.effect}" was in flight and cannot know whether it happened. Check the recipient, then approve with resolution "delivered" (it happened) or "retry" (send it again); deny to give up.`,
-          status: "pending",
-          createdAt: new Date(created).toISOString(),
-          expiresAt: new Date(created + 30 * 86_400_000).toISOString(),
-        };
-        yield* journal.putStep(r.runId, { ...prior, status: "unknown_outcome", approvalId: approval.id }, approval);
-        yield* journal.updateRun(r.runId, {
-          status: "waiting_approval",
-          waitingFor: { approvalId: approval.id, reason: `Outcome of "${r.effect}" is unknown after a crash` },
-        });
-        yield* audit.append({
-          type: "effect.outcome_unknown",
-          actor: "system",
-          runId: r.runId,
-          data: { effect: r.effect, seq: r.seq, approvalId: approval.id, idempotencyKey: prior.idempotencyKey },
-        });
-        return yield* new RunSuspendedError({ message: `Waiting for the operator on ${approval.id}` });
+        return yield* askOperator(r, connector, prior, "restart");
       });
 
       const request = Effect.fn("Gateway.request")(function* (r: EffectRequest) {
+        if (!r.undo && r.seq >= UNDO_SEQ_BASE) {
+          // Those steps are undo's; a workflow that numbers its calls that high is refused before it touches them.
+          const error = new InvalidInputError({
+            message: `Step ${r.seq} is reserved for undo: a workflow's steps are numbered below ${UNDO_SEQ_BASE}`,
+          });
+          yield* audit.append({
+            type: "effect.rejected",
+            actor: actorOf(r),
+            runId: r.runId,
+            data: { effect: r.effect, seq: r.seq, error: toErrorBody(error) },
+          });
+          return yield* error;
+        }
         const prior = yield* journal.getStep(r.runId, r.seq);
-        if (prior && prior.kind === "effect" && prior.name === r.effect) {
+        if (prior && prior.kind === "effect" && prior.name === stepNameOf(r)) {
           if (prior.status === "done") return prior.value;
           if (prior.status === "failed") {
             return yield* new PluginFailedError({

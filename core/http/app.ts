@@ -11,7 +11,7 @@ import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { InvalidInputError, UnauthorizedError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
-import { Orchestrator } from "../orchestrator/mod.ts";
+import { Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { Limits, Policy } from "../policy/mod.ts";
@@ -19,6 +19,8 @@ import { errorResponse } from "./errors.ts";
 import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
+import { registerTriggerRoutes, startOptions } from "./triggerRoutes.ts";
+import type { Hooks, Scheduler } from "../triggers/mod.ts";
 import type { Memory, Records } from "../memory/mod.ts";
 import {
   collectionsRoute,
@@ -30,7 +32,18 @@ import {
 } from "./memoryRoutes.ts";
 
 /** The services the API needs from the runtime. */
-export type ApiServices = PluginHost | Orchestrator | Journal | Audit | Policy | Limits | Memory | Records;
+export type ApiServices =
+  | PluginHost
+  | Orchestrator
+  | Journal
+  | Audit
+  | Policy
+  | Limits
+  | Memory
+  | Records
+  | Scheduler
+  | Hooks
+  | UndoServices;
 
 /** Keel's version, reported by `/healthz` and the OpenAPI document. */
 export const KEEL_VERSION = "0.1.0";
@@ -92,6 +105,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     }
     await next();
   });
+  registerTriggerRoutes(app, runtime, respond, body);
 
   app.get("/api/plugins", (c) => respond(c, Effect.map(PluginHost.use((h) => h.list), (plugins) => ({ plugins }))));
   app.post("/api/plugins", (c) =>
@@ -111,7 +125,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         }
         const host = yield* PluginHost;
         const plugin = yield* host.install(
-          { path: b.path, grant: b.grant, config: b.config, isolation: b.isolation },
+          { path: b.path, grant: b.grant, config: b.config, isolation: b.isolation, override: b.override },
           "operator",
         );
         const { config: _c, ...shown } = plugin;
@@ -150,7 +164,8 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
           });
         }
         const orchestrator = yield* Orchestrator;
-        const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator");
+        const options = yield* startOptions(b, c.req.query());
+        const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator", options);
         if (wait === undefined) return { runId: run.id, status: run.status };
         return { runId: run.id, ...(yield* orchestrator.wait(run.id, wait)) };
       }),
@@ -172,6 +187,11 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         return yield* orchestrator.wait(c.req.param("id"), wait);
       }),
     ));
+
+  app.post(
+    "/api/runs/:id/undo",
+    (c) => respond(c, Effect.flatMap(body(c), () => undoRun(c.req.param("id"), "operator"))),
+  );
 
   app.get("/api/approvals", (c) =>
     respond(

@@ -30,6 +30,7 @@ export const STATUS: Readonly<Record<string, number>> = {
   ModelUnavailableError: 503,
   ModelOutputError: 502,
   EmbeddingError: 502,
+  PayloadTooLargeError: 413,
 };
 
 /** The JSON body and status for any failure; never a stack trace. */

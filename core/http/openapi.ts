@@ -50,6 +50,11 @@ export const openApiDocument = {
           env: { type: "array", items: { type: "string" } },
           read: { type: "array", items: { type: "string" }, description: "Paths relative to the plugin's data dir" },
           write: { type: "array", items: { type: "string" } },
+          overrides: {
+            type: "array",
+            items: { type: "string" },
+            description: "Read only: requests Keel refuses by default that the operator overrode (see override)",
+          },
         },
       },
       Plugin: {
@@ -95,6 +100,53 @@ export const openApiDocument = {
           },
         },
       },
+      Schedule: {
+        type: "object",
+        properties: {
+          workflow: { type: "string" },
+          plugin: { type: "string" },
+          version: { type: "string" },
+          cron: { type: "string" },
+          tz: { type: "string" },
+          input: { type: "object" },
+          nextFireAt: { type: "string", format: "date-time" },
+          lastFireAt: { type: "string", format: "date-time" },
+          lastRunId: { type: "string" },
+        },
+      },
+      Hook: {
+        type: "object",
+        properties: {
+          id: { type: "string" },
+          workflow: { type: "string" },
+          name: { type: "string" },
+          path: { type: "string", description: "Where senders post: /hooks/{id}" },
+          createdAt: { type: "string", format: "date-time" },
+          createdBy: { type: "string" },
+        },
+      },
+      ReplayReport: {
+        type: "object",
+        properties: {
+          runId: { type: "string" },
+          workflow: { type: "string" },
+          agent: { type: "string" },
+          agentVersion: { type: "string", description: "The version that replayed the run" },
+          recordedVersion: { type: "string", description: "The version the run was recorded with" },
+          steps: { type: "integer" },
+          divergences: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: { seq: { type: "integer" }, expected: {}, actual: {}, message: { type: "string" } },
+            },
+          },
+          output: {
+            type: "object",
+            properties: { recorded: {}, replayed: {}, equal: { type: "boolean" } },
+          },
+        },
+      },
       ManifestDiff: {
         type: "object",
         description: "What an upgrade changes compared with the serving version",
@@ -134,6 +186,23 @@ export const openApiDocument = {
           startedAt: { type: "string" },
           endedAt: { type: "string" },
           latencyMs: { type: "number" },
+          attempts: { type: "integer", description: "Calls of this effect so far, retries included" },
+          lastError: { description: "The last failed attempt's error" },
+          nextAttemptAt: { type: "string", description: "When the next retry starts, while the host waits" },
+        },
+      },
+      UndoEntry: {
+        type: "object",
+        properties: {
+          seq: { type: "integer" },
+          effect: { type: "string" },
+          compensation: { type: "string" },
+          undoSeq: { type: "integer" },
+          result: {},
+          previously: { type: "boolean", description: "An earlier undo already did it; nothing was sent" },
+          approvalId: { type: "string" },
+          reason: { type: "string" },
+          error: {},
         },
       },
       Run: {
@@ -425,6 +494,12 @@ export const openApiDocument = {
               enum: ["worker", "process"],
               description: "Override: default is the manifest's, else process for plugins from outside Keel's folder",
             },
+            override: {
+              type: "array",
+              items: { type: "string" },
+              description:
+                "Operator override of requests Keel refuses by default, each named exactly as the refusal names it (run, run:PROGRAM, ffi[:PATH], sys[:KIND], all, net:*, net:HOST, read:PATH, write:PATH); audited as plugin.permission_override, never carried to another version",
+            },
           },
         }),
         responses: {
@@ -461,6 +536,12 @@ export const openApiDocument = {
             path: { type: "string", description: "The new version's folder or .tar.gz archive" },
             config: { type: "object", description: "Default: the serving version's config" },
             isolation: { enum: ["worker", "process"] },
+            override: {
+              type: "array",
+              items: { type: "string" },
+              description:
+                "Operator override of requests Keel refuses by default, each named exactly as the refusal names it (run, run:PROGRAM, ffi[:PATH], sys[:KIND], all, net:*, net:HOST, read:PATH, write:PATH); audited as plugin.permission_override, never carried to another version",
+            },
             dryRun: { type: "boolean", description: "Only compare: store nothing" },
           },
         }),
@@ -486,7 +567,19 @@ export const openApiDocument = {
       post: {
         summary: "Grant one version (recorded with its manifest hash) and make it the active version",
         parameters: [idParam("name"), idParam("version")],
-        requestBody: json({ type: "object", required: ["grant"], properties: { grant: ref("Grant") } }),
+        requestBody: json({
+          type: "object",
+          required: ["grant"],
+          properties: {
+            grant: ref("Grant"),
+            override: {
+              type: "array",
+              items: { type: "string" },
+              description:
+                "Operator override of requests Keel refuses by default, each named exactly as the refusal names it (run, run:PROGRAM, ffi[:PATH], sys[:KIND], all, net:*, net:HOST, read:PATH, write:PATH); audited as plugin.permission_override, never carried to another version",
+            },
+          },
+        }),
         responses: {
           "200": {
             description: "Granted and active",
@@ -526,9 +619,33 @@ export const openApiDocument = {
     },
     "/api/workflows/{name}/runs": {
       post: {
-        summary: "Start a run of a workflow",
-        parameters: [idParam("name"), waitParam],
-        requestBody: json({ type: "object", properties: { input: {} } }),
+        summary: "Start a run of a workflow, now or later (delay, startAt), with a priority",
+        parameters: [
+          idParam("name"),
+          waitParam,
+          {
+            name: "delay",
+            in: "query",
+            required: false,
+            schema: { type: "number", minimum: 0, maximum: 31536000 },
+            description: "Start no earlier than this many seconds from now",
+          },
+          {
+            name: "priority",
+            in: "query",
+            required: false,
+            schema: { type: "integer", minimum: 0, maximum: 9 },
+            description: "0–9, higher first when runs queue (default 5); also a body field",
+          },
+        ],
+        requestBody: json({
+          type: "object",
+          properties: {
+            input: {},
+            startAt: { type: "string", format: "date-time", description: "Start no earlier than this time" },
+            priority: { type: "integer", minimum: 0, maximum: 9 },
+          },
+        }),
         responses: {
           "202": {
             description: "Started; with ?wait the run as it stands when it ended, paused or the wait ran out",
@@ -543,6 +660,37 @@ export const openApiDocument = {
         summary: "A run: status, steps, output, error",
         parameters: [idParam("id"), waitParam],
         responses: { "200": { description: "The run", ...json(ref("Run")) }, ...errors(400, 401, 404) },
+      },
+    },
+    "/api/runs/{id}/undo": {
+      post: {
+        summary:
+          "Undo a finished or cancelled run: its effects' declared compensations, last first, through the Gateway; then its memory writes. Idempotent",
+        parameters: [idParam("id")],
+        responses: {
+          "200": {
+            description: "What was compensated, skipped (reads, not undoable), failed, or waits for an approval",
+            ...json({
+              type: "object",
+              properties: {
+                runId: { type: "string" },
+                compensated: { type: "array", items: ref("UndoEntry") },
+                skipped: { type: "array", items: ref("UndoEntry") },
+                failed: { type: "array", items: ref("UndoEntry") },
+                waiting: { type: "array", items: ref("UndoEntry") },
+                memory: {
+                  type: "object",
+                  properties: {
+                    removed: { type: "array", items: { type: "string" } },
+                    kept: { type: "array", items: { type: "string" } },
+                    records: { type: "object" },
+                  },
+                },
+              },
+            }),
+          },
+          ...errors(401, 404, 409),
+        },
       },
     },
     "/api/approvals": {
@@ -774,6 +922,100 @@ export const openApiDocument = {
             }),
           },
           ...errors(400, 401, 404),
+        },
+      },
+    },
+    "/api/runs/{id}/replay": {
+      post: {
+        summary: "Replay a finished run against its journal with the current (or a given) agent version",
+        parameters: [idParam("id")],
+        requestBody: json({ type: "object", properties: { version: { type: "string" } } }),
+        responses: {
+          "200": { description: "The replay report: divergences and the two outputs", ...json(ref("ReplayReport")) },
+          ...errors(400, 401, 404, 409),
+        },
+      },
+    },
+    "/api/schedules": {
+      get: {
+        summary: "Cron schedules of active workflows, with their next fire time",
+        responses: {
+          "200": {
+            description: "Schedules",
+            ...json({ type: "object", properties: { schedules: { type: "array", items: ref("Schedule") } } }),
+          },
+          ...errors(401),
+        },
+      },
+    },
+    "/api/hooks": {
+      get: {
+        summary: "Inbound webhooks (never with their secrets)",
+        responses: {
+          "200": {
+            description: "Hooks",
+            ...json({ type: "object", properties: { hooks: { type: "array", items: ref("Hook") } } }),
+          },
+          ...errors(401),
+        },
+      },
+      post: {
+        summary: "Create an inbound webhook for a workflow; its secret is returned once",
+        requestBody: json({
+          type: "object",
+          required: ["workflow"],
+          properties: { workflow: { type: "string" }, name: { type: "string" } },
+        }),
+        responses: {
+          "201": {
+            description: "Created: the hook and its secret (shown only now)",
+            ...json({ type: "object", properties: { hook: ref("Hook"), secret: { type: "string" } } }),
+          },
+          ...errors(400, 401, 404),
+        },
+      },
+    },
+    "/api/hooks/{id}": {
+      delete: {
+        summary: "Delete a webhook; deliveries to it are refused from now on",
+        parameters: [idParam("id")],
+        responses: {
+          "200": { description: "Deleted", ...json({ type: "object", properties: { hook: ref("Hook") } }) },
+          ...errors(401, 404),
+        },
+      },
+    },
+    "/hooks/{id}": {
+      post: {
+        summary: "Deliver to a webhook (no bearer token): signed body becomes the workflow's input",
+        security: [],
+        parameters: [
+          idParam("id"),
+          {
+            name: "X-Keel-Signature",
+            in: "header",
+            required: true,
+            schema: { type: "string", pattern: "^sha256=[0-9a-f]{64}$" },
+            description: "sha256=<hex HMAC-SHA256 of the raw body under the hook's secret>",
+          },
+          {
+            name: "X-Keel-Delivery",
+            in: "header",
+            required: false,
+            schema: { type: "string", pattern: "^[A-Za-z0-9_.:-]{1,100}$" },
+            description: "Idempotency: the same delivery id always maps to the same run",
+          },
+        ],
+        requestBody: json({ type: "object", description: "The workflow's input (at most 256 KiB)" }),
+        responses: {
+          "202": {
+            description: "Accepted: the run it started, or the run an earlier delivery with this id started",
+            ...json({
+              type: "object",
+              properties: { runId: { type: "string" }, status: { type: "string" }, duplicate: { type: "boolean" } },
+            }),
+          },
+          ...errors(400, 401, 404, 413),
         },
       },
     },

@@ -77,6 +77,20 @@ export interface StepRecord {
   readonly startedAt: string;
   readonly endedAt?: string;
   readonly latencyMs?: number;
+  /** Calls of this effect made so far (retries included). */
+  readonly attempts?: number;
+  /** The last failed attempt's error, while the host retries (kept once it succeeds). */
+  readonly lastError?: ErrorBody;
+  /** When the next attempt starts (ISO time), while the host waits to retry. */
+  readonly nextAttemptAt?: string;
+}
+
+/** Who holds an idempotency key: the first intent recorded for it (see `Journal.claimIntent`). */
+export interface IntentClaim {
+  readonly runId: string;
+  readonly seq: number;
+  readonly effect: string;
+  readonly at: string;
 }
 
 /** A human gate on one exact action. */
@@ -107,6 +121,7 @@ export interface ApprovalRecord {
 const runKey = (id: string) => ["run", id];
 const stepKey = (runId: string, seq: number) => ["run_step", runId, seq];
 const approvalKey = (id: string) => ["approval", id];
+const intentKey = (idempotencyKey: string) => ["intent_claim", idempotencyKey];
 
 /** The journal service. */
 export class Journal extends Context.Service<Journal, {
@@ -125,6 +140,15 @@ export class Journal extends Context.Service<Journal, {
   checkpoint(runId: string, step: StepRecord): Effect.Effect<StepRecord, StoreError>;
   /** Overwrite a step record (effect state transitions), optionally with its approval. */
   putStep(runId: string, step: StepRecord, approval?: ApprovalRecord): Effect.Effect<void, StoreError>;
+  /**
+   * Record an effect's intent only if no intent holds its idempotency key yet:
+   * one atomic check-and-set of the key's claim and the step. Returns whether
+   * this claim won, and the claim that holds the key.
+   */
+  claimIntent(
+    runId: string,
+    step: StepRecord & { idempotencyKey: string },
+  ): Effect.Effect<{ won: boolean; holder: IntentClaim }, StoreError>;
   getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
   /** Append a policy decision to the decision log (ordered by time). */
   recordDecision(decision: DecisionRecord): Effect.Effect<void, StoreError>;
@@ -193,6 +217,17 @@ export class Journal extends Context.Service<Journal, {
               if (approval.status === "pending") op.set(["approval_pending", approval.id], true);
             }
             await op.commit();
+          }),
+        claimIntent: (runId, step) =>
+          kvTry("Cannot record intent", async () => {
+            const key = intentKey(step.idempotencyKey);
+            const claim: IntentClaim = { runId, seq: step.seq, effect: step.name, at: step.startedAt };
+            const res = await kv.atomic().check({ key, versionstamp: null }).set(key, claim)
+              .set(stepKey(runId, step.seq), step).commit();
+            if (res.ok) return { won: true, holder: claim };
+            const holder = (await kv.get<IntentClaim>(key)).value;
+            if (!holder) throw new Error(`claim of idempotency key "${step.idempotencyKey}" vanished`);
+            return { won: false, holder };
           }),
         recordDecision: (decision) =>
           kvTry("Cannot record decision", async () => {

@@ -4,7 +4,7 @@
  * what it declares. Parsing returns either a typed manifest or a
  * `ManifestError` naming the file, the field and why.
  */
-import { Effect } from "effect";
+import { Cron, Effect } from "effect";
 import { Validator } from "@cfworker/json-schema";
 import { ManifestError } from "../errors/mod.ts";
 
@@ -27,6 +27,8 @@ export interface EffectDecl {
   readonly compensate?: string;
   /** How the host may retry a failed call: never, with backoff (reads), or only with the idempotency key. */
   readonly retry: "none" | "backoff" | "idempotent-key";
+  /** Retry timing for an effect the host retries (see `core/gateway/retry.ts`); absent: the host's defaults. */
+  readonly backoff?: { readonly baseMs?: number; readonly capMs?: number; readonly maxAttempts?: number };
   /** At most `count` calls per `per` (a duration like `1m`), enforced at the Gateway. */
   readonly rateLimit?: { readonly count: number; readonly per: string };
   /** What one call costs, charged against budgets. */
@@ -38,6 +40,17 @@ export interface WorkflowDecl {
   readonly name: string;
   readonly description: string;
   readonly input: JsonSchema;
+  /** Start this workflow on a cron schedule (checked with effect's `Cron` at install; `tz` defaults to UTC). */
+  readonly schedule?: WorkflowSchedule;
+}
+
+/** A cron schedule on a workflow: five fields, or six with seconds first. */
+export interface WorkflowSchedule {
+  readonly cron: string;
+  /** An IANA time zone such as `Europe/Berlin`; default `UTC`. */
+  readonly tz?: string;
+  /** The input of every scheduled run (checked against the workflow's input schema); default `{}`. */
+  readonly input?: Record<string, unknown>;
 }
 
 /** Permissions a plugin requests; templates like `{host}:{port}` refer to its config. */
@@ -46,6 +59,13 @@ export interface Permissions {
   readonly env: ReadonlyArray<string>;
   readonly read: ReadonlyArray<string>;
   readonly write: ReadonlyArray<string>;
+  /** Powers granted only with an operator override (see `Grant.ts`): `true` for all, or a list. */
+  readonly run?: true | ReadonlyArray<string>;
+  readonly ffi?: true | ReadonlyArray<string>;
+  readonly sys?: true | ReadonlyArray<string>;
+  readonly all?: true;
+  /** In a resolved request only: the items Keel grants only with an operator override (`run:git`, `net:*` …). */
+  readonly needsOverride?: ReadonlyArray<string>;
 }
 
 /** A validated `plugin.json`. */
@@ -87,7 +107,17 @@ export const MANIFEST_SCHEMA: JsonSchema = {
     permissions: {
       type: "object",
       additionalProperties: false,
-      properties: { net: strings, env: strings, read: strings, write: strings },
+      properties: {
+        net: strings,
+        env: strings,
+        read: strings,
+        write: strings,
+        // Refused unless the operator overrides them at install (Grant.ts), so they can be requested.
+        run: { anyOf: [{ const: true }, strings] },
+        ffi: { anyOf: [{ const: true }, strings] },
+        sys: { anyOf: [{ const: true }, strings] },
+        all: { const: true },
+      },
     },
     effects: {
       type: "array",
@@ -104,6 +134,15 @@ export const MANIFEST_SCHEMA: JsonSchema = {
           output: { type: "object" },
           compensate: { type: "string", pattern: EFFECT_NAME },
           retry: { enum: ["none", "backoff", "idempotent-key"] },
+          backoff: {
+            type: "object",
+            additionalProperties: false,
+            properties: {
+              baseMs: { type: "integer", minimum: 1, maximum: 60000 },
+              capMs: { type: "integer", minimum: 1, maximum: 300000 },
+              maxAttempts: { type: "integer", minimum: 1, maximum: 10 },
+            },
+          },
           rateLimit: {
             type: "object",
             required: ["count", "per"],
@@ -147,13 +186,24 @@ export const MANIFEST_SCHEMA: JsonSchema = {
           name: { type: "string", pattern: "^[a-z][a-z0-9_]{0,63}$" },
           description: { type: "string" },
           input: { type: "object" },
+          schedule: {
+            type: "object",
+            required: ["cron"],
+            additionalProperties: false,
+            properties: {
+              cron: { type: "string", minLength: 1, maxLength: 200 },
+              tz: { type: "string", minLength: 1, maxLength: 64 },
+              input: { type: "object" },
+            },
+          },
         },
       },
     },
   },
 };
 
-const FORBIDDEN_PERMISSIONS = ["run", "ffi", "sys", "all", "import", "hrtime"];
+/** Never granted, not even with an override (`run`, `ffi`, `sys`, `all` need one: see `Grant.ts`). */
+const FORBIDDEN_PERMISSIONS = ["import", "hrtime"];
 const manifestValidator = new Validator(MANIFEST_SCHEMA, "2020-12", false);
 
 /** The first schema violations of a value, as `field: why` lines. */
@@ -213,6 +263,11 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
         env: m.permissions?.env ?? [],
         read: m.permissions?.read ?? [],
         write: m.permissions?.write ?? [],
+        ...Object.fromEntries(
+          (["run", "ffi", "sys", "all"] as const).flatMap((k) =>
+            m.permissions?.[k] === undefined ? [] : [[k, m.permissions[k]]]
+          ),
+        ),
       },
       effects: (m.effects ?? []).map((e) => ({
         ...e,
@@ -247,6 +302,10 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
       if (e.retry === "backoff" && e.class !== "read") {
         return yield* invalid(file, `effects.${i}.retry`, `"backoff" retries blindly, which only a read effect allows`);
       }
+      const retried = e.retry !== "none" && (e.class === "read" || (e.class === "write" && e.idempotency === "key"));
+      if (e.backoff && !retried) {
+        return yield* invalid(file, `effects.${i}.backoff`, "is set, but Keel never retries this effect");
+      }
       if (e.compensate !== undefined && !manifest.effects.some((other) => other.name === e.compensate)) {
         return yield* invalid(
           file,
@@ -264,6 +323,27 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
     for (const [i, w] of manifest.workflows.entries()) {
       const problem = schemaProblem(w.input);
       if (problem) return yield* invalid(file, `workflows.${i}.input`, `is not a usable JSON Schema: ${problem}`);
+      if (w.schedule) {
+        const parsed = Cron.parse(w.schedule.cron, w.schedule.tz ?? "UTC");
+        if (parsed._tag === "Failure") {
+          const field = /time zone/i.test(parsed.failure.message) ? "tz" : "cron";
+          return yield* invalid(
+            file,
+            `workflows.${i}.schedule.${field}`,
+            `is not a valid ${field === "tz" ? "time zone" : "cron expression"}: "${
+              field === "tz" ? w.schedule.tz : w.schedule.cron
+            }"`,
+          );
+        }
+        const wrong = schemaErrors(new Validator(w.input, "2020-12", false), w.schedule.input ?? {}, 1);
+        if (wrong.length) {
+          return yield* invalid(
+            file,
+            `workflows.${i}.schedule.input`,
+            `does not match the workflow's input: ${wrong[0]}`,
+          );
+        }
+      }
     }
     if (manifest.config) {
       const problem = schemaProblem(manifest.config);

@@ -1,5 +1,7 @@
 /**
  * @module
- * Runs: start, replay, approvals, recovery.
+ * Runs: start, replay, approvals, recovery, undo.
  */
 export * from "./Orchestrator.ts";
+export * from "./replay.ts";
+export * from "./undo.ts";

@@ -1,0 +1,54 @@
+/**
+ * @module
+ * `keel hooks create|list|delete`: inbound webhooks. A hook's secret is
+ * printed once, at creation; Keel never shows it again.
+ */
+import { api, type Command, env, flagsOf, print, UsageError } from "./client.ts";
+import { parsePort } from "../config/mod.ts";
+
+const HELP = `Usage: deno task keel hooks create WORKFLOW [--name LABEL]
+       deno task keel hooks list [--json]
+       deno task keel hooks delete HOOK_ID
+
+create prints the hook's URL and secret; the secret is shown only this once.
+A sender posts the workflow's input as JSON to the URL with the header
+  X-Keel-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed with the secret>
+and, to make a retried delivery start nothing new, X-Keel-Delivery: <its id>.
+For example:
+  sig=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
+  curl -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"`;
+
+/** `keel hooks …`. */
+export const hooksCommand: Command = {
+  summary: ["hooks create|list|delete      Inbound webhooks that start a workflow (signed with a secret)"],
+  help: HELP,
+  async run(args) {
+    const { values, positionals } = flagsOf(args, { name: { type: "string" }, json: { type: "boolean" } });
+    const [verb, target] = positionals;
+    if (verb === "create") {
+      if (!target) throw new UsageError("hooks create needs a WORKFLOW name");
+      const { hook, secret } = await api("POST", "/api/hooks", { workflow: target, name: values.name });
+      const base = env("KEEL_URL") ?? `http://127.0.0.1:${parsePort(env("KEEL_PORT"), 8787)}`;
+      console.log(`Created ${hook.id} for workflow ${hook.workflow}`);
+      console.log(`URL:    ${base}${hook.path}`);
+      console.log(`Secret: ${secret}`);
+      console.log("Keep the secret now: Keel will not show it again.");
+      return;
+    }
+    if (verb === "list") {
+      const { hooks } = await api("GET", "/api/hooks");
+      if (values.json) return print(hooks);
+      if (!hooks.length) return console.log("No webhooks");
+      for (const h of hooks) {
+        console.log(`${h.id}  ${h.workflow}${h.name ? `  "${h.name}"` : ""}  ${h.path}  created ${h.createdAt}`);
+      }
+      return;
+    }
+    if (verb === "delete") {
+      if (!target) throw new UsageError("hooks delete needs a HOOK_ID");
+      const { hook } = await api("DELETE", `/api/hooks/${encodeURIComponent(target)}`);
+      return console.log(`Deleted ${hook.id}`);
+    }
+    throw new UsageError(`Usage: hooks create WORKFLOW | hooks list | hooks delete HOOK_ID`);
+  },
+};

@@ -1,0 +1,290 @@
+/**
+ * @module
+ * Inbound webhooks. The operator creates a hook for a workflow and gets its
+ * secret once; Keel keeps the secret in Deno KV (`["hook", id]`), because
+ * checking a signature needs it, and never shows it again. A delivery to
+ * `POST /hooks/{id}` needs no bearer token but must carry
+ * `X-Keel-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`, compared in
+ * constant time; its JSON body is the run's input. `X-Keel-Delivery` makes a
+ * delivery idempotent: the same delivery id always maps to the same run
+ * (`hook_<id>_<delivery>`). An unknown hook costs the same HMAC as a known
+ * one. Every delivery is audited, accepted (`webhook.delivered`) or rejected
+ * (`webhook.rejected`, with the reason), never with its body.
+ *
+ * The signature covers the body only, not the delivery id: a sender that
+ * needs protection against replays of a captured request should put a
+ * unique id inside the body as well.
+ */
+import { Clock, Context, Effect, Layer } from "effect";
+import {
+  InvalidInputError,
+  NotFoundError,
+  PayloadTooLargeError,
+  type StoreError,
+  UnauthorizedError,
+} from "../errors/mod.ts";
+import { Kv, kvTry } from "../store/mod.ts";
+import { Journal } from "../journal/mod.ts";
+import { PluginHost } from "../plugins/mod.ts";
+import { Orchestrator } from "../orchestrator/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
+
+/** Largest delivery body Keel reads (bytes). */
+export const MAX_HOOK_BODY_BYTES = 256 * 1024;
+
+/** A hook as the API lists it: never with its secret. */
+export interface HookView {
+  readonly id: string;
+  readonly workflow: string;
+  readonly name?: string;
+  /** Where senders post: `/hooks/<id>`. */
+  readonly path: string;
+  readonly createdAt: string;
+  readonly createdBy: string;
+}
+
+interface HookRecord extends HookView {
+  readonly secret: string;
+}
+
+/** One inbound delivery, as the HTTP route read it. */
+export interface Delivery {
+  readonly hookId: string;
+  /** The raw body, or undefined when it was larger than `MAX_HOOK_BODY_BYTES`. */
+  readonly body: Uint8Array | undefined;
+  /** The `X-Keel-Signature` header. */
+  readonly signature?: string;
+  /** The `X-Keel-Delivery` header. */
+  readonly deliveryId?: string;
+}
+
+/** What an accepted delivery started (or had already started, for a repeated delivery id). */
+export interface DeliveryResult {
+  readonly runId: string;
+  readonly status: string;
+  readonly duplicate: boolean;
+}
+
+const HOOK_ID = /^hk_[0-9a-f]{24}$/;
+const DELIVERY_ID = /^[A-Za-z0-9_.:-]{1,100}$/;
+const HOOK_NAME = /^[\w .:-]{1,64}$/;
+
+const hex = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+const randomHex = (n: number) => hex(crypto.getRandomValues(new Uint8Array(n)));
+
+/** Hex HMAC-SHA256 of `body` under `secret` (the secret's UTF-8 bytes are the key). */
+export const signHook = async (secret: string, body: Uint8Array | string): Promise<string> => {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const data = typeof body === "string" ? new TextEncoder().encode(body) : body;
+  return hex(new Uint8Array(await crypto.subtle.sign("HMAC", key, data as Uint8Array<ArrayBuffer>)));
+};
+
+/** Compare two strings in time that depends only on their lengths. */
+const equalConstantTime = (a: string, b: string): boolean => {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+};
+
+type DeliveryError = NotFoundError | UnauthorizedError | InvalidInputError | PayloadTooLargeError | StoreError;
+
+/** The webhook service. */
+export class Hooks extends Context.Service<Hooks, {
+  /** Create a hook for a workflow; the secret is returned here and never again. */
+  create(
+    workflow: string,
+    name: string | undefined,
+    actor: string,
+  ): Effect.Effect<{ hook: HookView; secret: string }, NotFoundError | InvalidInputError | StoreError>;
+  readonly list: Effect.Effect<HookView[], StoreError>;
+  remove(id: string, actor: string): Effect.Effect<HookView, NotFoundError | StoreError>;
+  /** Check and accept one delivery: verify, start (or find) the run, audit either way. */
+  deliver(delivery: Delivery): Effect.Effect<DeliveryResult, DeliveryError>;
+}>()("keel/triggers/Hooks") {
+  /** Hooks in Deno KV. */
+  static readonly layer = Layer.effect(
+    Hooks,
+    Effect.gen(function* () {
+      const { kv } = yield* Kv;
+      const journal = yield* Journal;
+      const host = yield* PluginHost;
+      const orchestrator = yield* Orchestrator;
+      const audit = yield* Audit;
+      // An unknown hook is checked against this, so it costs the same HMAC as a known one.
+      const decoySecret = randomHex(32);
+
+      const read = (id: string) =>
+        HOOK_ID.test(id)
+          ? kvTry("Cannot read hook", async () => (await kv.get<HookRecord>(["hook", id])).value ?? undefined)
+          : Effect.succeed(undefined);
+      const view = ({ secret: _s, ...shown }: HookRecord): HookView => shown;
+
+      const create = Effect.fn("Hooks.create")(function* (workflow: string, name: string | undefined, actor: string) {
+        if (name !== undefined && !HOOK_NAME.test(name)) {
+          return yield* new InvalidInputError({ message: `Field "name" must be a short label: got "${name}"` });
+        }
+        yield* host.findWorkflow(workflow);
+        const id = `hk_${randomHex(12)}`;
+        const record: HookRecord = {
+          id,
+          workflow,
+          ...(name !== undefined ? { name } : {}),
+          path: `/hooks/${id}`,
+          createdAt: new Date(yield* Clock.currentTimeMillis).toISOString(),
+          createdBy: actor,
+          secret: randomHex(32),
+        };
+        yield* kvTry("Cannot record hook", async () => {
+          const res = await kv.atomic().check({ key: ["hook", id], versionstamp: null }).set(["hook", id], record)
+            .commit();
+          if (!res.ok) throw new Error(`hook "${id}" exists`);
+        });
+        yield* audit.append({ type: "webhook.created", actor, data: { hookId: id, workflow, name } });
+        return { hook: view(record), secret: record.secret };
+      });
+
+      const list = kvTry("Cannot list hooks", async () => {
+        const out: HookView[] = [];
+        for await (const e of kv.list<HookRecord>({ prefix: ["hook"] })) out.push(view(e.value));
+        return out;
+      });
+
+      const remove = Effect.fn("Hooks.remove")(function* (id: string, actor: string) {
+        const hook = yield* read(id);
+        if (!hook) return yield* new NotFoundError({ message: `No webhook with id "${id}"` });
+        yield* kvTry("Cannot remove hook", () => kv.delete(["hook", id]));
+        yield* audit.append({ type: "webhook.deleted", actor, data: { hookId: id, workflow: hook.workflow } });
+        return view(hook);
+      });
+
+      const deliver = Effect.fn("Hooks.deliver")(function* (d: Delivery) {
+        const hookId = HOOK_ID.test(d.hookId) ? d.hookId : undefined;
+        const deliveryId = d.deliveryId !== undefined && DELIVERY_ID.test(d.deliveryId) ? d.deliveryId : undefined;
+        const reject = <E extends DeliveryError>(reason: string, error: E, extra: Record<string, unknown> = {}) =>
+          Effect.andThen(
+            audit.append({
+              type: "webhook.rejected",
+              actor: hookId ? `webhook:${hookId}` : "webhook",
+              data: {
+                hookId: hookId ?? null,
+                reason,
+                ...(d.body ? { bytes: d.body.length } : {}),
+                ...(deliveryId ? { deliveryId } : {}),
+                ...extra,
+              },
+            }),
+            Effect.fail(error),
+          );
+        if (d.body === undefined) {
+          return yield* reject(
+            "too_large",
+            new PayloadTooLargeError({
+              message: `Webhook body is larger than ${MAX_HOOK_BODY_BYTES} bytes`,
+              details: { limit: MAX_HOOK_BODY_BYTES },
+            }),
+          );
+        }
+        const body = d.body;
+        const hook = yield* read(d.hookId);
+        // The same work whether or not the hook exists: one HMAC, one constant-time compare.
+        const expected = yield* Effect.promise(() => signHook(hook?.secret ?? decoySecret, body));
+        const given = /^sha256=([0-9a-fA-F]{64})$/.exec(d.signature?.trim() ?? "")?.[1]?.toLowerCase() ?? "";
+        const signed = equalConstantTime(`sha256=${expected}`, `sha256=${given}`);
+        if (!hook) {
+          return yield* reject(
+            "unknown_hook",
+            new NotFoundError({ message: hookId ? `No webhook with id "${hookId}"` : "No webhook with that id" }),
+          );
+        }
+        if (d.signature === undefined || d.signature === "") {
+          return yield* reject(
+            "missing_signature",
+            new UnauthorizedError({ message: 'Webhook delivery needs header "X-Keel-Signature: sha256=<hex>"' }),
+          );
+        }
+        if (!signed || given === "") {
+          return yield* reject(
+            "bad_signature",
+            new UnauthorizedError({ message: "Webhook signature does not match the body" }),
+          );
+        }
+        if (d.deliveryId !== undefined && deliveryId === undefined) {
+          return yield* reject(
+            "bad_delivery_id",
+            new InvalidInputError({
+              message: 'Header "X-Keel-Delivery" must be 1 to 100 letters, digits or "_.:-"',
+            }),
+          );
+        }
+        const text = new TextDecoder().decode(body);
+        const input = text.trim() === "" ? {} : yield* Effect.try({
+          try: () => JSON.parse(text) as unknown,
+          catch: () => new InvalidInputError({ message: "Webhook body must be JSON" }),
+        }).pipe(Effect.catch((error) => reject("invalid_json", error)));
+        if (input === null || typeof input !== "object" || Array.isArray(input)) {
+          return yield* reject(
+            "invalid_json",
+            new InvalidInputError({ message: "Webhook body must be a JSON object" }),
+          );
+        }
+        const runId = deliveryId ? `hook_${hook.id}_${deliveryId}` : undefined;
+        const accepted = (result: DeliveryResult) =>
+          Effect.as(
+            audit.append({
+              type: "webhook.delivered",
+              actor: `webhook:${hook.id}`,
+              runId: result.runId,
+              data: {
+                hookId: hook.id,
+                workflow: hook.workflow,
+                bytes: body.length,
+                duplicate: result.duplicate,
+                ...(deliveryId ? { deliveryId } : {}),
+              },
+            }),
+            result,
+          );
+        const existing = runId ? yield* journal.getRun(runId) : undefined;
+        if (existing) return yield* accepted({ runId: existing.id, status: existing.status, duplicate: true });
+        const started = yield* Effect.result(
+          orchestrator.start(hook.workflow, input, `webhook:${hook.id}`, {
+            ...(runId ? { runId } : {}),
+            trigger: { kind: "webhook", id: hook.id },
+          }),
+        );
+        if (started._tag === "Success") {
+          return yield* accepted({ runId: started.success.id, status: started.success.status, duplicate: false });
+        }
+        const error = started.failure;
+        if (error._tag === "StoreError" && runId) {
+          // Two deliveries with one id raced; the one that lost sees the winner's run.
+          const won = yield* journal.getRun(runId);
+          if (won) return yield* accepted({ runId: won.id, status: won.status, duplicate: true });
+        }
+        if (error._tag === "NotFoundError") {
+          return yield* reject(
+            "workflow_unavailable",
+            new NotFoundError({
+              message: `Webhook "${hook.id}" starts workflow "${hook.workflow}", which no active agent offers`,
+            }),
+            { workflow: hook.workflow },
+          );
+        }
+        if (error._tag === "InvalidInputError") {
+          return yield* reject("invalid_input", error, { workflow: hook.workflow, error: error.message });
+        }
+        return yield* error;
+      });
+
+      return Hooks.of({ create, list, remove, deliver });
+    }),
+  );
+}

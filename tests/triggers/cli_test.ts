@@ -1,0 +1,64 @@
+/**
+ * @module
+ * `keel hooks` and `keel schedules` as an operator runs them, against a real
+ * Keel: create prints the secret once, list never shows it, delete removes
+ * the hook; schedules lists the next fire time; every command answers
+ * `--help`.
+ */
+import assert from "node:assert/strict";
+import { ROOT, startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
+import { cleanError, cliRunner } from "../_support/cli.ts";
+
+const cli = await cliRunner("keel-triggers-cli-");
+
+Deno.test("keel hooks create prints the secret once; list hides it; delete removes the hook; schedules lists next fires", async () => {
+  const k = await startTestKeel();
+  const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
+  try {
+    for (const name of ["tr_hooks", "tr_daily"]) {
+      assert.equal(
+        (await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/triggers/${name}`, grant: {} }))
+          .status,
+        201,
+      );
+    }
+    const created = await cli.keel(["hooks", "create", "tr_order", "--name", "shop"], env);
+    assert.equal(created.code, 0, created.stderr);
+    const id = /Created (hk_[0-9a-f]{24})/.exec(created.stdout)?.[1];
+    const secret = /Secret: ([0-9a-f]{64})/.exec(created.stdout)?.[1];
+    assert.ok(id && secret, created.stdout);
+    assert.match(created.stdout, new RegExp(`URL: +${k.url}/hooks/${id}`));
+
+    const [listed, schedules] = await cli.keelAll([[["hooks", "list"], env], [["schedules"], env]]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, new RegExp(`${id}  tr_order  "shop"  /hooks/${id}`));
+    assert.ok(!listed.stdout.includes(secret), "list never prints the secret");
+    assert.equal(schedules.code, 0, schedules.stderr);
+    assert.match(
+      schedules.stdout,
+      /tr_daily {2}"0 3 \* \* \*" UTC {2}next \d{4}-\d\d-\d\dT03:00:00\.000Z {2}\(tr_daily 1\.0\.0\)/,
+    );
+
+    const deleted = await cli.keel(["hooks", "delete", id], env);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.match(deleted.stdout, new RegExp(`Deleted ${id}`));
+    cleanError(await cli.keel(["hooks", "delete", id], env), `error: NotFoundError: No webhook with id "${id}"`);
+    cleanError(await cli.keel(["hooks", "create", "nope"], env), /NotFoundError: Unknown workflow "nope"/);
+    cleanError(await cli.keel(["hooks", "frobnicate"], env), /Usage: hooks create/);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("keel hooks, schedules and replay answer --help", async () => {
+  const results = await cli.keelAll([[["hooks", "--help"]], [["schedules", "--help"]], [["replay", "--help"]], [[
+    "--help",
+  ]]]);
+  for (const r of results) assert.equal(r.code, 0, r.stderr);
+  assert.match(results[0].stdout, /X-Keel-Signature: sha256=/);
+  assert.match(results[1].stdout, /most recent missed slot/);
+  assert.match(results[2].stdout, /Exits 0 when the code matches/);
+  for (const command of ["hooks", "schedules", "replay"]) {
+    assert.match(results[3].stdout, new RegExp(`^  ${command} `, "m"));
+  }
+});

@@ -1,0 +1,227 @@
+/**
+ * @module
+ * Inbound webhooks against a real Keel: a hook's secret is shown once and
+ * never listed; a signed delivery starts its workflow with the body as
+ * input; every forged, replayed, oversized or misdirected delivery is
+ * refused with its own status, starts nothing, and is audited without its
+ * body.
+ */
+import assert from "node:assert/strict";
+import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { signHook } from "../../core/triggers/mod.ts";
+
+const AGENT = `${ROOT}/tests/fixtures/triggers/tr_hooks`;
+const MARKER = "body-marker-7f3a";
+
+/** POST a delivery to `/hooks/{id}` with no bearer token. */
+const deliver = async (
+  k: TestKeel,
+  id: string,
+  body: string | Uint8Array,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: any }> => {
+  const res = await fetch(`${k.url}/hooks/${id}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: body as BodyInit,
+  });
+  return { status: res.status, body: await res.json() };
+};
+
+const signed = async (secret: string, body: string) => ({
+  "x-keel-signature": `sha256=${await signHook(secret, body)}`,
+});
+
+const setUp = async () => {
+  const k = await startTestKeel();
+  const installed = await k.api("POST", "/api/plugins", { path: AGENT, grant: {} });
+  assert.equal(installed.status, 201, JSON.stringify(installed.body));
+  const a = await k.api("POST", "/api/hooks", { workflow: "tr_order", name: "shop orders" });
+  assert.equal(a.status, 201, JSON.stringify(a.body));
+  const b = await k.api("POST", "/api/hooks", { workflow: "tr_order" });
+  assert.equal(b.status, 201);
+  return { k, hook: a.body.hook, secret: a.body.secret as string, other: b.body };
+};
+
+const audit = async (k: TestKeel, type: string) =>
+  ((await k.api("GET", "/api/audit?limit=10000")).body.events as any[]).filter((e) => e.type === type);
+
+Deno.test("a webhook's secret is returned once and never listed; a signed delivery starts its workflow with the body as input", async () => {
+  const { k, hook, secret } = await setUp();
+  try {
+    assert.match(hook.id, /^hk_[0-9a-f]{24}$/);
+    assert.equal(hook.path, `/hooks/${hook.id}`);
+    assert.match(secret, /^[0-9a-f]{64}$/);
+    const listed = await k.api("GET", "/api/hooks");
+    assert.equal(listed.status, 200);
+    assert.equal(listed.body.hooks.length, 2);
+    assert.ok(!JSON.stringify(listed.body).includes(secret), "the secret is never listed");
+    assert.ok(listed.body.hooks.every((h: object) => !("secret" in h)));
+
+    const body = JSON.stringify({ count: 3, note: MARKER });
+    const res = await deliver(k, hook.id, body, await signed(secret, body));
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+    assert.equal(res.body.duplicate, false);
+    const run = await k.api("GET", `/api/runs/${res.body.runId}?wait=30`);
+    assert.equal(run.body.status, "succeeded", JSON.stringify(run.body));
+    assert.deepEqual(run.body.input, { count: 3, note: MARKER });
+    assert.deepEqual(run.body.output, { accepted: 3, note: MARKER });
+    assert.deepEqual(run.body.trigger, { kind: "webhook", id: hook.id });
+
+    const delivered = await audit(k, "webhook.delivered");
+    assert.equal(delivered.length, 1);
+    assert.equal(delivered[0].data.hookId, hook.id);
+    assert.equal(delivered[0].runId, res.body.runId);
+    assert.ok(!JSON.stringify(delivered).includes(MARKER), "the audit event does not carry the body");
+
+    // Managing hooks needs the token; delivering does not.
+    const noToken = await fetch(`${k.url}/api/hooks`);
+    assert.equal(noToken.status, 401);
+    await noToken.body?.cancel();
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a repeated delivery id maps to the same run and starts nothing new", async () => {
+  const { k, hook, secret } = await setUp();
+  try {
+    const body = JSON.stringify({ count: 1 });
+    const headers = { ...(await signed(secret, body)), "x-keel-delivery": "evt_42" };
+    const first = await deliver(k, hook.id, body, headers);
+    assert.equal(first.status, 202, JSON.stringify(first.body));
+    assert.equal(first.body.runId, `hook_${hook.id}_evt_42`);
+    const again = await Promise.all([deliver(k, hook.id, body, headers), deliver(k, hook.id, body, headers)]);
+    for (const r of again) {
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      assert.equal(r.body.runId, first.body.runId);
+      assert.equal(r.body.duplicate, true);
+    }
+    const started = (await audit(k, "run.started")).filter((e) => e.runId === first.body.runId);
+    assert.equal(started.length, 1, "one run for one delivery id");
+    const other = await deliver(k, hook.id, body, { ...(await signed(secret, body)), "x-keel-delivery": "evt_43" });
+    assert.equal(other.body.duplicate, false);
+    assert.notEqual(other.body.runId, first.body.runId);
+    const bad = await deliver(k, hook.id, body, { ...(await signed(secret, body)), "x-keel-delivery": "../../x" });
+    assert.equal(bad.status, 400);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("forged deliveries are refused: wrong secret, another body's signature, another hook's secret, no or malformed header", async () => {
+  const { k, hook, secret, other } = await setUp();
+  try {
+    const body = JSON.stringify({ count: 2 });
+    const cases: Array<[string, Record<string, string>, string]> = [
+      ["wrong secret", await signed("0".repeat(64), body), "bad_signature"],
+      ["signature of a different body", await signed(secret, JSON.stringify({ count: 200 })), "bad_signature"],
+      ["another hook's secret", await signed(other.secret, body), "bad_signature"],
+      ["missing header", {}, "missing_signature"],
+      ["bare hex without sha256=", { "x-keel-signature": await signHook(secret, body) }, "bad_signature"],
+      [
+        "truncated signature",
+        { "x-keel-signature": `sha256=${(await signHook(secret, body)).slice(0, 63)}` },
+        "bad_signature",
+      ],
+      ["sha1 scheme", { "x-keel-signature": `sha1=${await signHook(secret, body)}` }, "bad_signature"],
+    ];
+    for (const [what, headers, reason] of cases) {
+      const res = await deliver(k, hook.id, body, headers);
+      assert.equal(res.status, 401, `${what}: ${JSON.stringify(res.body)}`);
+      assert.equal(res.body.error.tag, "UnauthorizedError", what);
+      const rejected = (await audit(k, "webhook.rejected")).at(-1);
+      assert.equal(rejected.data.reason, reason, what);
+      assert.equal(rejected.data.hookId, hook.id);
+    }
+    // A signature made for one hook does not open another.
+    const forOther = await deliver(k, other.hook.id, body, await signed(secret, body));
+    assert.equal(forOther.status, 401);
+    assert.equal((await audit(k, "run.started")).length, 0, "no forged delivery started a run");
+    assert.equal((await audit(k, "webhook.delivered")).length, 0);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are refused and audited without the body", async () => {
+  const { k, hook, secret } = await setUp();
+  try {
+    const body = JSON.stringify({ count: 1, note: MARKER });
+    const unknown = await deliver(k, "hk_000000000000000000000000", body, await signed(secret, body));
+    assert.equal(unknown.status, 404);
+    const garbage = await deliver(k, "not-a-hook", body, await signed(secret, body));
+    assert.equal(garbage.status, 404);
+
+    const big = JSON.stringify({ count: 1, note: "x".repeat(300 * 1024) });
+    const tooLarge = await deliver(k, hook.id, big, await signed(secret, big));
+    assert.equal(tooLarge.status, 413, JSON.stringify(tooLarge.body));
+    assert.equal(tooLarge.body.error.tag, "PayloadTooLargeError");
+    // A body streamed without a length is cut off at the cap too.
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < 40; i++) c.enqueue(new Uint8Array(10 * 1024).fill(32));
+        c.close();
+      },
+    });
+    const streamed = await fetch(`${k.url}/hooks/${hook.id}`, {
+      method: "POST",
+      headers: await signed(secret, "x"),
+      body: stream,
+    });
+    assert.equal(streamed.status, 413);
+    await streamed.body?.cancel();
+
+    const wrongType = JSON.stringify({ count: "three", note: MARKER });
+    const invalid = await deliver(k, hook.id, wrongType, await signed(secret, wrongType));
+    assert.equal(invalid.status, 400);
+    assert.match(invalid.body.error.message, /"count"/);
+    const notJson = "{count: 1";
+    assert.equal((await deliver(k, hook.id, notJson, await signed(secret, notJson))).status, 400);
+    const array = "[1,2]";
+    assert.equal((await deliver(k, hook.id, array, await signed(secret, array))).status, 400);
+
+    // The workflow goes away with its plugin: the hook stays, its deliveries are refused.
+    assert.equal((await k.api("DELETE", "/api/plugins/tr_hooks")).status, 200);
+    const orphan = await deliver(k, hook.id, body, await signed(secret, body));
+    assert.equal(orphan.status, 404);
+    assert.match(orphan.body.error.message, /tr_order/);
+    // A deleted hook is unknown.
+    assert.equal((await k.api("DELETE", `/api/hooks/${hook.id}`)).status, 200);
+    assert.equal((await k.api("DELETE", `/api/hooks/${hook.id}`)).status, 404);
+    assert.equal((await deliver(k, hook.id, body, await signed(secret, body))).status, 404);
+
+    const rejected = await audit(k, "webhook.rejected");
+    assert.deepEqual(
+      rejected.map((e) => e.data.reason),
+      [
+        "unknown_hook",
+        "unknown_hook",
+        "too_large",
+        "too_large",
+        "invalid_input",
+        "invalid_json",
+        "invalid_json",
+        "workflow_unavailable",
+        "unknown_hook",
+      ],
+    );
+    assert.equal(rejected[1].data.hookId, null, "a malformed id is not copied into the audit log");
+    assert.ok(!JSON.stringify(rejected).includes(MARKER), "no rejected body reaches the audit log");
+    assert.equal((await audit(k, "run.started")).length, 0);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a hook needs an installed workflow and a JSON body naming it", async () => {
+  const k = await startTestKeel();
+  try {
+    const missing = await k.api("POST", "/api/hooks", { workflow: "no_such_flow" });
+    assert.equal(missing.status, 404);
+    assert.equal((await k.api("POST", "/api/hooks", {})).status, 400);
+    assert.equal((await k.api("POST", "/api/hooks", { workflow: "x", name: 5 })).status, 400);
+  } finally {
+    await k.close();
+  }
+});
