@@ -26,6 +26,8 @@ export interface KeelConfigShape {
   readonly eagerMemory: boolean;
   /** Memory's embedder: `offline` (default, no model), `ollama` or `ollama:MODEL` (`KEEL_EMBEDDER`). */
   readonly embedder?: string;
+  /** Runs executing at once across all workflows (`KEEL_MAX_RUNS`); others wait in the run queue. Default 32. */
+  readonly maxRuns?: number;
   /** Ollama's base URL for the embedder (`OLLAMA_HOST`); default http://127.0.0.1:11434. */
   readonly ollamaHost?: string;
 }

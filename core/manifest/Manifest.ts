@@ -38,6 +38,8 @@ export interface WorkflowDecl {
   readonly name: string;
   readonly description: string;
   readonly input: JsonSchema;
+  /** At most this many runs of the workflow execute at once (others queue); default: no limit of its own. */
+  readonly concurrency?: number;
 }
 
 /** Permissions a plugin requests; templates like `{host}:{port}` refer to its config. */
@@ -58,6 +60,8 @@ export interface Manifest {
   readonly permissions: Permissions;
   readonly effects: ReadonlyArray<EffectDecl>;
   readonly uses: ReadonlyArray<string>;
+  /** For agents: at most this many runs of its workflows execute at once (others queue). */
+  readonly concurrency?: number;
   readonly workflows: ReadonlyArray<WorkflowDecl>;
   /** `worker` (in-process Worker) or `process` (a sandboxed child); absent: the host decides. */
   readonly isolation?: "worker" | "process";
@@ -123,6 +127,7 @@ export const MANIFEST_SCHEMA: JsonSchema = {
       },
     },
     uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
+    concurrency: { type: "integer", minimum: 1, maximum: 1000 },
     isolation: { enum: ["worker", "process"] },
     health: {
       type: "object",
@@ -147,6 +152,7 @@ export const MANIFEST_SCHEMA: JsonSchema = {
           name: { type: "string", pattern: "^[a-z][a-z0-9_]{0,63}$" },
           description: { type: "string" },
           input: { type: "object" },
+          concurrency: { type: "integer", minimum: 1, maximum: 1000 },
         },
       },
     },
@@ -220,6 +226,7 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
         retry: e.retry ?? (e.class === "read" ? "backoff" : e.idempotency === "key" ? "idempotent-key" : "none"),
       })),
       uses: m.uses ?? [],
+      ...(m.concurrency !== undefined ? { concurrency: m.concurrency } : {}),
       workflows: m.workflows ?? [],
       ...(m.isolation ? { isolation: m.isolation } : {}),
       ...(m.health
