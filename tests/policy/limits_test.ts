@@ -37,7 +37,9 @@ const withLimits = async (
 ) => {
   const dir = await Deno.makeTempDir({ prefix: "keel-limits-" });
   const kvs = await Promise.all(Array.from({ length: handles }, () => Deno.openKv(`${dir}/keel.kv`)));
-  const runtimes = kvs.map((kv) => ManagedRuntime.make(Limits.layer.pipe(Layer.provide(Layer.succeed(Kv, { kv, group: makeGroupCommitter(kv) })))));
+  const runtimes = kvs.map((kv) =>
+    ManagedRuntime.make(Limits.layer.pipe(Layer.provide(Layer.succeed(Kv, { kv, group: makeGroupCommitter(kv) }))))
+  );
   try {
     await body(runtimes.map((rt) => <A, E>(e: Effect.Effect<A, E, Limits>) => rt.runPromise(e)));
   } finally {
