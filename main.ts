@@ -11,7 +11,7 @@
  * KEEL_EMBEDDER (memory's embedder: offline, ollama or ollama:MODEL) and
  * OLLAMA_HOST (default http://127.0.0.1:11434).
  */
-import { keelRoot, parsePort } from "./core/config/mod.ts";
+import { keelRoot, parseMaxRuns, parsePort } from "./core/config/mod.ts";
 import { KeelStartError, startKeel } from "./core/mod.ts";
 import { COMMANDS, dataDir, env, readToken, UsageError } from "./core/cli/mod.ts";
 
@@ -20,7 +20,8 @@ const SERVE_HELP = `Usage: deno task keel serve
 Start Keel: open the data dir ($KEEL_DATA_DIR, default ./.keel), load policies
 ($KEEL_POLICIES, default ./policies), resume interrupted runs and serve the
 HTTP API on $KEEL_HOST:$KEEL_PORT (default 127.0.0.1:8787). The API token is
-$KEEL_TOKEN, or generated on first start and kept in <data dir>/token.`;
+$KEEL_TOKEN, or generated on first start and kept in <data dir>/token. At most
+$KEEL_MAX_RUNS runs (default 32) execute at once; others wait in the run queue.`;
 
 const mainHelp = () =>
   [
@@ -63,6 +64,7 @@ const serve = async () => {
     eagerMemory: false,
     embedder: env("KEEL_EMBEDDER"),
     ollamaHost: env("OLLAMA_HOST"),
+    maxRuns: parseMaxRuns(env("KEEL_MAX_RUNS")),
   };
   const keel = await startKeel(config);
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);

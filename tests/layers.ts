@@ -22,7 +22,7 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   plugins: ["errors", "config", "manifest", "store", "telemetry", "sdk"],
   gateway: ["errors", "manifest", "policy", "journal", "plugins", "telemetry"],
   models: ["errors", "config", "store", "manifest", "policy", "sdk"],
-  orchestrator: ["errors", "journal", "gateway", "plugins", "memory", "models", "telemetry", "sdk"],
+  orchestrator: ["errors", "config", "journal", "gateway", "plugins", "memory", "models", "telemetry", "sdk"],
   triggers: ["errors", "config", "store", "manifest", "journal", "orchestrator", "telemetry", "plugins"],
   http: ["errors", "plugins", "orchestrator", "journal", "telemetry", "manifest", "policy", "memory", "triggers"],
   cli: ["config", "errors", "manifest", "policy", "plugins"],

@@ -12,7 +12,15 @@ import { schedulesCommand } from "./schedules.ts";
 import { hooksCommand } from "./hooks.ts";
 import { replayCommand } from "./replay.ts";
 import { undoCommand } from "./undo.ts";
-import { approvalsCommand, approveCommand, auditCommand, denyCommand, runCommand, runsCommand } from "./runs.ts";
+import {
+  approvalsCommand,
+  approveCommand,
+  auditCommand,
+  cancelCommand,
+  denyCommand,
+  runCommand,
+  runsCommand,
+} from "./runs.ts";
 
 export { type Command, UsageError } from "./client.ts";
 export { dataDir, env, readToken } from "./client.ts";
@@ -22,6 +30,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   plugin: pluginCommand,
   run: runCommand,
   runs: runsCommand,
+  cancel: cancelCommand,
   approvals: approvalsCommand,
   approve: approveCommand,
   deny: denyCommand,

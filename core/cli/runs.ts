@@ -1,7 +1,7 @@
 /**
  * @module
  * Runs, approvals and the audit trail from the command line: `run`, `runs
- * show`, `approvals`, `approve`, `deny`, `audit`.
+ * show`, `cancel`, `approvals`, `approve`, `deny`, `audit`.
  */
 import { api, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
 
@@ -40,6 +40,25 @@ export const runsCommand: Command = {
     const { positionals } = flagsOf(args, {});
     if (positionals[0] !== "show" || !positionals[1]) throw new UsageError("Usage: runs show RUN_ID");
     print(await api("GET", `/api/runs/${encodeURIComponent(positionals[1])}`));
+  },
+};
+
+/** `keel cancel RUN [--reason TEXT]`. */
+export const cancelCommand: Command = {
+  summary: ["cancel RUN [--reason TEXT]    Cancel a run that has not ended"],
+  help: `Usage: deno task keel cancel RUN_ID [--reason TEXT]
+
+Cancel a run: a queued, sleeping or waiting run stops at once; a running one
+stops at its workflow's next call to Keel (steps already done stay done).
+Its pending approvals are denied and its child runs cancelled. To reverse
+what it already did, use \`keel undo RUN_ID\`.`,
+  async run(args) {
+    const { values, positionals } = flagsOf(args, { reason: { type: "string" } });
+    if (!positionals[0]) throw new UsageError("cancel needs a RUN_ID");
+    const run = await api("POST", `/api/runs/${encodeURIComponent(positionals[0])}/cancel`, {
+      ...(values.reason ? { reason: values.reason } : {}),
+    });
+    console.log(`Run ${run.id} is ${run.status}`);
   },
 };
 

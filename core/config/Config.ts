@@ -26,6 +26,8 @@ export interface KeelConfigShape {
   readonly eagerMemory: boolean;
   /** Memory's embedder: `offline` (default, no model), `ollama` or `ollama:MODEL` (`KEEL_EMBEDDER`). */
   readonly embedder?: string;
+  /** Runs executing at once across all workflows (`KEEL_MAX_RUNS`); others wait in the run queue. Default 32. */
+  readonly maxRuns?: number;
   /** Ollama's base URL for the embedder (`OLLAMA_HOST`); default http://127.0.0.1:11434. */
   readonly ollamaHost?: string;
 }
@@ -47,4 +49,14 @@ export const parsePort = (raw: string | undefined, fallback: number): number => 
     throw new Error(`KEEL_PORT must be an integer between 0 and 65535: got "${raw}"`);
   }
   return port;
+};
+
+/** Parse `KEEL_MAX_RUNS`: how many runs execute at once (default 32). */
+export const parseMaxRuns = (raw: string | undefined): number => {
+  if (raw === undefined || raw === "") return 32;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 10_000) {
+    throw new Error(`KEEL_MAX_RUNS must be an integer between 1 and 10000: got "${raw}"`);
+  }
+  return n;
 };

@@ -193,6 +193,22 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     (c) => respond(c, Effect.flatMap(body(c), () => undoRun(c.req.param("id"), "operator"))),
   );
 
+  app.post("/api/runs/:id/cancel", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const b = yield* body(c);
+        const reason = b.reason;
+        if (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)) {
+          return yield* new InvalidInputError({
+            message: 'Field "reason" must be a string of at most 1000 characters',
+          });
+        }
+        const orchestrator = yield* Orchestrator;
+        return yield* orchestrator.cancel(c.req.param("id"), "operator", reason);
+      }),
+    ));
+
   app.get("/api/approvals", (c) =>
     respond(
       c,

@@ -176,9 +176,9 @@ export const openApiDocument = {
         type: "object",
         properties: {
           seq: { type: "integer" },
-          kind: { enum: ["step", "effect", "memory", "model"] },
+          kind: { enum: ["step", "effect", "memory", "model", "timer", "approval", "child"] },
           name: { type: "string" },
-          status: { enum: ["done", "failed", "waiting_approval", "intent", "unknown_outcome"] },
+          status: { enum: ["done", "failed", "waiting_approval", "intent", "unknown_outcome", "waiting"] },
           value: {},
           error: {},
           approvalId: { type: "string" },
@@ -213,12 +213,44 @@ export const openApiDocument = {
           plugin: { type: "string" },
           pluginVersion: { type: "string" },
           input: {},
-          status: { enum: ["running", "waiting_approval", "succeeded", "failed", "cancelled"] },
+          status: {
+            enum: [
+              "queued",
+              "running",
+              "waiting_approval",
+              "sleeping",
+              "waiting_child",
+              "succeeded",
+              "failed",
+              "cancelled",
+            ],
+          },
           output: {},
           error: {},
           waitingFor: {
             type: "object",
+            description: "Why a parked run waits: an approval (its id), a timer or a child run",
             properties: { approvalId: { type: "string" }, reason: { type: "string" } },
+          },
+          priority: { type: "integer", minimum: 0, maximum: 9 },
+          notBefore: { type: "integer", description: "Delayed start: not before this time (epoch ms)" },
+          wakeAt: { type: "integer", description: "When a sleeping run wakes (epoch ms)" },
+          queuedAt: { type: "integer", description: "When a queued or sleeping run becomes ready (epoch ms)" },
+          lease: {
+            type: "object",
+            description: "The host executing the run and until when its claim holds",
+            properties: { owner: { type: "string" }, until: { type: "integer" } },
+          },
+          trigger: {
+            type: "object",
+            properties: { kind: { enum: ["http", "cli", "cron", "webhook", "child", "api"] }, id: { type: "string" } },
+          },
+          parentRunId: { type: "string" },
+          parentSeq: { type: "integer" },
+          pins: { type: "object", additionalProperties: { type: "string" }, description: "Connector versions" },
+          cancelled: {
+            type: "object",
+            properties: { by: { type: "string" }, reason: { type: "string" }, at: { type: "string" } },
           },
           steps: { type: "array", items: ref("Step") },
           recalls: {
@@ -234,7 +266,7 @@ export const openApiDocument = {
         type: "object",
         properties: {
           id: { type: "string" },
-          kind: { enum: ["effect", "unknown_outcome"] },
+          kind: { enum: ["effect", "unknown_outcome", "gate"] },
           runId: { type: "string" },
           seq: { type: "integer" },
           effect: { type: "string" },
@@ -691,6 +723,15 @@ export const openApiDocument = {
           },
           ...errors(401, 404, 409),
         },
+      },
+    },
+    "/api/runs/{id}/cancel": {
+      post: {
+        summary:
+          "Cancel a run that has not ended: a queued, sleeping or waiting run at once, a running one at its next call to Keel; its pending approvals are denied and its child runs cancelled",
+        parameters: [idParam("id")],
+        requestBody: json({ type: "object", properties: { reason: { type: "string", maxLength: 1000 } } }),
+        responses: { "200": { description: "The run, cancelled", ...json(ref("Run")) }, ...errors(400, 401, 404, 409) },
       },
     },
     "/api/approvals": {

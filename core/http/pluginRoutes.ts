@@ -78,12 +78,13 @@ export const removeRoute = Effect.fn("Http.pluginRemove")(function* (
   const version = yield* versionParam(rawVersion);
   const force = yield* forceParam(rawForce);
   const journal = yield* Journal;
-  const live = [
-    ...(yield* journal.listRuns({ status: "running" })),
-    ...(yield* journal.listRuns({ status: "waiting_approval" })),
-  ];
+  // Every run that has not ended holds its agent version, and the connector versions it was pinned to.
+  const live = yield* journal.activeRuns;
   const pinnedRuns = live
-    .filter((r) => r.plugin === name && (version === undefined || r.pluginVersion === version))
+    .filter((r) =>
+      (r.plugin === name && (version === undefined || r.pluginVersion === version)) ||
+      (r.pins?.[name] !== undefined && (version === undefined || r.pins[name] === version))
+    )
     .map((r) => r.id);
   const host = yield* PluginHost;
   return yield* host.remove({ name, version, force, pinnedRuns }, "operator");

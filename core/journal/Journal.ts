@@ -6,7 +6,7 @@
  * atomic operations with version checks, so a step is recorded once.
  */
 import { Context, Effect, Layer } from "effect";
-import { Kv, kvTry } from "../store/mod.ts";
+import { type GroupWrite, Kv, kvTry } from "../store/mod.ts";
 import type { StoreError } from "../errors/mod.ts";
 import type { ErrorBody } from "../errors/mod.ts";
 import type { DecisionRecord } from "../policy/mod.ts";
@@ -53,10 +53,15 @@ export interface RunRecord {
   /** When a sleeping run wakes (epoch ms). */
   readonly wakeAt?: number;
   readonly trigger?: RunTrigger;
-  /** The run that started this one as a child workflow. */
+  /** The run that started this one as a child workflow, and the step of the parent that waits for it. */
   readonly parentRunId?: string;
+  readonly parentSeq?: number;
   /** Connector versions this run is pinned to (connector name → version), fixed at start. */
   readonly pins?: Readonly<Record<string, string>>;
+  /** Where it sits in the run queue (epoch ms it became ready) while `queued` or `sleeping`. */
+  readonly queuedAt?: number;
+  /** The host executing it and until when that claim holds (renewed while it runs). */
+  readonly lease?: { readonly owner: string; readonly until: number };
   /** Who cancelled it and why. */
   readonly cancelled?: { readonly by: string; readonly reason?: string; readonly at: string };
   readonly createdAt: string;
@@ -66,9 +71,10 @@ export interface RunRecord {
 /** One recorded step. An effect step moves intent → done (or waiting/unknown). */
 export interface StepRecord {
   readonly seq: number;
-  readonly kind: "step" | "effect" | "memory" | "model";
+  readonly kind: "step" | "effect" | "memory" | "model" | "timer" | "approval" | "child";
   readonly name: string;
-  readonly status: "done" | "failed" | "waiting_approval" | "intent" | "unknown_outcome";
+  /** `waiting`: a timer or child workflow not yet done. */
+  readonly status: "done" | "failed" | "waiting_approval" | "intent" | "unknown_outcome" | "waiting";
   readonly value?: unknown;
   readonly error?: ErrorBody;
   readonly approvalId?: string;
@@ -96,7 +102,8 @@ export interface IntentClaim {
 /** A human gate on one exact action. */
 export interface ApprovalRecord {
   readonly id: string;
-  readonly kind: "effect" | "unknown_outcome";
+  /** `effect`: a policy gate on an effect; `unknown_outcome`: did it happen?; `gate`: the workflow's own `ctx.approval`. */
+  readonly kind: "effect" | "unknown_outcome" | "gate";
   readonly runId: string;
   readonly seq: number;
   readonly effect: string;
@@ -119,6 +126,33 @@ export interface ApprovalRecord {
 }
 
 const runKey = (id: string) => ["run", id];
+/** Runs that have not ended, for recovery without scanning history. */
+const activeKey = (id: string) => ["run_active", id];
+/** The run queue: higher priority first, then the earliest ready time. */
+const queueKey = (run: RunRecord) => ["runq", 9 - (run.priority ?? 5), run.queuedAt ?? 0, run.id];
+
+/** Statuses a run never leaves. */
+export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
+const inQueue = (run: RunRecord | undefined) =>
+  run !== undefined && (run.status === "queued" || run.status === "sleeping") && run.queuedAt !== undefined;
+
+/** Add the writes that store `next` (replacing `prev`) and keep its indexes right. */
+const writeRun = (op: Deno.AtomicOperation, prev: RunRecord | undefined, next: RunRecord) => {
+  op.set(runKey(next.id), next);
+  if (inQueue(prev) && !(inQueue(next) && queueKey(prev!).join() === queueKey(next).join())) {
+    op.delete(queueKey(prev!));
+  }
+  if (inQueue(next)) op.set(queueKey(next), true);
+  if (TERMINAL.has(next.status)) op.delete(activeKey(next.id));
+  else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), true);
+};
+
+/** A queued run as the queue index holds it. */
+export interface QueueEntry {
+  readonly runId: string;
+  readonly priority: number;
+  readonly readyAt: number;
+}
 const stepKey = (runId: string, seq: number) => ["run_step", runId, seq];
 const approvalKey = (id: string) => ["approval", id];
 const intentKey = (idempotencyKey: string) => ["intent_claim", idempotencyKey];
@@ -134,6 +168,21 @@ export class Journal extends Context.Service<Journal, {
     patch: Partial<RunRecord>,
     expect?: ReadonlyArray<RunStatus>,
   ): Effect.Effect<RunRecord | undefined, StoreError>;
+  /**
+   * Store a run record through the group committer (no compare-and-set): only
+   * for the host that executes the run. `prev` is what it replaces, for the indexes.
+   */
+  saveRun(
+    prev: RunRecord | undefined,
+    next: RunRecord,
+    also?: ReadonlyArray<GroupWrite>,
+  ): Effect.Effect<void, StoreError>;
+  /** Record a step through the group committer (no compare-and-set): only for the run's executing host. */
+  recordStep(runId: string, step: StepRecord): Effect.Effect<void, StoreError>;
+  /** Runs that have not ended (queued, running, waiting or sleeping). */
+  readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
+  /** The run queue, in dispatch order. */
+  readonly queue: Effect.Effect<QueueEntry[], StoreError>;
   steps(runId: string): Effect.Effect<StepRecord[], StoreError>;
   getStep(runId: string, seq: number): Effect.Effect<StepRecord | undefined, StoreError>;
   /** Record a completed step once; returns the record that won (an earlier one if it exists). */
@@ -166,14 +215,53 @@ export class Journal extends Context.Service<Journal, {
   static readonly layer = Layer.effect(
     Journal,
     Effect.gen(function* () {
-      const { kv } = yield* Kv;
+      const { kv, group } = yield* Kv;
+      const sizeOf = (value: unknown) => (JSON.stringify(value)?.length ?? 0) + 256;
       return Journal.of({
         createRun: (run) =>
           kvTry("Cannot record run", async () => {
-            const res = await kv.atomic().check({ key: runKey(run.id), versionstamp: null }).set(runKey(run.id), run)
-              .commit();
-            if (!res.ok) throw new Error(`run "${run.id}" exists`);
+            const op = kv.atomic().check({ key: runKey(run.id), versionstamp: null });
+            writeRun(op, undefined, run);
+            if (!(await op.commit()).ok) throw new Error(`run "${run.id}" exists`);
           }),
+        saveRun: (prev, next, also = []) =>
+          kvTry("Cannot record run", () =>
+            group.submit({
+              apply: (op) => {
+                writeRun(op, prev, next);
+                for (const w of also) w.apply(op);
+              },
+              mutations: 4 + also.reduce((n, w) => n + w.mutations, 0),
+              bytes: sizeOf(next) + also.reduce((n, w) => n + w.bytes, 0),
+              scope: next.id,
+            })),
+        recordStep: (runId, step) =>
+          kvTry("Cannot checkpoint step", () =>
+            group.submit({
+              apply: (op) => op.set(stepKey(runId, step.seq), step),
+              mutations: 1,
+              bytes: sizeOf(step),
+              scope: runId,
+            })),
+        activeRuns: kvTry("Cannot list runs", async () => {
+          const ids: string[] = [];
+          for await (const e of kv.list({ prefix: ["run_active"] })) ids.push(e.key[1] as string);
+          const out: RunRecord[] = [];
+          for (let i = 0; i < ids.length; i += 10) {
+            for (const got of await kv.getMany<RunRecord[]>(ids.slice(i, i + 10).map(runKey))) {
+              if (got.value) out.push(got.value);
+            }
+          }
+          return out;
+        }),
+        queue: kvTry("Cannot read the run queue", async () => {
+          const out: QueueEntry[] = [];
+          for await (const e of kv.list({ prefix: ["runq"] })) {
+            const [, inverted, readyAt, runId] = e.key as [string, number, number, string];
+            out.push({ runId, priority: 9 - inverted, readyAt });
+          }
+          return out;
+        }),
         getRun: (id) => kvTry("Cannot read run", async () => (await kv.get<RunRecord>(runKey(id))).value ?? undefined),
         listRuns: ({ status, limit }) =>
           kvTry("Cannot list runs", async () => {
@@ -191,7 +279,9 @@ export class Journal extends Context.Service<Journal, {
               if (!cur.value) return undefined;
               if (expect && !expect.includes(cur.value.status)) return undefined;
               const next = { ...cur.value, ...patch, updatedAt: new Date().toISOString() };
-              if ((await kv.atomic().check(cur).set(runKey(id), next).commit()).ok) return next;
+              const op = kv.atomic().check(cur);
+              writeRun(op, cur.value, next);
+              if ((await op.commit()).ok) return next;
             }
           }),
         steps: (runId) =>
@@ -270,7 +360,7 @@ export class Journal extends Context.Service<Journal, {
             if (also?.run) {
               const run = await kv.get<RunRecord>(runKey(also.run.id));
               if (!run.value) return false;
-              op.check(run).set(runKey(also.run.id), {
+              writeRun(op.check(run), run.value, {
                 ...run.value,
                 ...also.run.patch,
                 updatedAt: new Date().toISOString(),

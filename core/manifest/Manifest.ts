@@ -40,6 +40,8 @@ export interface WorkflowDecl {
   readonly name: string;
   readonly description: string;
   readonly input: JsonSchema;
+  /** At most this many runs of the workflow execute at once (others queue); default: no limit of its own. */
+  readonly concurrency?: number;
   /** Start this workflow on a cron schedule (checked with effect's `Cron` at install; `tz` defaults to UTC). */
   readonly schedule?: WorkflowSchedule;
 }
@@ -78,6 +80,8 @@ export interface Manifest {
   readonly permissions: Permissions;
   readonly effects: ReadonlyArray<EffectDecl>;
   readonly uses: ReadonlyArray<string>;
+  /** For agents: at most this many runs of its workflows execute at once (others queue). */
+  readonly concurrency?: number;
   readonly workflows: ReadonlyArray<WorkflowDecl>;
   /** `worker` (in-process Worker) or `process` (a sandboxed child); absent: the host decides. */
   readonly isolation?: "worker" | "process";
@@ -162,6 +166,7 @@ export const MANIFEST_SCHEMA: JsonSchema = {
       },
     },
     uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
+    concurrency: { type: "integer", minimum: 1, maximum: 1000 },
     isolation: { enum: ["worker", "process"] },
     health: {
       type: "object",
@@ -196,6 +201,7 @@ export const MANIFEST_SCHEMA: JsonSchema = {
               input: { type: "object" },
             },
           },
+          concurrency: { type: "integer", minimum: 1, maximum: 1000 },
         },
       },
     },
@@ -275,6 +281,7 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
         retry: e.retry ?? (e.class === "read" ? "backoff" : e.idempotency === "key" ? "idempotent-key" : "none"),
       })),
       uses: m.uses ?? [],
+      ...(m.concurrency !== undefined ? { concurrency: m.concurrency } : {}),
       workflows: m.workflows ?? [],
       ...(m.isolation ? { isolation: m.isolation } : {}),
       ...(m.health

@@ -2,14 +2,43 @@
  * @module
  * The orchestrator: starts runs, executes a coordinator's workflow in its
  * agent's Worker, answers the workflow's calls (checkpoints, effects through
- * the Gateway, memory), parks runs at approvals and resumes them, and recovers
- * running runs after a crash by replaying them against their journal. A run
- * executes in one place at a time; completed steps are never redone.
+ * the Gateway, memory, models, timers, approvals, child workflows), parks runs
+ * and resumes them, and recovers after a crash by replaying runs against their
+ * journal. A run executes in one place at a time; completed steps are never
+ * redone.
+ *
+ * Scheduling: runs are work items in Deno KV. A run that cannot start at once
+ * (no free slot, a concurrency limit, a delayed start, a sleeping timer) sits
+ * in the run queue index `["runq", 9 - priority, readyAt, id]`; this host
+ * keeps a copy in memory and sets one timer for the earliest future item, so
+ * nothing polls and a parked run costs only its KV record. A claimed run
+ * carries a lease (owner, until) that this host renews while it runs; after a
+ * crash, a run whose lease names another host is taken back at start (the
+ * data-dir lock guarantees that host is gone).
+ *
+ * Durability: checkpoints, run records and audit events go through the group
+ * committer (`store/GroupCommit.ts`), so many share one KV commit. Writes that
+ * must compare-and-set (approvals, parking a run) commit on their own.
  */
 import { Clock, Context, Effect, Layer } from "effect";
-import { ConflictError, InvalidInputError, NotFoundError, type StoreError, toErrorBody } from "../errors/mod.ts";
-import { type ApprovalRecord, Journal, type RunRecord, type RunTrigger, type StepRecord } from "../journal/mod.ts";
-import { Gateway } from "../gateway/mod.ts";
+import { KeelConfig } from "../config/mod.ts";
+import {
+  ConflictError,
+  InvalidInputError,
+  NotFoundError,
+  RunSuspendedError,
+  type StoreError,
+  toErrorBody,
+} from "../errors/mod.ts";
+import {
+  type ApprovalRecord,
+  Journal,
+  type RunRecord,
+  type RunTrigger,
+  type StepRecord,
+  TERMINAL,
+} from "../journal/mod.ts";
+import { Gateway, UNDO_SEQ_BASE } from "../gateway/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
@@ -51,12 +80,7 @@ export const MAX_STEP_BYTES = 60 * 1024;
 
 /** The orchestrator service. */
 export class Orchestrator extends Context.Service<Orchestrator, {
-  start(
-    workflow: string,
-    input: unknown,
-    actor: string,
-    options?: StartOptions,
-  ): Effect.Effect<RunRecord, NotFoundError | InvalidInputError | StoreError>;
+  readonly start: OrchestratorStart;
   get(runId: string): Effect.Effect<RunView, NotFoundError | StoreError>;
   /** Wait up to `seconds` for the run to end or pause, then return it. */
   wait(runId: string, seconds: number): Effect.Effect<RunView, NotFoundError | StoreError>;
@@ -66,6 +90,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
   ): Effect.Effect<ApprovalRecord, NotFoundError | ConflictError | InvalidInputError | StoreError>;
   /** Resume every run that was running when the host stopped; returns how many. */
   readonly recover: Effect.Effect<number, StoreError>;
+  /**
+   * Cancel a run that has not ended: a parked or queued run at once; a running
+   * one at its workflow's next call to the host. Its pending approvals are
+   * denied and its child runs cancelled.
+   */
+  cancel(
+    runId: string,
+    actor: string,
+    reason?: string,
+  ): Effect.Effect<RunRecord, NotFoundError | ConflictError | StoreError>;
   /** Resolves when no run is executing (for tests and shutdown). */
   readonly idle: Effect.Effect<void>;
 }>()("keel/orchestrator/Orchestrator") {
@@ -82,7 +116,18 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const taint = makeRunTaint(journal);
       const audit = yield* Audit;
 
-      const executing = new Map<string, { again: boolean }>();
+      const config = yield* KeelConfig;
+      const maxRuns = config.maxRuns ?? 32;
+      const hostId = `host_${crypto.randomUUID().slice(0, 8)}`;
+      const queue = makeQueue();
+      /** Runs executing (or being claimed) in this host. */
+      const executing = new Map<string, { again: boolean; run: RunRecord; claiming?: boolean }>();
+      /** Runs created running by `start` whose first pass has not begun: their journal is empty. */
+      const isNew = new Set<string>();
+      /** Runs cancelled while their workflow executes: who and why. */
+      const cancelling = new Map<string, NonNullable<RunRecord["cancelled"]>>();
+      /** Concurrency limits by workflow, from the manifests (filled when a run of it starts or is recovered). */
+      const limits = new Map<string, { workflow?: number; plugin?: number }>();
       const waiters = new Map<string, Set<() => void>>();
       const idleWaiters = new Set<() => void>();
       const notify = (runId: string) => {
@@ -97,28 +142,66 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       };
 
       /** Answer one call a running workflow makes of the host. */
-      const handle = (run: RunRecord, agent: InstalledPlugin) => (call: HostCall): Promise<unknown> => {
+      const handle = (
+        run: RunRecord,
+        agent: InstalledPlugin,
+        known: Map<number, StepRecord>,
+        state: { checkpointFailure?: unknown },
+      ) =>
+      (
+        call: HostCall,
+      ): Promise<unknown> => {
+        /** A checkpoint the workflow will not wait for failed: the run must not end as if it held. */
+        const lost = <E>(error: E): E => {
+          if (call.op === "checkpoint") state.checkpointFailure ??= error;
+          return error;
+        };
         const program = Effect.gen(function* () {
-          if (call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || typeof call.name !== "string") {
+          if (
+            call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || call.seq >= UNDO_SEQ_BASE ||
+            typeof call.name !== "string"
+          ) {
             return yield* new InvalidInputError({ message: "Workflow call does not belong to this run" });
           }
+          if (cancelling.has(run.id)) return yield* new RunSuspendedError({ message: "The run was cancelled" });
           const payload = "value" in call
             ? call.value
             : "args" in call
             ? call.args
             : "item" in call
             ? call.item
-            : call.request;
+            : "request" in call
+            ? call.request
+            : "input" in call
+            ? call.input
+            : null;
           const size = new TextEncoder().encode(JSON.stringify(payload) ?? "").length;
           if (size > MAX_STEP_BYTES) {
-            return yield* new InvalidInputError({
-              message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
-            });
+            return yield* lost(
+              new InvalidInputError({
+                message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
+              }),
+            );
           }
           switch (call.op) {
             case "checkpoint": {
+              // This host runs the only pass of this run, so the journal it loaded is the journal:
+              // no read, no compare-and-set, and the write shares a commit with others.
+              const prior = known.get(call.seq);
+              if (prior) {
+                if (prior.name !== call.name || prior.kind !== "step") {
+                  return yield* lost(
+                    new InvalidInputError({
+                      message:
+                        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for step "${call.name}"`,
+                      details: { seq: call.seq },
+                    }),
+                  );
+                }
+                return null;
+              }
               const at = yield* nowIso;
-              const won = yield* journal.checkpoint(run.id, {
+              const step: StepRecord = {
                 seq: call.seq,
                 kind: "step",
                 name: call.name,
@@ -126,19 +209,22 @@ export class Orchestrator extends Context.Service<Orchestrator, {
                 value: call.value,
                 startedAt: at,
                 endedAt: at,
-              });
-              if (won.name !== call.name || won.kind !== "step") {
-                return yield* new InvalidInputError({
-                  message:
-                    `Workflow diverged from its journal at step ${call.seq}: recorded ${won.kind} "${won.name}", code asked for step "${call.name}"`,
-                  details: { seq: call.seq },
-                });
-              }
+              };
+              known.set(call.seq, step);
+              yield* journal.recordStep(run.id, step).pipe(Effect.tapError((e) => Effect.sync(() => lost(e))));
               // The workflow already holds the value; echoing it back would only copy it again.
               return null;
             }
+            case "sleep":
+              return yield* sleepCall(run, call, known.get(call.seq));
+            case "approval":
+              return yield* approvalCall(run, agent, call, known.get(call.seq));
+            case "child":
+              return yield* childCall(run, call, known.get(call.seq));
             case "effect":
+              if (known.get(call.seq)?.status === "done") return known.get(call.seq)!.value;
               return yield* gateway.request({
+                ...(run.pins ? { pins: run.pins } : {}),
                 runId: run.id,
                 seq: call.seq,
                 agent,
@@ -190,9 +276,230 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         });
       };
 
+      // ---- Timers, approvals and child workflows (calls from a running workflow) ----
+
+      /** Park the run (compare-and-set: only a running run parks) and put it in the queue if it wakes by time. */
+      const park = Effect.fn("Orchestrator.park")(function* (run: RunRecord, patch: Partial<RunRecord>) {
+        const parked = yield* journal.updateRun(run.id, { ...patch, lease: undefined }, ["running"]);
+        if (parked?.queuedAt !== undefined && parked.status === "sleeping") queue.add(parked);
+        return yield* new RunSuspendedError({ message: parked?.waitingFor?.reason ?? `Run is ${patch.status}` });
+      });
+
+      const sleepCall = Effect.fn("Orchestrator.sleep")(function* (
+        run: RunRecord,
+        call: Extract<HostCall, { op: "sleep" }>,
+        prior: StepRecord | undefined,
+      ) {
+        if (prior?.status === "done") return null;
+        const now = yield* Clock.currentTimeMillis;
+        const recordedWake = (prior?.value as { wakeAt?: number } | undefined)?.wakeAt;
+        const wakeAt = recordedWake ??
+          (typeof call.until === "number" ? call.until : now + Math.max(0, Number(call.ms) || 0));
+        if (!Number.isFinite(wakeAt)) return yield* new InvalidInputError({ message: "A timer needs a finite time" });
+        const at = new Date(now).toISOString();
+        if (wakeAt <= now) {
+          yield* journal.recordStep(run.id, {
+            seq: call.seq,
+            kind: "timer",
+            name: call.name,
+            status: "done",
+            value: { wakeAt },
+            startedAt: prior?.startedAt ?? at,
+            endedAt: at,
+          });
+          return null;
+        }
+        if (!prior) {
+          yield* journal.putStep(run.id, {
+            seq: call.seq,
+            kind: "timer",
+            name: call.name,
+            status: "waiting",
+            value: { wakeAt },
+            startedAt: at,
+          });
+        }
+        return yield* park(run, {
+          status: "sleeping",
+          wakeAt,
+          queuedAt: wakeAt,
+          waitingFor: { approvalId: "", reason: `Sleeping until ${new Date(wakeAt).toISOString()}` },
+        });
+      });
+
+      const approvalCall = Effect.fn("Orchestrator.approval")(function* (
+        run: RunRecord,
+        agent: InstalledPlugin,
+        call: Extract<HostCall, { op: "approval" }>,
+        prior: StepRecord | undefined,
+      ) {
+        if (prior?.status === "done") return prior.value;
+        const request = call.request;
+        if (typeof request?.message !== "string" || !request.message.trim() || request.message.length > 2000) {
+          return yield* new InvalidInputError({ message: "ctx.approval needs a message of 1 to 2000 characters" });
+        }
+        const timeout = request.timeoutSeconds ?? 86_400;
+        if (!Number.isFinite(timeout) || timeout <= 0 || timeout > 30 * 86_400) {
+          return yield* new InvalidInputError({
+            message: `ctx.approval timeoutSeconds must be between 1 and ${30 * 86_400}: got "${timeout}"`,
+          });
+        }
+        if (prior?.approvalId) {
+          const existing = yield* journal.getApproval(prior.approvalId);
+          if (existing?.status === "pending") {
+            return yield* park(run, {
+              status: "waiting_approval",
+              waitingFor: { approvalId: existing.id, reason: existing.message ?? "Waiting for approval" },
+            });
+          }
+          // Expired (or decided while the answer was being recorded): ask again below.
+        }
+        const now = yield* Clock.currentTimeMillis;
+        const digest = yield* Effect.promise(() =>
+          digestOf({ gate: request.message, details: request.details ?? null, runId: run.id, seq: call.seq })
+        );
+        const approval: ApprovalRecord = {
+          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          kind: "gate",
+          runId: run.id,
+          seq: call.seq,
+          effect: "workflow.approval",
+          plugin: agent.name,
+          args: { message: request.message, ...(request.details === undefined ? {} : { details: request.details }) },
+          digest,
+          policyHash: "",
+          rule: `workflow:${run.workflow}`,
+          approver: typeof request.approver === "string" && request.approver ? request.approver : "operator",
+          message: request.message,
+          status: "pending",
+          createdAt: new Date(now).toISOString(),
+          expiresAt: new Date(now + timeout * 1000).toISOString(),
+        };
+        yield* journal.putStep(run.id, {
+          seq: call.seq,
+          kind: "approval",
+          name: call.name,
+          status: "waiting_approval",
+          approvalId: approval.id,
+          startedAt: approval.createdAt,
+        }, approval);
+        yield* audit.append({
+          type: "approval.requested",
+          actor: "system",
+          runId: run.id,
+          data: { approvalId: approval.id, kind: "gate", message: request.message, approver: approval.approver },
+        });
+        return yield* park(run, {
+          status: "waiting_approval",
+          waitingFor: { approvalId: approval.id, reason: request.message },
+        });
+      });
+
+      const childCall = Effect.fn("Orchestrator.child")(function* (
+        run: RunRecord,
+        call: Extract<HostCall, { op: "child" }>,
+        prior: StepRecord | undefined,
+      ) {
+        if (prior?.status === "done") return prior.value;
+        const childId = `${run.id}.c${call.seq}`;
+        let child = yield* journal.getRun(childId);
+        const at = yield* nowIso;
+        if (!child) {
+          if (!prior) {
+            yield* journal.putStep(run.id, {
+              seq: call.seq,
+              kind: "child",
+              name: call.name,
+              status: "waiting",
+              args: { workflow: call.workflow, runId: childId },
+              startedAt: at,
+            });
+          }
+          const started = yield* Effect.result(
+            start(call.workflow, call.input, `run:${run.id}`, {
+              runId: childId,
+              priority: run.priority,
+              trigger: { kind: "child", id: run.id },
+              parent: { runId: run.id, seq: call.seq },
+            }),
+          );
+          if (started._tag === "Failure") {
+            // A child that cannot start is a failed child: the parent decides what to do about it.
+            const value = { ok: false, error: toErrorBody(started.failure) };
+            yield* journal.recordStep(run.id, {
+              seq: call.seq,
+              kind: "child",
+              name: call.name,
+              status: "done",
+              value,
+              startedAt: at,
+              endedAt: at,
+            });
+            return value;
+          }
+          child = started.success;
+        }
+        if (TERMINAL.has(child.status)) return yield* childDone(run.id, call.seq, call.name, child);
+        const parked = yield* Effect.flip(park(run, {
+          status: "waiting_child",
+          waitingFor: { approvalId: "", reason: `Waiting for child run ${childId} (${call.workflow})` },
+        }));
+        // The child may have ended between the look above and the park: then wake the parent now.
+        const again = yield* journal.getRun(childId);
+        if (again && TERMINAL.has(again.status)) yield* resumeParent(again);
+        return yield* Effect.fail(parked);
+      });
+
+      /** Record a finished child's outcome in its parent's step (idempotent). */
+      const childDone = Effect.fn("Orchestrator.childDone")(function* (
+        parentId: string,
+        seq: number,
+        name: string,
+        child: RunRecord,
+      ) {
+        const value = child.status === "succeeded" ? { ok: true, output: child.output ?? null } : {
+          ok: false,
+          error: child.error ??
+            { tag: "ChildCancelled", message: `Child run ${child.id} was ${child.status}` },
+        };
+        const at = yield* nowIso;
+        yield* journal.recordStep(parentId, {
+          seq,
+          kind: "child",
+          name,
+          status: "done",
+          value,
+          startedAt: child.createdAt,
+          endedAt: at,
+        });
+        return value;
+      });
+
+      /** A child ended: record it in the parent and queue the parent if it waits for it. */
+      const resumeParent = Effect.fn("Orchestrator.resumeParent")(function* (child: RunRecord) {
+        if (!child.parentRunId || child.parentSeq === undefined) return;
+        const step = yield* journal.getStep(child.parentRunId, child.parentSeq);
+        if (step?.status !== "done") {
+          yield* childDone(child.parentRunId, child.parentSeq, step?.name ?? `child:${child.workflow}`, child);
+        }
+        const now = yield* Clock.currentTimeMillis;
+        const resumed = yield* journal.updateRun(
+          child.parentRunId,
+          { status: "queued", queuedAt: now, waitingFor: undefined },
+          ["waiting_child"],
+        );
+        if (resumed) {
+          queue.add(resumed);
+          pump();
+        }
+      });
+
+      // ---- Executing runs ----
+
       /** One pass of a run: replay against the journal until it ends or parks. */
-      const pass = Effect.fn("Orchestrator.pass")(function* (runId: string) {
-        const run = yield* journal.getRun(runId);
+      const pass = Effect.fn("Orchestrator.pass")(function* (runId: string, fresh: RunRecord | undefined) {
+        // A run this host just created or claimed is known; a run woken again is read back.
+        const run = fresh ?? (yield* journal.getRun(runId));
         if (!run || run.status !== "running") return;
         // A run is pinned to the agent version it started with, even after an upgrade activates another.
         const agent = yield* Effect.result(host.get(run.plugin, run.pluginVersion));
@@ -200,17 +507,37 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           yield* finish(run, { status: "failed", error: toErrorBody(agent.failure) });
           return;
         }
-        const steps = yield* journal.steps(runId);
+        // A run that never ran has no journal yet: no need to read one.
+        const steps = fresh?.status === "running" && isNew.delete(runId) ? [] : yield* journal.steps(runId);
+        const known = new Map(steps.map((s) => [s.seq, s]));
         const entries: JournalEntry[] = steps.filter((s) => s.status === "done").map((s) => ({
           seq: s.seq,
           kind: s.kind,
           name: s.name,
           value: s.value,
         }));
+        const state: { checkpointFailure?: unknown } = {};
         const outcome = yield* Effect.result(
-          host.runWorkflow(agent.success, run.workflow, runId, run.input, entries, handle(run, agent.success)),
+          host.runWorkflow(
+            agent.success,
+            run.workflow,
+            runId,
+            run.input,
+            entries,
+            handle(run, agent.success, known, state),
+          ),
         );
-        if (outcome._tag === "Success") {
+        if (stopping && outcome._tag === "Failure") {
+          notify(runId);
+        } else if (cancelling.has(runId)) {
+          yield* finish(run, {
+            status: "cancelled",
+            cancelled: cancelling.get(runId),
+            error: { tag: "RunCancelledError", message: "The run was cancelled" },
+          });
+        } else if (outcome._tag === "Success" && state.checkpointFailure !== undefined) {
+          yield* finish(run, { status: "failed", error: toErrorBody(state.checkpointFailure) });
+        } else if (outcome._tag === "Success") {
           // An output too large for the run record would leave the run "running" forever: fail it instead.
           const size = new TextEncoder().encode(JSON.stringify([outcome.success ?? null, run.input ?? null])).length;
           yield* finish(
@@ -234,41 +561,166 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       const finish = Effect.fn("Orchestrator.finish")(function* (
         run: RunRecord,
-        patch: Pick<RunRecord, "status" | "output" | "error">,
+        patch: Pick<RunRecord, "status" | "output" | "error" | "cancelled">,
       ) {
-        const done = yield* journal.updateRun(run.id, { ...patch, waitingFor: undefined }, ["running"]);
-        if (done) {
-          yield* audit.append({
-            type: `run.${patch.status}`,
-            actor: "system",
-            runId: run.id,
-            data: { workflow: run.workflow, ...(patch.error ? { error: patch.error } : {}) },
-          });
-        }
+        // This host holds the run's lease and is its only writer while it executes: a blind, grouped write.
+        // (Parking and cancelling go through compare-and-set and end the pass without coming here.)
+        const current = run;
+        const done: RunRecord = {
+          ...current,
+          ...patch,
+          waitingFor: undefined,
+          lease: undefined,
+          updatedAt: yield* nowIso,
+        };
+        const { write } = yield* audit.prepare({
+          type: `run.${patch.status}`,
+          actor: patch.cancelled?.by ?? "system",
+          runId: run.id,
+          data: { workflow: run.workflow, ...(patch.error ? { error: patch.error } : {}) },
+        });
+        yield* journal.saveRun(current, done, [write]);
+        if (done.parentRunId) yield* resumeParent(done);
         notify(run.id);
       });
 
-      const execute = (runId: string): void => {
-        const slot = executing.get(runId);
+      /** Execute a claimed run until it ends or parks; runs again if it was woken meanwhile. */
+      const execute = (run: RunRecord): void => {
+        const slot = executing.get(run.id);
         if (slot) {
           slot.again = true;
           return;
         }
-        const mine = { again: true };
-        executing.set(runId, mine);
+        const mine = { again: true, run };
+        executing.set(run.id, mine);
         const loop: Effect.Effect<void> = Effect.gen(function* () {
+          let fresh: RunRecord | undefined = run;
           while (mine.again) {
             mine.again = false;
-            yield* pass(runId).pipe(
-              Effect.catchCause((cause) => Effect.logError(`Run ${runId} could not proceed`, cause)),
+            const known = fresh;
+            fresh = undefined;
+            yield* pass(run.id, known).pipe(
+              Effect.catchCause((cause) => Effect.logError(`Run ${run.id} could not proceed`, cause)),
             );
           }
         }).pipe(Effect.ensuring(Effect.sync(() => {
-          executing.delete(runId);
-          if (executing.size === 0) { for (const w of idleWaiters) w(); }
+          executing.delete(run.id);
+          cancelling.delete(run.id);
+          pump();
+          if (executing.size === 0 && !queue.hasReady(Date.now())) { for (const w of idleWaiters) w(); }
         })));
         Effect.runFork(loop);
       };
+
+      // ---- The run queue and dispatcher ----
+
+      const limitOf = (run: RunRecord) => limits.get(run.workflow) ?? {};
+      const learnLimits = (plugin: InstalledPlugin, decl: { name: string; concurrency?: number }) =>
+        limits.set(decl.name, { workflow: decl.concurrency, plugin: plugin.manifest.concurrency });
+      const countRunning = (pred: (r: RunRecord) => boolean) => {
+        let n = 0;
+        for (const e of executing.values()) if (pred(e.run)) n++;
+        return n;
+      };
+      /** Whether limits let `run` start now (global, per workflow, per agent plugin). */
+      const mayStart = (run: RunRecord) => {
+        if (executing.size >= maxRuns) return false;
+        const limits = limitOf(run);
+        if (limits.workflow !== undefined && countRunning((r) => r.workflow === run.workflow) >= limits.workflow) {
+          return false;
+        }
+        if (limits.plugin !== undefined && countRunning((r) => r.plugin === run.plugin) >= limits.plugin) return false;
+        return true;
+      };
+      const lease = (now: number) => ({ owner: hostId, until: now + LEASE_MS });
+
+      let stopping = false;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let timerAt = Infinity;
+      let pumping = false;
+      /** Start every ready run the limits allow; set one timer for the next future one. */
+      const pump = (): void => {
+        if (pumping) return;
+        pumping = true;
+        if (stopping) return;
+        const now = Date.now();
+        const picks: QueueItem[] = [];
+        for (const item of queue.ready(now)) {
+          if (executing.has(item.run.id)) continue;
+          if (!mayStart(item.run)) continue;
+          queue.remove(item.run.id);
+          picks.push(item);
+          // Reserve the slot before the claim commits, so the limits see it.
+          executing.set(item.run.id, { again: false, run: item.run, claiming: true });
+        }
+        pumping = false;
+        for (const item of picks) claim(item);
+        const next = queue.nextTime(now);
+        if (next < timerAt) {
+          if (timer !== undefined) clearTimeout(timer);
+          timerAt = next;
+          if (Number.isFinite(next)) {
+            timer = setTimeout(() => {
+              timer = undefined;
+              timerAt = Infinity;
+              pump();
+            }, Math.min(Math.max(0, next - Date.now()), 2 ** 31 - 1));
+          }
+        }
+      };
+
+      /** Take a queued run: mark it running under this host's lease, then execute it. */
+      const claim = (item: QueueItem) => {
+        const program = Effect.gen(function* () {
+          const current = yield* journal.getRun(item.run.id);
+          if (!current || (current.status !== "queued" && current.status !== "sleeping")) return undefined;
+          const now = yield* Clock.currentTimeMillis;
+          const running: RunRecord = {
+            ...current,
+            status: "running",
+            queuedAt: undefined,
+            wakeAt: undefined,
+            waitingFor: undefined,
+            lease: lease(now),
+            updatedAt: new Date(now).toISOString(),
+          };
+          yield* journal.saveRun(current, running);
+          return running;
+        });
+        Effect.runPromise(program).then(
+          (running) => {
+            executing.delete(item.run.id);
+            if (running) execute(running);
+            else pump();
+          },
+          (error) => {
+            executing.delete(item.run.id);
+            console.error(`Keel could not claim run ${item.run.id}: ${String(error)}`);
+            queue.add(item.run);
+            pump();
+          },
+        );
+      };
+
+      // Renew the leases of executing runs (compare-and-set, so a run that parked meanwhile is left alone).
+      const renew = setInterval(() => {
+        const now = Date.now();
+        for (const e of executing.values()) {
+          if (e.claiming) continue;
+          Effect.runPromise(Effect.ignore(journal.updateRun(e.run.id, { lease: lease(now) }, ["running"])));
+        }
+      }, LEASE_MS / 3);
+      Deno.unrefTimer(renew);
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          // Plugins stop after this: a run cut off now is left running, for the next start to take back.
+          stopping = true;
+          clearInterval(renew);
+          if (timer !== undefined) clearTimeout(timer);
+        })
+      );
+
+      // ---- The service ----
 
       const view = (run: RunRecord) =>
         Effect.flatMap(journal.steps(run.id), (steps) =>
@@ -282,11 +734,22 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return yield* view(run);
       });
 
-      const start = Effect.fn("Orchestrator.start")(function* (
+      /** The connector version each effect the agent uses resolves to now: the run keeps them. */
+      const pinsFor = (agent: InstalledPlugin) =>
+        Effect.gen(function* () {
+          const pins: Record<string, string> = {};
+          for (const effect of agent.manifest.uses) {
+            const found = yield* Effect.result(host.findEffect(effect));
+            if (found._tag === "Success") pins[found.success.plugin.name] = found.success.plugin.version;
+          }
+          return pins;
+        });
+
+      const start: OrchestratorStart = Effect.fn("Orchestrator.start")(function* (
         workflow: string,
         input: unknown,
         actor: string,
-        options: StartOptions = {},
+        options: StartOptions & { parent?: { runId: string; seq: number } } = {},
       ) {
         if (options.runId !== undefined) {
           if (!/^[A-Za-z0-9_.:-]{1,200}$/.test(options.runId)) {
@@ -297,9 +760,17 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
         const priority = options.priority ?? 5;
         if (!Number.isInteger(priority) || priority < 0 || priority > 9) {
-          return yield* new InvalidInputError({ message: `Priority must be an integer from 0 to 9: got "${priority}"` });
+          return yield* new InvalidInputError({
+            message: `Priority must be an integer from 0 to 9: got "${priority}"`,
+          });
+        }
+        if (options.notBefore !== undefined && !Number.isFinite(options.notBefore)) {
+          return yield* new InvalidInputError({
+            message: `Start time must be a finite time: got "${options.notBefore}"`,
+          });
         }
         const { plugin, decl } = yield* host.findWorkflow(workflow);
+        learnLimits(plugin, decl);
         const problems = host.validate(plugin, `wf:${workflow}`, decl.input, input);
         if (problems.length) {
           return yield* new InvalidInputError({
@@ -307,28 +778,61 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             details: { errors: problems },
           });
         }
-        const at = yield* nowIso;
-        const run: RunRecord = {
+        const now = yield* Clock.currentTimeMillis;
+        const at = new Date(now).toISOString();
+        const base = {
           id: options.runId ?? `run_${crypto.randomUUID().replaceAll("-", "")}`,
           workflow,
           plugin: plugin.name,
           pluginVersion: plugin.version,
+          pins: yield* pinsFor(plugin),
           input,
-          status: "running",
           priority,
           ...(options.notBefore !== undefined ? { notBefore: options.notBefore } : {}),
           ...(options.trigger ? { trigger: options.trigger } : {}),
+          ...(options.parent ? { parentRunId: options.parent.runId, parentSeq: options.parent.seq } : {}),
           createdAt: at,
           updatedAt: at,
         };
-        yield* journal.createRun(run);
-        yield* audit.append({
+        const readyAt = Math.max(now, options.notBefore ?? now);
+        // A free slot and no delay: start at once, claimed in the same write.
+        const direct = readyAt <= now && !queue.size() && mayStart(base as RunRecord);
+        const run: RunRecord = direct
+          ? { ...base, status: "running", lease: lease(now) }
+          : { ...base, status: "queued", queuedAt: readyAt };
+        const startedEvent = {
           type: "run.started",
           actor,
           runId: run.id,
-          data: { workflow, plugin: plugin.name, version: plugin.version },
-        });
-        execute(run.id);
+          data: {
+            workflow,
+            plugin: plugin.name,
+            version: plugin.version,
+            ...(options.trigger ? { trigger: options.trigger } : {}),
+            ...(options.notBefore !== undefined ? { notBefore: new Date(options.notBefore).toISOString() } : {}),
+          },
+        };
+        if (options.runId === undefined) {
+          // A fresh id cannot collide: the run and its audit event share one grouped commit.
+          const { write } = yield* audit.prepare(startedEvent);
+          yield* journal.saveRun(undefined, run, [write]);
+        } else {
+          const created = yield* Effect.result(journal.createRun(run));
+          if (created._tag === "Failure") {
+            // Two starts with the same run id raced: the other one won, and that run is the answer.
+            const existing = yield* journal.getRun(options.runId);
+            if (existing) return existing;
+            return yield* created.failure;
+          }
+          yield* audit.append(startedEvent);
+        }
+        if (direct) {
+          isNew.add(run.id);
+          execute(run);
+        } else {
+          queue.add(run);
+          pump();
+        }
         return run;
       });
 
@@ -337,7 +841,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         for (;;) {
           const current = yield* get(runId);
           const left = deadline - (yield* Clock.currentTimeMillis);
-          if (current.status !== "running" || left <= 0) return current;
+          if ((current.status !== "running" && current.status !== "queued") || left <= 0) return current;
           yield* Effect.callback<void>((resume) => {
             const wake = () => resume(Effect.void);
             const set = waiters.get(runId) ?? new Set();
@@ -364,9 +868,26 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const now = yield* Clock.currentTimeMillis;
         const run = yield* journal.getRun(approval.runId);
         const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
+        // Resume straight into a free slot (claimed in the same write), else through the queue.
+        const direct = resume && !queue.size() && mayStart(run!);
         const runPatch = resume
-          ? { run: { id: approval.runId, patch: { status: "running" as const, waitingFor: undefined } } }
+          ? {
+            run: {
+              id: approval.runId,
+              patch: direct
+                ? { status: "running" as const, waitingFor: undefined, lease: lease(now) }
+                : { status: "queued" as const, waitingFor: undefined, queuedAt: now },
+            },
+          }
           : undefined;
+        const resumed = () => {
+          if (!resume) return;
+          if (direct) execute({ ...run!, status: "running" });
+          else {
+            queue.add({ ...run!, status: "queued", queuedAt: now });
+            pump();
+          }
+        };
         if (Date.parse(approval.expiresAt) <= now) {
           // Too late for this one; the resumed run asks for a fresh approval of the same action.
           yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch);
@@ -376,7 +897,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             runId: approval.runId,
             data: { approvalId },
           });
-          if (resume) execute(approval.runId);
+          resumed();
           return yield* new ConflictError({
             message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
             details: { status: "expired" },
@@ -397,10 +918,34 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           ...(d.note ? { note: d.note } : {}),
           ...(approval.kind === "unknown_outcome" && d.resolution ? { resolution: d.resolution } : {}),
         };
-        const ok = yield* journal.transitionApproval(decided, "pending", runPatch);
+        // A workflow's own gate is answered in its journal in the same write: the resumed run reads the answer.
+        const gateStep = approval.kind === "gate"
+          ? {
+            step: {
+              runId: approval.runId,
+              step: {
+                seq: approval.seq,
+                kind: "approval" as const,
+                name: "approval",
+                status: "done" as const,
+                approvalId,
+                value: {
+                  approved: d.approve,
+                  actor: d.actor,
+                  ...(d.note ? { note: d.note } : {}),
+                  at: decided.decidedAt,
+                },
+                startedAt: approval.createdAt,
+                endedAt: decided.decidedAt,
+              },
+            },
+          }
+          : {};
+        const ok = yield* journal.transitionApproval(decided, "pending", { ...runPatch, ...gateStep });
         if (!ok) {
           return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
         }
+        resumed();
         yield* audit.append({
           type: d.approve ? "approval.approved" : "approval.denied",
           actor: d.actor,
@@ -414,17 +959,86 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             ...(decided.resolution ? { resolution: decided.resolution } : {}),
           },
         });
-        if (resume) execute(approval.runId);
         return decided;
       });
 
-      const recover = Effect.map(journal.listRuns({ status: "running" }), (runs) => {
-        for (const run of runs) execute(run.id);
-        return runs.length;
+      const cancel = (
+        runId: string,
+        actor: string,
+        reason?: string,
+      ): Effect.Effect<RunRecord, NotFoundError | ConflictError | StoreError> => cancelOnce(runId, actor, reason);
+      const cancelOnce = Effect.fn("Orchestrator.cancel")(function* (runId: string, actor: string, reason?: string) {
+        const run = yield* journal.getRun(runId);
+        if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });
+        if (TERMINAL.has(run.status)) {
+          return yield* new ConflictError({
+            message: `Run "${runId}" already ended: it ${run.status}`,
+            details: { status: run.status },
+          });
+        }
+        const at = yield* nowIso;
+        const cancelled = { by: actor, at, ...(reason ? { reason } : {}) };
+        if (executing.has(runId) && run.status === "running") {
+          // Its workflow is in a Worker right now: its next call to the host stops it, and the pass records it.
+          cancelling.set(runId, cancelled);
+          yield* wait(runId, 10);
+        } else {
+          const done = yield* journal.updateRun(runId, {
+            status: "cancelled",
+            cancelled,
+            waitingFor: undefined,
+            lease: undefined,
+            error: { tag: "RunCancelledError", message: "The run was cancelled" },
+          }, [run.status]);
+          if (!done) return yield* cancel(runId, actor, reason);
+          queue.remove(runId);
+          yield* audit.append({ type: "run.cancelled", actor, runId, data: { workflow: run.workflow, reason } });
+          if (done.parentRunId) yield* resumeParent(done);
+          notify(runId);
+        }
+        // Pending approvals of the run can no longer release anything.
+        for (const a of yield* journal.listApprovals({ status: "pending" })) {
+          if (a.runId !== runId) continue;
+          yield* journal.transitionApproval(
+            { ...a, status: "denied", decidedBy: actor, decidedAt: at, note: "The run was cancelled" },
+            "pending",
+          );
+        }
+        // Children die with their parent.
+        for (const child of yield* journal.activeRuns) {
+          if (child.parentRunId === runId) {
+            yield* Effect.ignore(cancel(child.id, actor, `Parent run ${runId} was cancelled`));
+          }
+        }
+        return (yield* journal.getRun(runId))!;
+      });
+
+      const recover = Effect.gen(function* () {
+        let n = 0;
+        for (const run of yield* journal.activeRuns) {
+          const found = yield* Effect.result(host.findWorkflow(run.workflow));
+          if (found._tag === "Success") learnLimits(found.success.plugin, found.success.decl);
+          if (run.status === "running") {
+            // Its lease belongs to a host that is gone (this one holds the data-dir lock now): take it back.
+            const now = yield* Clock.currentTimeMillis;
+            const requeued = yield* journal.updateRun(
+              run.id,
+              { status: "queued", queuedAt: now, lease: undefined },
+              ["running"],
+            );
+            if (requeued) queue.add(requeued);
+            n++;
+          } else if (run.status === "queued" || run.status === "sleeping") {
+            queue.add(run);
+            if (run.status === "queued") n++;
+          }
+        }
+        pump();
+        return n;
       });
 
       const idle = Effect.callback<void>((resume) => {
-        if (executing.size === 0) return resume(Effect.void);
+        if (executing.size === 0 && !queue.hasReady(Date.now())) return resume(Effect.void);
         const w = () => {
           idleWaiters.delete(w);
           resume(Effect.void);
@@ -432,7 +1046,59 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         idleWaiters.add(w);
       });
 
-      return Orchestrator.of({ start, get, wait, decide, recover, idle });
+      return Orchestrator.of({ start, get, wait, decide, cancel, recover, idle });
     }),
   );
 }
+
+type OrchestratorStart = (
+  workflow: string,
+  input: unknown,
+  actor: string,
+  options?: StartOptions & { parent?: { runId: string; seq: number } },
+) => Effect.Effect<RunRecord, NotFoundError | InvalidInputError | StoreError>;
+
+/** SHA-256 (hex) of a value's JSON. */
+const digestOf = async (value: unknown) =>
+  Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(value)))),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+
+/** How long a claim on a run holds without renewal. */
+const LEASE_MS = 30_000;
+
+interface QueueItem {
+  readonly run: RunRecord;
+  readonly readyAt: number;
+  readonly priority: number;
+}
+
+/** This host's copy of the run queue (the KV index is the truth; this is what the dispatcher scans). */
+const makeQueue = () => {
+  const items = new Map<string, QueueItem>();
+  const order = (a: QueueItem, b: QueueItem) => b.priority - a.priority || a.readyAt - b.readyAt;
+  return {
+    add(run: RunRecord) {
+      items.set(run.id, { run, readyAt: run.queuedAt ?? 0, priority: run.priority ?? 5 });
+    },
+    remove(runId: string) {
+      items.delete(runId);
+    },
+    size: () => items.size,
+    /** Items ready at `now`, best first. */
+    ready(now: number): QueueItem[] {
+      return [...items.values()].filter((i) => i.readyAt <= now).sort(order);
+    },
+    hasReady(now: number) {
+      for (const i of items.values()) if (i.readyAt <= now) return true;
+      return false;
+    },
+    /** The earliest ready time still in the future. */
+    nextTime(now: number) {
+      let next = Infinity;
+      for (const i of items.values()) if (i.readyAt > now && i.readyAt < next) next = i.readyAt;
+      return next;
+    },
+  };
+};

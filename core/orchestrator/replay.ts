@@ -80,6 +80,8 @@ const kindOf = (op: string): string =>
     ? "model"
     : op.startsWith("memory.") || op.startsWith("records.")
     ? "memory"
+    : op === "sleep"
+    ? "timer"
     : op;
 
 const argsOf = (call: HostCall): unknown =>

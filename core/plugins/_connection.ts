@@ -106,7 +106,8 @@ export class Connection {
   >();
   readonly #runs = new Map<string, HostCallHandler>();
   #nextId = 1;
-  #hostCalls = 0;
+  /** Calls to the host in flight, per run: each running workflow gets its own bound. */
+  #hostCalls = new Map<string, number>();
   #dead: WireError | undefined;
   /** Calls answered successfully: a plugin that answers is healthy enough to reset its restart backoff. */
   answered = 0;
@@ -304,22 +305,29 @@ export class Connection {
             error: { tag: "InvalidInputError", message: "No workflow of this plugin is running for that run" },
           });
         }
-        if (this.#hostCalls >= this.maxInFlight) {
+        const runId = (call as HostCall).runId;
+        const inFlight = this.#hostCalls.get(runId) ?? 0;
+        if (inFlight >= this.maxInFlight) {
           return this.#post({
             t: "reply",
             id,
             ok: false,
             error: {
               tag: "PluginBusyError",
-              message: `Plugin has ${this.#hostCalls} calls to the host in flight; the limit is ${this.maxInFlight}`,
+              message:
+                `Run ${runId} has ${inFlight} calls to the host in flight; the limit is ${this.maxInFlight} per run`,
             },
           });
         }
-        this.#hostCalls++;
+        this.#hostCalls.set(runId, inFlight + 1);
         handler(call as HostCall).then(
           (value) => this.#post({ t: "reply", id, ok: true, value: value ?? null }),
           (error: WireError) => this.#post({ t: "reply", id, ok: false, error }),
-        ).finally(() => this.#hostCalls--);
+        ).finally(() => {
+          const left = (this.#hostCalls.get(runId) ?? 1) - 1;
+          if (left) this.#hostCalls.set(runId, left);
+          else this.#hostCalls.delete(runId);
+        });
         return;
       }
       default:

@@ -11,7 +11,15 @@
  * });
  * ```
  */
-import type { HostCall, HostMessage, JournalEntry, PluginMessage, WireError } from "./protocol.ts";
+import type {
+  ApprovalAnswer,
+  ApprovalRequest,
+  HostCall,
+  HostMessage,
+  JournalEntry,
+  PluginMessage,
+  WireError,
+} from "./protocol.ts";
 import { SUSPENDED } from "./protocol.ts";
 import { PluginError } from "./PluginError.ts";
 import type { AnyEffects, EffectCaller, HealthCheck } from "./define.ts";
@@ -19,7 +27,16 @@ import type { AnyEffects, EffectCaller, HealthCheck } from "./define.ts";
 export { PluginError, type PluginErrorOptions } from "./PluginError.ts";
 export * from "./define.ts";
 
-export type { HostCall, HostMessage, JournalEntry, MemoryInput, PluginMessage, WireError } from "./protocol.ts";
+export type {
+  ApprovalAnswer,
+  ApprovalRequest,
+  HostCall,
+  HostMessage,
+  JournalEntry,
+  MemoryInput,
+  PluginMessage,
+  WireError,
+} from "./protocol.ts";
 export { SUSPENDED } from "./protocol.ts";
 import { type ModelRequest, type ModelResult, runToolLoop, type ToolLoopLimits, type ToolLoopResult } from "./model.ts";
 export * from "./model.ts";
@@ -45,8 +62,38 @@ export type EffectHandler = (args: any, ctx: EffectContext) => Promise<unknown>;
 export interface WorkflowContext<Uses = AnyEffects> {
   /** The run this execution belongs to. */
   readonly runId: string;
-  /** A checkpointed step: its result is recorded once and replayed after a crash. */
+  /**
+   * A checkpointed step: its result is recorded once and replayed after a crash.
+   * Checkpoints are pipelined: the workflow goes on while the host writes them
+   * (in order, several per commit), and every one is durable before the next
+   * effect, approval, timer or child workflow is asked for, and before the
+   * run's end is recorded. A crash before that point re-runs only steps whose
+   * results nobody outside the run saw.
+   */
   step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
+  /** A durable timer: the run is parked (no Worker, no polling) and resumes after `ms`, across restarts. */
+  sleep(ms: number): Promise<void>;
+  /** A durable timer until a point in time. */
+  sleepUntil(when: Date | number): Promise<void>;
+  /** An explicit human gate: the run waits for the operator's decision (API, CLI), durably. */
+  approval(request: ApprovalRequest): Promise<ApprovalAnswer>;
+  /** Start a child workflow (exactly once) and wait for its output; its failure is thrown here. */
+  child<T = unknown>(workflow: string, input: unknown): Promise<T>;
+  /**
+   * Run branches concurrently, at most `limit` at a time (default 8, at most 16), and return
+   * their results in order. Each branch gets its own context with its own
+   * deterministic journal positions (up to 999 operations per branch); a branch
+   * cannot itself call `parallel` (start a child workflow instead). If branches
+   * fail, all are awaited and the first failure in branch order is thrown.
+   */
+  parallel<T>(
+    branches: ReadonlyArray<(ctx: WorkflowContext<Uses>) => Promise<T>>,
+    options?: { readonly limit?: number },
+  ): Promise<T[]>;
+  /** The current time, recorded: a replay sees the same value (epoch ms). */
+  now(): Promise<number>;
+  /** A pseudo-random number in [0, 1) seeded by the run (and branch): the same sequence on every replay. */
+  random(): number;
   /** Ask the host's gateway to perform a declared effect (policy-checked, journaled). */
   readonly effect: EffectCaller<Uses>;
   /** Long-term memory: remember, recall (logged), summarize; written by the host with this run as provenance. */
@@ -83,6 +130,25 @@ export class Suspended extends Error {
     this.name = SUSPENDED;
   }
 }
+
+/** Checkpoints a workflow may have in flight before `ctx.step` waits for the host. */
+const CHECKPOINT_WINDOW = 32;
+/** Journal positions reserved for each branch of `ctx.parallel`. */
+const BRANCH_SEQS = 1000;
+
+/** A small seeded generator (FNV-1a seed, mulberry32 steps): deterministic per run and branch. */
+const seededRandom = (seed: string): () => number => {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < seed.length; i++) h = Math.imul(h ^ seed.charCodeAt(i), 0x01000193);
+  let state = h >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+};
 
 interface Port {
   postMessage(message: PluginMessage): void;
@@ -128,24 +194,21 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     journal: ReadonlyArray<JournalEntry>,
   ): Promise<unknown> => {
     const recorded = new Map(journal.map((entry) => [entry.seq, entry]));
-    let seq = 0;
     let suspended: Suspended | undefined;
+    // Checkpoints in flight: the workflow goes on while the host writes them (see `step`).
+    const inFlight = new Set<Promise<void>>();
+    let checkpointFailure: unknown;
     const guard = () => {
       if (suspended) throw suspended;
+      if (checkpointFailure) throw checkpointFailure;
     };
-    const replayed = (kind: JournalEntry["kind"], name: string): JournalEntry | undefined => {
-      const entry = recorded.get(seq);
-      if (entry === undefined) return undefined;
-      if (entry.kind !== kind || entry.name !== name) {
-        throw new PluginError(
-          "NonDeterminism",
-          `Workflow diverged from its journal at step ${seq}: recorded ${entry.kind} "${entry.name}", code asked for ${kind} "${name}"`,
-          { seq, recorded: { kind: entry.kind, name: entry.name }, actual: { kind, name } },
-        );
-      }
-      return entry;
+    /** Wait until every checkpoint sent so far is durable. */
+    const settle = async () => {
+      while (inFlight.size) await Promise.all([...inFlight]);
+      guard();
     };
     const viaHost = async (call: HostCall) => {
+      await settle();
       try {
         return await hostCall(call);
       } catch (error) {
@@ -153,66 +216,175 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         throw error;
       }
     };
-    const ctx: WorkflowContext = {
-      runId,
-      async step(name, fn) {
+
+    /** A context whose journal positions come from `next` (the run's, or a parallel branch's block). */
+    const makeContext = (next: () => number, seed: string, branch: boolean): WorkflowContext => {
+      const replayed = (seq: number, kind: JournalEntry["kind"], name: string): JournalEntry | undefined => {
+        const entry = recorded.get(seq);
+        if (entry === undefined) return undefined;
+        if (entry.kind !== kind || entry.name !== name) {
+          throw new PluginError(
+            "NonDeterminism",
+            `Workflow diverged from its journal at step ${seq}: recorded ${entry.kind} "${entry.name}", code asked for ${kind} "${name}"`,
+            { seq, recorded: { kind: entry.kind, name: entry.name }, actual: { kind, name } },
+          );
+        }
+        return entry;
+      };
+      /** One journaled call: replayed from the journal, or asked of the host. */
+      const journaled = async (kind: JournalEntry["kind"], name: string, ask: (seq: number) => HostCall) => {
         guard();
-        const mySeq = ++seq;
-        const entry = replayed("step", name);
-        if (entry) return entry.value as never;
-        const value = await fn();
-        await viaHost({ op: "checkpoint", runId, seq: mySeq, name, value: value === undefined ? null : value });
-        return value;
-      },
-      async effect(name, args) {
-        guard();
-        const mySeq = ++seq;
-        const entry = replayed("effect", name);
-        if (entry) return entry.value as never;
-        return await viaHost({ op: "effect", runId, seq: mySeq, name, args }) as never;
-      },
-      ...workflowMemory(
-        async (op, args) => {
+        const seq = next();
+        const entry = replayed(seq, kind, name);
+        if (entry) return entry.value;
+        return await viaHost(ask(seq));
+      };
+      const random = seededRandom(seed);
+      const ctx: WorkflowContext = {
+        runId,
+        async step(name, fn) {
           guard();
-          const mySeq = ++seq;
-          const entry = replayed("memory", MEMORY_OPS[op]);
-          if (entry) return entry.value;
-          return await viaHost({ op, runId, seq: mySeq, name: MEMORY_OPS[op], args });
-        },
-        async (item) => {
-          guard();
-          const mySeq = ++seq;
-          const entry = replayed("memory", "remember");
+          const seq = next();
+          const entry = replayed(seq, "step", name);
           if (entry) return entry.value as never;
-          return await viaHost({ op: "memory.remember", runId, seq: mySeq, name: "remember", item }) as never;
-        },
-      ),
-      model: {
-        async generate(request) {
+          const value = await fn();
           guard();
-          const mySeq = ++seq;
-          const name = `model:${request?.purpose}`;
-          const entry = replayed("model", name);
-          if (entry) return entry.value as never;
-          return await viaHost({ op: "model.generate", runId, seq: mySeq, name, request }) as never;
+          const sent = hostCall({ op: "checkpoint", runId, seq, name, value: value === undefined ? null : value })
+            .then(() => {}, (error) => {
+              if (error instanceof Suspended) suspended ??= error;
+              else checkpointFailure ??= error;
+            });
+          inFlight.add(sent);
+          sent.finally(() => inFlight.delete(sent));
+          // A bounded window keeps a fast loop of steps from queueing without limit.
+          if (inFlight.size >= CHECKPOINT_WINDOW) await Promise.race(inFlight);
+          guard();
+          return value;
         },
-        loop: (request, limits, handlers) =>
-          runToolLoop(
-            {
-              generate: (r) => ctx.model.generate(r),
-              effect: (n, a) => ctx.effect(n, a),
-              step: (n, f) => ctx.step(n, f),
-            },
-            request,
-            limits,
-            handlers,
-          ),
-      },
+        async effect(name, args) {
+          return await journaled("effect", name, (seq) => ({ op: "effect", runId, seq, name, args })) as never;
+        },
+        ...workflowMemory(
+          (op, args) => journaled("memory", MEMORY_OPS[op], (seq) => ({ op, runId, seq, name: MEMORY_OPS[op], args })),
+          async (item) =>
+            await journaled("memory", "remember", (seq) => ({
+              op: "memory.remember",
+              runId,
+              seq,
+              name: "remember",
+              item,
+            })) as never,
+        ),
+        model: {
+          async generate(request) {
+            const name = `model:${request?.purpose}`;
+            return await journaled(
+              "model",
+              name,
+              (seq) => ({ op: "model.generate", runId, seq, name, request }),
+            ) as never;
+          },
+          loop: (request, limits, handlers) =>
+            runToolLoop(
+              {
+                generate: (r) => ctx.model.generate(r),
+                effect: (n, a) => ctx.effect(n, a),
+                step: (n, f) => ctx.step(n, f),
+              },
+              request,
+              limits,
+              handlers,
+            ),
+        },
+        async sleep(ms) {
+          if (!Number.isFinite(ms) || ms < 0) throw new PluginError("InvalidInput", `Cannot sleep for "${ms}" ms`);
+          await journaled("timer", "sleep", (seq) => ({ op: "sleep", runId, seq, name: "sleep", ms }));
+        },
+        async sleepUntil(when) {
+          const until = when instanceof Date ? when.getTime() : when;
+          if (!Number.isFinite(until)) throw new PluginError("InvalidInput", `Cannot sleep until "${String(when)}"`);
+          await journaled("timer", "sleep", (seq) => ({ op: "sleep", runId, seq, name: "sleep", until }));
+        },
+        async approval(request) {
+          return await journaled(
+            "approval",
+            "approval",
+            (seq) => ({ op: "approval", runId, seq, name: "approval", request }),
+          ) as ApprovalAnswer;
+        },
+        async child(workflow, childInput) {
+          const name = `child:${workflow}`;
+          const answer = await journaled("child", name, (seq) => ({
+            op: "child",
+            runId,
+            seq,
+            name,
+            workflow,
+            input: childInput === undefined ? null : childInput,
+          })) as { ok: boolean; output?: unknown; error?: WireError };
+          if (!answer.ok) {
+            const e = answer.error ?? { tag: "ChildFailed", message: `Child workflow "${workflow}" failed` };
+            throw new PluginError(e.tag, e.message, e.details);
+          }
+          return answer.output as never;
+        },
+        async parallel(branches, options) {
+          guard();
+          if (branch) {
+            throw new PluginError(
+              "InvalidInput",
+              "A parallel branch cannot itself run ctx.parallel: start a child workflow from the branch instead",
+            );
+          }
+          const limit = Math.max(1, Math.min(16, Math.floor(options?.limit ?? 8)));
+          // Reserve a block of journal positions per branch, in program order, so replay finds the same ones.
+          const base = next() - 1;
+          for (let i = 1; i < branches.length * BRANCH_SEQS; i++) next();
+          const results = new Array(branches.length);
+          const failures: Array<{ index: number; error: unknown }> = [];
+          let cursor = 0;
+          const lane = async () => {
+            while (cursor < branches.length) {
+              const index = cursor++;
+              let used = 0;
+              const first = base + index * BRANCH_SEQS + 1;
+              const branchNext = () => {
+                if (++used >= BRANCH_SEQS) {
+                  throw new PluginError(
+                    "InvalidInput",
+                    `Parallel branch ${index} made more than ${
+                      BRANCH_SEQS - 1
+                    } journaled calls; split it into a child workflow`,
+                  );
+                }
+                return first + used - 1;
+              };
+              try {
+                results[index] = await branches[index](makeContext(branchNext, `${seed}/${index}`, true));
+              } catch (error) {
+                failures.push({ index, error });
+              }
+            }
+          };
+          await Promise.all(Array.from({ length: Math.min(limit, branches.length) }, lane));
+          guard();
+          if (failures.length) throw failures.sort((a, b) => a.index - b.index)[0].error;
+          return results;
+        },
+        now: () => ctx.step("keel:now", () => Date.now()),
+        random,
+      };
+      return ctx;
     };
+
+    let seq = 0;
+    const ctx = makeContext(() => ++seq, runId, false);
     const value = await handler(ctx, input).catch((error) => {
       throw suspended ?? error;
     });
-    if (suspended) throw suspended;
+    // Checkpoints still in flight need not hold up the result: the host records the run's end
+    // after them, in the same or a later commit, and refuses it if one of them failed.
+    guard();
     return value;
   };
 

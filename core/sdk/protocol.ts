@@ -10,9 +10,30 @@ import type { MemoryOp } from "./memory.ts";
 /** A recorded workflow step, sent to the plugin so it can replay without asking. */
 export interface JournalEntry {
   readonly seq: number;
-  readonly kind: "step" | "effect" | "memory" | "model";
+  readonly kind: "step" | "effect" | "memory" | "model" | "timer" | "approval" | "child";
   readonly name: string;
   readonly value: unknown;
+}
+
+/** What a workflow asks of the operator with `ctx.approval` (see `WorkflowContext`). */
+export interface ApprovalRequest {
+  /** Shown to the operator: what they are deciding. */
+  readonly message: string;
+  /** Who should decide (shown; default "operator"). */
+  readonly approver?: string;
+  /** How long the approval stays open; default one day, at most 30 days. */
+  readonly timeoutSeconds?: number;
+  /** Facts to show next to the message (recorded with the approval). */
+  readonly details?: unknown;
+}
+
+/** The operator's answer to `ctx.approval`. */
+export interface ApprovalAnswer {
+  readonly approved: boolean;
+  readonly actor: string;
+  readonly note?: string;
+  /** When it was decided (ISO time). */
+  readonly at: string;
 }
 
 /** An error crossing the boundary: a tag, a message and whether a retry may help. */
@@ -75,6 +96,31 @@ export type HostCall =
     readonly seq: number;
     readonly name: string;
     readonly request: ModelRequest;
+  }
+  | {
+    /** A durable timer: wake at `until` (epoch ms) or `ms` after the host first sees it. */
+    readonly op: "sleep";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly until?: number;
+    readonly ms?: number;
+  }
+  | {
+    readonly op: "approval";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly request: ApprovalRequest;
+  }
+  | {
+    /** Start a child workflow (once) and wait for it; answered `{ ok, output }` or `{ ok: false, error }`. */
+    readonly op: "child";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly workflow: string;
+    readonly input: unknown;
   }
   | {
     readonly op: MemoryOp;

@@ -8,9 +8,14 @@
 import { Context, Effect, Layer } from "effect";
 import { DataDirLockedError, StoreError } from "../errors/mod.ts";
 import { KeelConfig } from "../config/mod.ts";
+import { type GroupCommitter, makeGroupCommitter } from "./GroupCommit.ts";
 
 /** The Deno KV handle shared by the journal, approvals, registry and audit. */
-export class Kv extends Context.Service<Kv, { readonly kv: Deno.Kv }>()("keel/store/Kv") {
+export class Kv extends Context.Service<Kv, {
+  readonly kv: Deno.Kv;
+  /** Blind writes batched into shared atomic commits (see `GroupCommit.ts`). */
+  readonly group: GroupCommitter;
+}>()("keel/store/Kv") {
   /** Opens `<dataDir>/keel.kv` (or in memory) after taking the data-dir lock. */
   static readonly layer = Layer.effect(
     Kv,
@@ -26,7 +31,7 @@ export class Kv extends Context.Service<Kv, { readonly kv: Deno.Kv }>()("keel/st
         (kv) => Effect.sync(() => kv.close()),
       );
       yield* checkSchema(kv, path);
-      return Kv.of({ kv });
+      return Kv.of({ kv, group: makeGroupCommitter(kv) });
     }),
   );
 }

@@ -5,9 +5,10 @@
  * was edited. Events are indexed by run for `GET /api/audit?runId=`.
  */
 import { Clock, Context, Effect, Layer } from "effect";
-import { Kv, kvTry } from "../store/mod.ts";
+import { type GroupWrite, Kv, kvTry } from "../store/mod.ts";
 import type { StoreError } from "../errors/mod.ts";
-import { canonicalJson, sha256Hex } from "../manifest/mod.ts";
+import { createHash } from "node:crypto";
+import { canonicalJson } from "../manifest/mod.ts";
 
 /** One audited event. */
 export interface AuditEvent {
@@ -29,6 +30,12 @@ export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 /** The audit log service. */
 export class Audit extends Context.Service<Audit, {
   append(event: AuditInput): Effect.Effect<AuditEvent, StoreError>;
+  /**
+   * Chain an event without writing it: the caller carries `write` in its own
+   * grouped commit (a run and its audit event in one transaction). Only for
+   * writes that go through the group committer, which keeps their order.
+   */
+  prepare(event: AuditInput): Effect.Effect<{ event: AuditEvent; write: GroupWrite }>;
   list(filter: { runId?: string; limit?: number }): Effect.Effect<AuditEvent[], StoreError>;
   /** Recompute the hash chain; returns the first broken sequence number, if any. */
   readonly verify: Effect.Effect<{ ok: boolean; checked: number; brokenAt?: number }, StoreError>;
@@ -37,32 +44,48 @@ export class Audit extends Context.Service<Audit, {
   static readonly layer = Layer.effect(
     Audit,
     Effect.gen(function* () {
-      const { kv } = yield* Kv;
-      const hashOf = (e: Omit<AuditEvent, "hash">) => sha256Hex(canonicalJson(e));
-      const append = Effect.fn("Audit.append")(function* (input: AuditInput) {
+      const { kv, group } = yield* Kv;
+      // Hashing is synchronous (node:crypto), so an event is chained and handed to the group
+      // committer in the same tick it is appended: it can share a commit with the run write beside it.
+      const hashOf = (e: Omit<AuditEvent, "hash">) => createHash("sha256").update(canonicalJson(e)).digest("hex");
+      // One host owns the data dir, so the chain's head lives here, read once.
+      let head = yield* kvTry(
+        "Cannot read the audit log",
+        async () => (await kv.get<{ seq: number; hash: string }>(["audit_head"])).value ?? { seq: 0, hash: "" },
+      );
+      /** Chain the next event in memory and return it with the write that stores it. */
+      const prepare = Effect.fn("Audit.prepare")(function* (input: AuditInput) {
         const millis = yield* Clock.currentTimeMillis;
-        return yield* kvTry("Cannot append to the audit log", async () => {
-          for (;;) {
-            const head = await kv.get<{ seq: number; hash: string }>(["audit_head"]);
-            const seq = (head.value?.seq ?? 0) + 1;
-            const base = {
-              seq,
-              at: new Date(millis).toISOString(),
-              type: input.type,
-              actor: input.actor,
-              ...(input.runId ? { runId: input.runId } : {}),
-              data: JSON.parse(JSON.stringify(input.data ?? {})),
-              prevHash: head.value?.hash ?? "",
-            };
-            const event: AuditEvent = { ...base, hash: await hashOf(base) };
-            const op = kv.atomic().check(head).set(["audit_head"], { seq, hash: event.hash }).set(
-              ["audit", seq],
-              event,
-            );
-            if (event.runId) op.set(["audit_by_run", event.runId, seq], seq);
-            if ((await op.commit()).ok) return event;
-          }
-        });
+        const base = {
+          seq: head.seq + 1,
+          at: new Date(millis).toISOString(),
+          type: input.type,
+          actor: input.actor,
+          ...(input.runId ? { runId: input.runId } : {}),
+          data: JSON.parse(JSON.stringify(input.data ?? {})),
+          prevHash: head.hash,
+        };
+        const event: AuditEvent = { ...base, hash: hashOf(base) };
+        head = { seq: event.seq, hash: event.hash };
+        const write: GroupWrite = {
+          apply: (op) => {
+            op.set(["audit_head"], { seq: event.seq, hash: event.hash }).set(["audit", event.seq], event);
+            if (event.runId) op.set(["audit_by_run", event.runId, event.seq], event.seq);
+          },
+          mutations: 3,
+          bytes: JSON.stringify(event.data).length + 512,
+        };
+        return { event, write };
+      });
+      const append = Effect.fn("Audit.append")(function* (input: AuditInput) {
+        const { event, write } = yield* prepare(input);
+        yield* kvTry("Cannot append to the audit log", () =>
+          group.submit(write).catch(async (error) => {
+            // The chain in memory ran ahead of the file: take the head from the file again.
+            head = (await kv.get<{ seq: number; hash: string }>(["audit_head"])).value ?? head;
+            throw error;
+          }));
+        return event;
       });
       const list = Effect.fn("Audit.list")(function* (filter: { runId?: string; limit?: number }) {
         const limit = Math.min(filter.limit ?? 1000, 10_000);
@@ -96,7 +119,7 @@ export class Audit extends Context.Service<Audit, {
         }
         return { ok: true, checked };
       });
-      return Audit.of({ append, list, verify });
+      return Audit.of({ append, prepare, list, verify });
     }),
   );
 }

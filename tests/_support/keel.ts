@@ -43,6 +43,8 @@ export interface TestKeelOptions {
   /** Reuse a data dir (to test restarts); default: a new temp dir. */
   readonly dataDir?: string;
   readonly rpcTimeoutMs?: number;
+  /** Runs executing at once (default Keel's). */
+  readonly maxRuns?: number;
 }
 
 /** Start Keel for a test. Always `close()` it (use try/finally). */
@@ -60,7 +62,11 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     if (!options.dataDir) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     if (options.policies) await Deno.remove(policiesDir, { recursive: true }).catch(() => {});
   };
-  const keel = await startKeel(testConfig(dataDir, { policiesDir, rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000 }))
+  const keel = await startKeel(testConfig(dataDir, {
+    policiesDir,
+    rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000,
+    ...(options.maxRuns ? { maxRuns: options.maxRuns } : {}),
+  }))
     .catch(async (error) => {
       await cleanUp();
       throw error;

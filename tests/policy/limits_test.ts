@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { Effect, Layer, ManagedRuntime } from "effect";
 import { type AppliedLimit, Limits } from "../../core/policy/mod.ts";
-import { Kv } from "../../core/store/mod.ts";
+import { Kv, makeGroupCommitter } from "../../core/store/mod.ts";
 import { at } from "./_clock.ts";
 
 const rate = (count: number, per = "1h", perMs = 3600_000, key = "global"): AppliedLimit => ({
@@ -37,7 +37,9 @@ const withLimits = async (
 ) => {
   const dir = await Deno.makeTempDir({ prefix: "keel-limits-" });
   const kvs = await Promise.all(Array.from({ length: handles }, () => Deno.openKv(`${dir}/keel.kv`)));
-  const runtimes = kvs.map((kv) => ManagedRuntime.make(Limits.layer.pipe(Layer.provide(Layer.succeed(Kv, { kv })))));
+  const runtimes = kvs.map((kv) =>
+    ManagedRuntime.make(Limits.layer.pipe(Layer.provide(Layer.succeed(Kv, { kv, group: makeGroupCommitter(kv) }))))
+  );
   try {
     await body(runtimes.map((rt) => <A, E>(e: Effect.Effect<A, E, Limits>) => rt.runPromise(e)));
   } finally {
