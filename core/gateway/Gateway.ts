@@ -586,21 +586,22 @@ export class Gateway extends Context.Service<Gateway, {
             const problems = auth.decl.output
               ? host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
               : [];
-            yield* journal.putStep(r.runId, {
+            const data = { ...base, latencyMs, ...(attempts > 1 ? { attempts } : {}) };
+            // The outcome and its audit event commit together: a crash cannot keep one and lose the other.
+            const { write } = yield* audit.prepare({
+              type: "effect.succeeded",
+              actor: actorOf(r),
+              runId: r.runId,
+              data: problems.length ? { ...data, outputWarnings: problems } : data,
+            });
+            yield* journal.recordStep(r.runId, {
               ...intent,
               ...tried,
               status: "done",
               value,
               endedAt: new Date(endedAt).toISOString(),
               latencyMs,
-            });
-            const data = { ...base, latencyMs, ...(attempts > 1 ? { attempts } : {}) };
-            yield* audit.append({
-              type: "effect.succeeded",
-              actor: actorOf(r),
-              runId: r.runId,
-              data: problems.length ? { ...data, outputWarnings: problems } : data,
-            });
+            }, [write]);
             return value;
           }
           const error: ErrorBody = toErrorBody(outcome.failure);
@@ -611,20 +612,20 @@ export class Gateway extends Context.Service<Gateway, {
           }
           const delay = nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
           if (delay === undefined) {
-            yield* journal.putStep(r.runId, {
+            const { write } = yield* audit.prepare({
+              type: "effect.failed",
+              actor: actorOf(r),
+              runId: r.runId,
+              data: { ...base, latencyMs, error, ...(attempts > 1 ? { attempts } : {}) },
+            });
+            yield* journal.recordStep(r.runId, {
               ...intent,
               ...tried,
               status: "failed",
               error,
               endedAt: new Date(endedAt).toISOString(),
               latencyMs,
-            });
-            yield* audit.append({
-              type: "effect.failed",
-              actor: actorOf(r),
-              runId: r.runId,
-              data: { ...base, latencyMs, error, ...(attempts > 1 ? { attempts } : {}) },
-            });
+            }, [write]);
             return yield* outcome.failure;
           }
           const nextAttemptAt = new Date(endedAt + delay).toISOString();

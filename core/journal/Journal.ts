@@ -178,7 +178,7 @@ export class Journal extends Context.Service<Journal, {
     also?: ReadonlyArray<GroupWrite>,
   ): Effect.Effect<void, StoreError>;
   /** Record a step through the group committer (no compare-and-set): only for the run's executing host. */
-  recordStep(runId: string, step: StepRecord): Effect.Effect<void, StoreError>;
+  recordStep(runId: string, step: StepRecord, also?: ReadonlyArray<GroupWrite>): Effect.Effect<void, StoreError>;
   /** Runs that have not ended (queued, running, waiting or sleeping). */
   readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
   /** The run queue, in dispatch order. */
@@ -235,12 +235,15 @@ export class Journal extends Context.Service<Journal, {
               bytes: sizeOf(next) + also.reduce((n, w) => n + w.bytes, 0),
               scope: next.id,
             })),
-        recordStep: (runId, step) =>
+        recordStep: (runId, step, also = []) =>
           kvTry("Cannot checkpoint step", () =>
             group.submit({
-              apply: (op) => op.set(stepKey(runId, step.seq), step),
-              mutations: 1,
-              bytes: sizeOf(step),
+              apply: (op) => {
+                op.set(stepKey(runId, step.seq), step);
+                for (const w of also) w.apply(op);
+              },
+              mutations: 1 + also.reduce((n, w) => n + w.mutations, 0),
+              bytes: sizeOf(step) + also.reduce((n, w) => n + w.bytes, 0),
               scope: runId,
             })),
         activeRuns: kvTry("Cannot list runs", async () => {

@@ -553,9 +553,33 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             },
           );
         } else if (outcome.failure._tag === "RunSuspendedError") {
+          yield* ensureParked(runId);
           notify(runId);
         } else {
           yield* finish(run, { status: "failed", error: toErrorBody(outcome.failure) });
+        }
+      });
+
+      /**
+       * A pass that suspended must leave its run parked. The Gateway writes an
+       * approval and parks the run in two commits; if the host died between
+       * them, the run comes back "running" with a pending approval and its
+       * pass suspends again without parking. Park it here, on that approval.
+       */
+      const ensureParked = Effect.fn("Orchestrator.ensureParked")(function* (runId: string) {
+        const run = yield* journal.getRun(runId);
+        if (run?.status !== "running" || cancelling.has(runId)) return;
+        const steps = yield* journal.steps(runId);
+        for (const step of steps.reverse()) {
+          if (!step.approvalId || (step.status !== "waiting_approval" && step.status !== "unknown_outcome")) continue;
+          const approval = yield* journal.getApproval(step.approvalId);
+          if (approval?.status !== "pending") continue;
+          yield* journal.updateRun(runId, {
+            status: "waiting_approval",
+            lease: undefined,
+            waitingFor: { approvalId: approval.id, reason: approval.message ?? `Waiting for approval ${approval.id}` },
+          }, ["running"]);
+          return;
         }
       });
 
@@ -839,18 +863,36 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const wait = Effect.fn("Orchestrator.wait")(function* (runId: string, seconds: number) {
         const deadline = (yield* Clock.currentTimeMillis) + Math.max(0, seconds) * 1000;
         for (;;) {
-          const current = yield* get(runId);
+          // Listen before looking, so a run that ends between the look and the wait still wakes us.
+          let woken = false;
+          let wake = () => {
+            woken = true;
+          };
+          const listener = () => wake();
+          const set = waiters.get(runId) ?? new Set();
+          set.add(listener);
+          waiters.set(runId, set);
+          const looked = yield* Effect.result(get(runId));
+          if (looked._tag === "Failure") {
+            set.delete(listener);
+            return yield* Effect.fail(looked.failure);
+          }
+          const current = looked.success;
           const left = deadline - (yield* Clock.currentTimeMillis);
-          if ((current.status !== "running" && current.status !== "queued") || left <= 0) return current;
+          if ((current.status !== "running" && current.status !== "queued") || left <= 0) {
+            set.delete(listener);
+            return current;
+          }
+          if (woken) {
+            set.delete(listener);
+            continue;
+          }
           yield* Effect.callback<void>((resume) => {
-            const wake = () => resume(Effect.void);
-            const set = waiters.get(runId) ?? new Set();
-            set.add(wake);
-            waiters.set(runId, set);
+            wake = () => resume(Effect.void);
             const timer = setTimeout(wake, Math.min(left, 1000));
             return Effect.sync(() => {
               clearTimeout(timer);
-              set.delete(wake);
+              set.delete(listener);
             });
           });
         }

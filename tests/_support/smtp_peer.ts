@@ -7,9 +7,14 @@
  * A message counts as received only once the peer has answered its DATA
  * phase (called smtp-server's callback, i.e. sent "250"). A held message
  * whose client hung up before `release()` is dropped, not recorded: the
- * sender never heard "accepted", so it was not delivered. (smtp-server does
- * not tell an `onData` handler that its client left after the message was
- * read in full, so the peer tracks open sessions itself through `onClose`.)
+ * sender never heard "accepted", so it was not delivered. `dataDelayMs` makes
+ * a slow server: each DATA phase is answered after a delay, with the same
+ * rule (a sender gone by then is dropped). `answerDelayMs` opens the other
+ * window (RFC 1047's): the message is recorded first and "250" is sent only
+ * after the delay, so a sender killed meanwhile never learns it was
+ * delivered. (smtp-server does not tell an `onData` handler that its client
+ * left after the message was read in full, so the peer tracks open sessions
+ * itself through `onClose`.)
  */
 import { SMTPServer } from "smtp-server";
 
@@ -27,6 +32,10 @@ export interface SmtpPeerOptions {
   readonly port?: number;
   /** Do not answer the DATA phase until `release()` (default false). */
   readonly holdData?: boolean;
+  /** Answer each DATA phase only after this many ms (a number, or a function drawn per message); default 0. */
+  readonly dataDelayMs?: number | (() => number);
+  /** Record each message, then wait this many ms (number or function) before answering "250"; default 0. */
+  readonly answerDelayMs?: number | (() => number);
 }
 
 /** What `release()` did with the held messages. */
@@ -46,7 +55,7 @@ export interface SmtpPeer {
   readonly errors: Error[];
   /** Messages read in full and waiting for `release()` (only with `holdData`). */
   readonly held: number;
-  /** Held messages dropped so far because their client hung up first. */
+  /** Held (or delayed) messages dropped so far because their client hung up first. */
   readonly dropped: number;
   /** SMTP connections currently open. */
   readonly openConnections: number;
@@ -127,6 +136,20 @@ export const startSmtpPeer = async (options: SmtpPeerOptions = {}): Promise<Smtp
   let holding = options.holdData ?? false;
   let held: Held[] = [];
   let dropped = 0;
+  const delays = new Set<ReturnType<typeof setTimeout>>();
+  const draw = (option: number | (() => number) | undefined) => () =>
+    option === undefined ? 0 : typeof option === "number" ? option : option();
+  const dataDelay = draw(options.dataDelayMs);
+  const answerDelay = draw(options.answerDelayMs);
+  /** Run `f` after `ms` (at once for 0); pending timers are cleared on close. */
+  const later = (ms: number, f: () => void) => {
+    if (ms <= 0) return f();
+    const timer = setTimeout(() => {
+      delays.delete(timer);
+      f();
+    }, ms);
+    delays.add(timer);
+  };
   const changes = new Set<() => void>();
   const changed = () => {
     for (const check of [...changes]) check();
@@ -159,6 +182,22 @@ export const startSmtpPeer = async (options: SmtpPeerOptions = {}): Promise<Smtp
         if (holding) {
           held.push({ sessionId: session.id, message, callback });
           changed();
+          return;
+        }
+        const before = dataDelay();
+        const after = answerDelay();
+        if (before > 0 || after > 0) {
+          later(before, () => {
+            if (!open.has(session.id)) {
+              dropped++;
+              changed();
+              return;
+            }
+            received.push(message);
+            changed();
+            // A sender that left meanwhile gets no answer: it never learns its message arrived.
+            later(after, () => open.has(session.id) && callback());
+          });
           return;
         }
         received.push(message);
@@ -230,6 +269,8 @@ export const startSmtpPeer = async (options: SmtpPeerOptions = {}): Promise<Smtp
     close: () =>
       new Promise<void>((resolve) => {
         holding = false;
+        for (const timer of delays) clearTimeout(timer);
+        delays.clear();
         for (const h of held) h.callback(new Error("SMTP peer is closing"));
         held = [];
         server.close(() => resolve());

@@ -24,11 +24,15 @@
  * 9. the plugin lifecycle (`lifecycle.ts`): reading a `.tar.gz`, install from
  *    a folder and from an archive, an upgrade that carries the grant and
  *    one held for a grant, end to end through the API.
+ * 10. the standard workflow workloads (`workflows.ts`, its own table): W1, a
+ *    10-step checkpointed workflow at concurrency 1 and 16, and W2, a step,
+ *    an approval and a step, timed from the decision to the run's end.
  *
  * Progress goes to stderr, the result table to stdout. Nothing is written
  * into the repository; temp dirs are removed at the end. `--quick` runs a
- * tenth of the iterations (for checking the bench itself). Figures are
- * medians and p99s from a shared, noisy machine: compare orders of magnitude.
+ * tenth of the iterations (for checking the bench itself); `--only workflows`
+ * runs only section 10. Figures are medians and p99s from a shared, noisy
+ * machine: compare orders of magnitude.
  */
 import { Effect } from "effect";
 import { type Keel, startKeel } from "../../core/mod.ts";
@@ -41,8 +45,13 @@ import { benchPlugins } from "./plugins.ts";
 import { benchMemory, memoryBenchSizes } from "./memory.ts";
 import { benchPolicy } from "./policy.ts";
 import { benchLifecycle } from "./lifecycle.ts";
+import { benchWorkflows } from "./workflows.ts";
 
 const QUICK = Deno.args.includes("--quick");
+/** `--only workflows` (or `--only=workflows`): run just that section. */
+const ONLY = Deno.args.find((a) => a.startsWith("--only="))?.slice("--only=".length) ??
+  (Deno.args.includes("--only") ? Deno.args[Deno.args.indexOf("--only") + 1] : undefined);
+const SECTIONS = ["workflows"];
 const scale = (n: number) => (QUICK ? Math.max(1, Math.ceil(n / 10)) : n);
 
 const CFG = {
@@ -525,9 +534,15 @@ const main = async () => {
 };
 
 try {
-  await main();
-  await benchModels({ quick: QUICK });
-  await benchPolicyTooling({ quick: QUICK });
+  if (ONLY !== undefined && !SECTIONS.includes(ONLY)) {
+    throw new Error(`Unknown bench section "${ONLY}": --only takes one of ${SECTIONS.join(", ")}`);
+  }
+  if (ONLY === undefined) await main();
+  await benchWorkflows({ quick: QUICK, progress });
+  if (ONLY === undefined) {
+    await benchModels({ quick: QUICK });
+    await benchPolicyTooling({ quick: QUICK });
+  }
 } catch (error) {
   console.error("[bench] FAILED:", error);
   Deno.exit(1);
