@@ -208,7 +208,12 @@ export class Journal extends Context.Service<Journal, {
   transitionApproval(
     approval: ApprovalRecord,
     from: ApprovalRecord["status"],
-    also?: { run?: { id: string; patch: Partial<RunRecord> }; step?: { runId: string; step: StepRecord } },
+    also?: {
+      run?: { id: string; patch: Partial<RunRecord> };
+      step?: { runId: string; step: StepRecord };
+      /** More writes for the same commit, made only once the checks passed (an audit event). */
+      writes?: () => ReadonlyArray<GroupWrite>;
+    },
   ): Effect.Effect<boolean, StoreError>;
 }>()("keel/journal/Journal") {
   /** Journal on Deno KV. */
@@ -355,23 +360,26 @@ export class Journal extends Context.Service<Journal, {
             return out;
           }),
         transitionApproval: (approval, from, also) =>
-          kvTry("Cannot decide approval", async () => {
-            const cur = await kv.get<ApprovalRecord>(approvalKey(approval.id));
-            if (!cur.value || cur.value.status !== from) return false;
-            const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
-            if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
-            if (also?.run) {
-              const run = await kv.get<RunRecord>(runKey(also.run.id));
-              if (!run.value) return false;
-              writeRun(op.check(run), run.value, {
-                ...run.value,
-                ...also.run.patch,
-                updatedAt: new Date().toISOString(),
-              });
-            }
-            if (also?.step) op.set(stepKey(also.step.runId, also.step.step.seq), also.step.step);
-            return (await op.commit()).ok;
-          }),
+          // In order with the grouped writes, so an audit event it carries keeps its place.
+          kvTry("Cannot decide approval", () =>
+            group.exclusive(async () => {
+              const cur = await kv.get<ApprovalRecord>(approvalKey(approval.id));
+              if (!cur.value || cur.value.status !== from) return false;
+              const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
+              if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
+              if (also?.run) {
+                const run = await kv.get<RunRecord>(runKey(also.run.id));
+                if (!run.value) return false;
+                writeRun(op.check(run), run.value, {
+                  ...run.value,
+                  ...also.run.patch,
+                  updatedAt: new Date().toISOString(),
+                });
+              }
+              if (also?.step) op.set(stepKey(also.step.runId, also.step.step.seq), also.step.step);
+              for (const w of also?.writes?.() ?? []) w.apply(op);
+              return (await op.commit()).ok;
+            })),
       });
     }),
   );

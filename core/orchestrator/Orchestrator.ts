@@ -983,24 +983,30 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             },
           }
           : {};
-        const ok = yield* journal.transitionApproval(decided, "pending", { ...runPatch, ...gateStep });
+        // The decision, the resumed run, the workflow's answer and the audit event: one commit.
+        const ok = yield* journal.transitionApproval(decided, "pending", {
+          ...runPatch,
+          ...gateStep,
+          writes: () => [
+            audit.prepareNow({
+              type: d.approve ? "approval.approved" : "approval.denied",
+              actor: d.actor,
+              runId: approval.runId,
+              data: {
+                approvalId,
+                effect: approval.effect,
+                rule: approval.rule,
+                approver: d.actor,
+                ...(d.note ? { note: d.note } : {}),
+                ...(decided.resolution ? { resolution: decided.resolution } : {}),
+              },
+            }, now).write,
+          ],
+        });
         if (!ok) {
           return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
         }
         resumed();
-        yield* audit.append({
-          type: d.approve ? "approval.approved" : "approval.denied",
-          actor: d.actor,
-          runId: approval.runId,
-          data: {
-            approvalId,
-            effect: approval.effect,
-            rule: approval.rule,
-            approver: d.actor,
-            ...(d.note ? { note: d.note } : {}),
-            ...(decided.resolution ? { resolution: decided.resolution } : {}),
-          },
-        });
         return decided;
       });
 

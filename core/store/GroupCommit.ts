@@ -40,6 +40,12 @@ export interface GroupCommitStats {
 export interface GroupCommitter {
   /** Write durably, sharing a commit with whatever else is waiting. */
   submit(write: GroupWrite): Promise<void>;
+  /**
+   * Run `task` (which may read and commit with checks) alone, in order with the
+   * grouped writes: after every write submitted before it, before every write
+   * submitted after it.
+   */
+  exclusive<T>(task: () => Promise<T>): Promise<T>;
   readonly stats: () => GroupCommitStats;
 }
 
@@ -49,6 +55,8 @@ const MAX_BYTES = 600 * 1024;
 interface Waiting extends GroupWrite {
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
+  /** Set for an exclusive task instead of a write. */
+  readonly task?: () => Promise<void>;
 }
 
 /** Make a group committer; `kv` must stay open while writes are submitted. */
@@ -65,11 +73,17 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
     running = true;
     try {
       while (queue.length) {
+        if (queue[0].task) {
+          const item = queue.shift()!;
+          await item.task!().then(item.resolve, item.reject);
+          continue;
+        }
         const batch: Waiting[] = [];
         let mutations = 0;
         let bytes = 0;
         while (queue.length) {
           const next = queue[0];
+          if (next.task) break;
           if (batch.length && (mutations + next.mutations > MAX_MUTATIONS || bytes + next.bytes > MAX_BYTES)) break;
           batch.push(queue.shift()!);
           mutations += next.mutations;
@@ -107,6 +121,24 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
         queue.push({ ...write, resolve, reject });
         if (!running) {
           // Start after the current tick: writes made together (a run and its audit event) share the commit.
+          running = true;
+          queueMicrotask(drain);
+        }
+      }),
+    exclusive: <T>(task: () => Promise<T>) =>
+      new Promise<T>((resolve, reject) => {
+        let value: T;
+        queue.push({
+          apply: () => {},
+          mutations: 0,
+          bytes: 0,
+          task: async () => {
+            value = await task();
+          },
+          resolve: () => resolve(value),
+          reject,
+        });
+        if (!running) {
           running = true;
           queueMicrotask(drain);
         }

@@ -36,6 +36,8 @@ export class Audit extends Context.Service<Audit, {
    * writes that go through the group committer, which keeps their order.
    */
   prepare(event: AuditInput): Effect.Effect<{ event: AuditEvent; write: GroupWrite }>;
+  /** `prepare`, synchronously, at `millis`: for a commit that must decide inside its own critical section. */
+  prepareNow(event: AuditInput, millis: number): { event: AuditEvent; write: GroupWrite };
   list(filter: { runId?: string; limit?: number }): Effect.Effect<AuditEvent[], StoreError>;
   /** Recompute the hash chain; returns the first broken sequence number, if any. */
   readonly verify: Effect.Effect<{ ok: boolean; checked: number; brokenAt?: number }, StoreError>;
@@ -48,14 +50,18 @@ export class Audit extends Context.Service<Audit, {
       // Hashing is synchronous (node:crypto), so an event is chained and handed to the group
       // committer in the same tick it is appended: it can share a commit with the run write beside it.
       const hashOf = (e: Omit<AuditEvent, "hash">) => createHash("sha256").update(canonicalJson(e)).digest("hex");
-      // One host owns the data dir, so the chain's head lives here, read once.
-      let head = yield* kvTry(
-        "Cannot read the audit log",
-        async () => (await kv.get<{ seq: number; hash: string }>(["audit_head"])).value ?? { seq: 0, hash: "" },
-      );
-      /** Chain the next event in memory and return it with the write that stores it. */
-      const prepare = Effect.fn("Audit.prepare")(function* (input: AuditInput) {
-        const millis = yield* Clock.currentTimeMillis;
+      // One host owns the data dir, so the chain's head lives here, read once from the newest event.
+      // No head record is written: events may commit in any order (each under its own sequence
+      // number), so a head record could be overwritten by an older one.
+      const lastEvent = async () => {
+        for await (const e of kv.list<AuditEvent>({ prefix: ["audit"] }, { reverse: true, limit: 1 })) {
+          return { seq: e.value.seq, hash: e.value.hash };
+        }
+        return { seq: 0, hash: "" };
+      };
+      let head = yield* kvTry("Cannot read the audit log", lastEvent);
+      /** Chain the next event in memory now and return it with the write that stores it. */
+      const prepareNow = (input: AuditInput, millis: number) => {
         const base = {
           seq: head.seq + 1,
           at: new Date(millis).toISOString(),
@@ -69,20 +75,23 @@ export class Audit extends Context.Service<Audit, {
         head = { seq: event.seq, hash: event.hash };
         const write: GroupWrite = {
           apply: (op) => {
-            op.set(["audit_head"], { seq: event.seq, hash: event.hash }).set(["audit", event.seq], event);
+            op.set(["audit", event.seq], event);
             if (event.runId) op.set(["audit_by_run", event.runId, event.seq], event.seq);
           },
-          mutations: 3,
+          mutations: 2,
           bytes: JSON.stringify(event.data).length + 512,
         };
         return { event, write };
+      };
+      const prepare = Effect.fn("Audit.prepare")(function* (input: AuditInput) {
+        return prepareNow(input, yield* Clock.currentTimeMillis);
       });
       const append = Effect.fn("Audit.append")(function* (input: AuditInput) {
         const { event, write } = yield* prepare(input);
         yield* kvTry("Cannot append to the audit log", () =>
           group.submit(write).catch(async (error) => {
             // The chain in memory ran ahead of the file: take the head from the file again.
-            head = (await kv.get<{ seq: number; hash: string }>(["audit_head"])).value ?? head;
+            head = await lastEvent();
             throw error;
           }));
         return event;
@@ -119,7 +128,7 @@ export class Audit extends Context.Service<Audit, {
         }
         return { ok: true, checked };
       });
-      return Audit.of({ append, prepare, list, verify });
+      return Audit.of({ append, prepare, prepareNow, list, verify });
     }),
   );
 }
