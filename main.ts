@@ -34,7 +34,8 @@ const mainHelp = () =>
     ...Object.values(COMMANDS).flatMap((c) => c.summary.map((line) => `  ${line}`)),
     "",
     "Options for every command: --help",
-    "Environment: KEEL_DATA_DIR, KEEL_PORT, KEEL_HOST, KEEL_TOKEN, KEEL_POLICIES, KEEL_URL",
+    "Environment: KEEL_DATA_DIR, KEEL_PORT, KEEL_HOST, KEEL_TOKEN, KEEL_POLICIES, KEEL_URL,",
+    "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_EMBEDDER, OLLAMA_HOST",
   ].join("\n");
 
 const ensureToken = (): { token: string; generated: boolean } => {

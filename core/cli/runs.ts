@@ -8,23 +8,36 @@ import { api, type Command, flagsOf, parseJson, print, UsageError } from "./clie
 /** `keel run WORKFLOW --input JSON [--wait [S]]`. */
 export const runCommand: Command = {
   summary: ["run WORKFLOW --input JSON     Start a run (add --wait to wait for it)"],
-  help: `Usage: deno task keel run WORKFLOW --input JSON [--wait [SECONDS]]
+  help: `Usage: deno task keel run WORKFLOW --input JSON [--wait [SECONDS]] [--delay SECONDS] [--priority 0-9]
 
 Start a run of WORKFLOW with the given input. With --wait, wait (default 30 s)
-until the run ends or pauses for an approval, and print it.`,
+until the run ends or pauses (for an approval, a timer or a child run), and
+print it. --delay starts it no earlier than SECONDS from now (it waits in the
+run queue); --priority (default 5) orders it among queued runs, 9 first.`,
   async run(args) {
     // `--wait` may stand alone (30 s) or take a number.
     const i = args.indexOf("--wait");
     if (i >= 0 && (args[i + 1] === undefined || args[i + 1].startsWith("-"))) {
       args = [...args.slice(0, i + 1), "30", ...args.slice(i + 1)];
     }
-    const { values, positionals } = flagsOf(args, { input: { type: "string" }, wait: { type: "string" } });
+    const { values, positionals } = flagsOf(args, {
+      input: { type: "string" },
+      wait: { type: "string" },
+      delay: { type: "string" },
+      priority: { type: "string" },
+    });
     const workflow = positionals[0];
     if (!workflow) throw new UsageError("run needs a WORKFLOW name");
     const input = parseJson("input", values.input) ?? {};
-    const wait = values.wait === undefined ? "" : `?wait=${Number(values.wait) || 30}`;
-    const result = await api("POST", `/api/workflows/${encodeURIComponent(workflow)}/runs${wait}`, { input });
-    if (!wait) return console.log(`Started ${result.runId}`);
+    const query = new URLSearchParams();
+    if (values.wait !== undefined) query.set("wait", String(Number(values.wait) || 30));
+    // The API checks the values and says what is wrong with them.
+    if (values.delay !== undefined) query.set("delay", values.delay);
+    if (values.priority !== undefined) query.set("priority", values.priority);
+    const wait = values.wait !== undefined;
+    const qs = query.size ? `?${query}` : "";
+    const result = await api("POST", `/api/workflows/${encodeURIComponent(workflow)}/runs${qs}`, { input });
+    if (!wait) return console.log(`Started ${result.runId} (${result.status})`);
     print(result);
     if (result.status === "waiting_approval") {
       console.log(`Waiting for approval: deno task keel approve ${result.waitingFor?.approvalId}`);

@@ -62,6 +62,8 @@ export interface RunRecord {
   readonly queuedAt?: number;
   /** The host executing it and until when that claim holds (renewed while it runs). */
   readonly lease?: { readonly owner: string; readonly until: number };
+  /** How often its agent crashed or hung under it (it is replayed a few times, then fails). */
+  readonly agentCrashes?: number;
   /** Who cancelled it and why. */
   readonly cancelled?: { readonly by: string; readonly reason?: string; readonly at: string };
   readonly createdAt: string;

@@ -82,6 +82,8 @@ export interface Manifest {
   readonly uses: ReadonlyArray<string>;
   /** For agents: at most this many runs of its workflows execute at once (others queue). */
   readonly concurrency?: number;
+  /** For agents: other agents' workflows it may start as child workflows (its own it always may). */
+  readonly children?: ReadonlyArray<string>;
   readonly workflows: ReadonlyArray<WorkflowDecl>;
   /** `worker` (in-process Worker) or `process` (a sandboxed child); absent: the host decides. */
   readonly isolation?: "worker" | "process";
@@ -167,6 +169,7 @@ export const MANIFEST_SCHEMA: JsonSchema = {
     },
     uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
     concurrency: { type: "integer", minimum: 1, maximum: 1000 },
+    children: { type: "array", items: { type: "string", pattern: "^[a-z][a-z0-9_]{0,63}$" }, uniqueItems: true },
     isolation: { enum: ["worker", "process"] },
     health: {
       type: "object",
@@ -282,6 +285,7 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
       })),
       uses: m.uses ?? [],
       ...(m.concurrency !== undefined ? { concurrency: m.concurrency } : {}),
+      ...(m.children !== undefined ? { children: m.children } : {}),
       workflows: m.workflows ?? [],
       ...(m.isolation ? { isolation: m.isolation } : {}),
       ...(m.health

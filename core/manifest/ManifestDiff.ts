@@ -90,6 +90,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   }
   const usesAdded = minus(to.manifest.uses, from.manifest.uses);
   const usesRemoved = minus(from.manifest.uses, to.manifest.uses);
+  const childrenAdded = minus(to.manifest.children ?? [], from.manifest.children ?? []);
   const npmAdded = minus(to.manifest.npm, from.manifest.npm);
   const npmRemoved = minus(from.manifest.npm, to.manifest.npm);
   const isolationOf = (side: ManifestSide) => side.isolation ?? side.manifest.isolation;
@@ -113,6 +114,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
     lines.push(`changes effect ${name}: ${fields.join(", ")}${classNote}`);
   }
   for (const u of usesAdded) lines.push(`asks Keel for effect ${u} (new)`);
+  for (const c of childrenAdded) lines.push(`starts another agent's workflow ${c} as a child (new)`);
   for (const p of npmAdded) lines.push(`imports npm package ${p} (new)`);
   if (weakerIsolation) {
     lines.push(`runs as an in-process Worker instead of ${weakerIsolation.from} (weaker isolation)`);
@@ -137,7 +139,8 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
 
   const escalates = kindChanged || KEYS.some((k) => added[k].length > 0) || overridesAdded.length > 0 ||
     effectsAdded.length > 0 ||
-    Object.keys(changed).length > 0 || usesAdded.length > 0 || npmAdded.length > 0 || weakerIsolation !== undefined;
+    Object.keys(changed).length > 0 || usesAdded.length > 0 || childrenAdded.length > 0 || npmAdded.length > 0 ||
+    weakerIsolation !== undefined;
   return {
     escalates,
     kindChanged,

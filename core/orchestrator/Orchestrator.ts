@@ -39,7 +39,7 @@ import {
   TERMINAL,
 } from "../journal/mod.ts";
 import { Gateway, UNDO_SEQ_BASE } from "../gateway/mod.ts";
-import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
+import { type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
 import { ModelRouter } from "../models/mod.ts";
@@ -220,7 +220,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             case "approval":
               return yield* approvalCall(run, agent, call, known.get(call.seq));
             case "child":
-              return yield* childCall(run, call, known.get(call.seq));
+              return yield* childCall(run, agent, call, known.get(call.seq));
             case "effect":
               if (known.get(call.seq)?.status === "done") return known.get(call.seq)!.value;
               return yield* gateway.request({
@@ -397,12 +397,28 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       const childCall = Effect.fn("Orchestrator.child")(function* (
         run: RunRecord,
+        agent: InstalledPlugin,
         call: Extract<HostCall, { op: "child" }>,
         prior: StepRecord | undefined,
       ) {
         if (prior?.status === "done") return prior.value;
         const childId = `${run.id}.c${call.seq}`;
         let child = yield* journal.getRun(childId);
+        if (!child && !prior) {
+          // Least privilege: an agent starts its own workflows, or those its manifest lists in `children`.
+          const own = agent.manifest.workflows.some((w) => w.name === call.workflow);
+          if (!own && !(agent.manifest.children ?? []).includes(call.workflow)) {
+            return yield* new InvalidInputError({
+              message:
+                `Agent "${agent.name}" cannot start workflow "${call.workflow}" as a child: it is not its own and its manifest does not list it in "children"`,
+            });
+          }
+          if ((childId.match(/\.c\d+/g)?.length ?? 0) > MAX_CHILD_DEPTH) {
+            return yield* new InvalidInputError({
+              message: `Child workflows nest at most ${MAX_CHILD_DEPTH} deep: run "${run.id}" is already that deep`,
+            });
+          }
+        }
         const at = yield* nowIso;
         if (!child) {
           if (!prior) {
@@ -555,6 +571,28 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         } else if (outcome.failure._tag === "RunSuspendedError") {
           yield* ensureParked(runId);
           notify(runId);
+        } else if (
+          (outcome.failure._tag === "PluginCrashedError" || outcome.failure._tag === "PluginTimeoutError") &&
+          (run.agentCrashes ?? 0) < MAX_AGENT_CRASHES
+        ) {
+          // The agent died under the run (its own bug, a neighbour's, or a restart): like a host crash, the
+          // journal holds everything it did, so replay it after a pause — a few times, then give up.
+          const crashes = (run.agentCrashes ?? 0) + 1;
+          const now = yield* Clock.currentTimeMillis;
+          const requeued = yield* journal.updateRun(runId, {
+            status: "queued",
+            agentCrashes: crashes,
+            queuedAt: now + AGENT_CRASH_BACKOFF_MS * 4 ** (crashes - 1),
+            lease: undefined,
+          }, ["running"]);
+          yield* audit.append({
+            type: "run.agent_crashed",
+            actor: "system",
+            runId,
+            data: { error: toErrorBody(outcome.failure), attempt: crashes, of: MAX_AGENT_CRASHES },
+          });
+          if (requeued) queue.add(requeued);
+          notify(runId);
         } else {
           yield* finish(run, { status: "failed", error: toErrorBody(outcome.failure) });
         }
@@ -653,7 +691,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (limits.workflow !== undefined && countRunning((r) => r.workflow === run.workflow) >= limits.workflow) {
           return false;
         }
-        if (limits.plugin !== undefined && countRunning((r) => r.plugin === run.plugin) >= limits.plugin) return false;
+        // A running workflow is a call in flight to its agent, which takes at most MAX_IN_FLIGHT at once.
+        const perAgent = Math.min(limits.plugin ?? MAX_IN_FLIGHT, MAX_IN_FLIGHT);
+        if (countRunning((r) => r.plugin === run.plugin) >= perAgent) return false;
         return true;
       };
       const lease = (now: number) => ({ owner: hostId, until: now + LEASE_MS });
@@ -1112,6 +1152,14 @@ const digestOf = async (value: unknown) =>
     new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(value)))),
     (b) => b.toString(16).padStart(2, "0"),
   ).join("");
+
+/** How often a run is replayed after its agent crashed or hung under it, before the run fails. */
+const MAX_AGENT_CRASHES = 3;
+/** The first pause before such a replay (then 4×, 16×). */
+const AGENT_CRASH_BACKOFF_MS = 500;
+
+/** How deep child workflows may nest. */
+const MAX_CHILD_DEPTH = 8;
 
 /** How long a claim on a run holds without renewal. */
 const LEASE_MS = 30_000;

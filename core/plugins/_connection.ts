@@ -330,6 +330,12 @@ export class Connection {
         });
         return;
       }
+      case "exit":
+        // Sent by the Worker entry when the plugin ends its own Worker (see `_worker_entry.ts`).
+        return this.kill({
+          tag: "PluginCrashedError",
+          message: `Plugin "${this.name}" ended itself (exit code ${Number(m.code) || 0})`,
+        });
       default:
         return this.kill({ tag: "PluginCrashedError", message: `Plugin broke the protocol: unknown message type` });
     }

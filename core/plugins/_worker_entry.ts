@@ -16,6 +16,25 @@
  * Worker's main module. It imports nothing.
  */
 
+// A Worker that ends itself (`Deno.exit`, `self.close()`) fires no event in its host, so calls in flight
+// would wait for their timeout. Say so first; the host retires the plugin at once (see `_connection.ts`).
+// Set before the plugin loads, so it can only reach these wrappers.
+const say = (code: number) => self.postMessage({ t: "exit", code });
+const exit = Deno.exit.bind(Deno);
+Object.defineProperty(Deno, "exit", {
+  value: (code?: number) => {
+    say(code ?? 0);
+    return exit(code);
+  },
+});
+const close = self.close.bind(self);
+Object.defineProperty(self, "close", {
+  value: () => {
+    say(0);
+    close();
+  },
+});
+
 const held: unknown[] = [];
 let loaded = false;
 let started = false;

@@ -139,7 +139,9 @@ export type PluginMessage =
   }
   | { readonly t: "result"; readonly id: number; readonly ok: true; readonly value: unknown }
   | { readonly t: "result"; readonly id: number; readonly ok: false; readonly error: WireError }
-  | ({ readonly t: "call"; readonly id: number } & HostCall);
+  | ({ readonly t: "call"; readonly id: number } & HostCall)
+  /** The plugin is ending itself (`Deno.exit`, `self.close()`); sent by Keel's Worker entry, not by plugin code. */
+  | { readonly t: "exit"; readonly code: number };
 
 /** What a workflow may ask memory to remember. */
 export interface MemoryInput {

@@ -135,7 +135,7 @@ Deno.test("a child workflow starts once, its output reaches the parent, and its 
     const missing = await start(k, "parent", { n: 1, child: "no_such_workflow" });
     const none = await until(k, missing.id, ["succeeded", "failed"]);
     assert.equal(none.output.ok, false);
-    assert.equal(none.output.error.tag, "NotFoundError");
+    assert.match(none.output.error.message, /cannot start workflow "no_such_workflow" as a child/);
   } finally {
     await k.close();
   }
@@ -353,6 +353,65 @@ Deno.test("bad timer and approval requests fail the run with a clear error", asy
     const active = await k.keel.runtime.runPromise(Journal.use((j) => j.activeRuns));
     assert.ok(active.every((r) => r.workflow !== "spin"));
     void Effect;
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("an agent starts another agent's workflow as a child only if its manifest lists it, and nesting is bounded", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    const other = await k.api("POST", "/api/plugins", {
+      path: `${ROOT}/tests/fixtures/engine_other`,
+      grant: { read: ["."], write: ["."] },
+    });
+    assert.equal(other.status, 201, JSON.stringify(other.body));
+    const listed = await until(k, (await start(k, "parent", { n: 4, child: "other_kid" })).id, ["succeeded", "failed"]);
+    assert.deepEqual(listed.output, { ok: true, out: { doubled: 8 } });
+    const unlisted = await until(k, (await start(k, "parent", { n: 4, child: "secret" })).id, ["succeeded", "failed"]);
+    assert.equal(unlisted.output.ok, false);
+    assert.match(unlisted.output.error.message, /not its own and its manifest does not list it in "children"/);
+    const secretRuns = (await k.keel.runtime.runPromise(Journal.use((j) => j.listRuns({}))))
+      .filter((r) => r.workflow === "secret");
+    assert.equal(secretRuns.length, 0, "the refused child never started");
+
+    // A workflow that starts itself forever stops at the nesting bound, and the failure travels up.
+    const nest = await until(k, (await start(k, "nest", {})).id, ["succeeded", "failed"], 60);
+    assert.equal(nest.status, "failed");
+    assert.match(nest.error.message, /nest at most 8 deep/);
+    const chain = (await k.keel.runtime.runPromise(Journal.use((j) => j.listRuns({}))))
+      .filter((r) => r.workflow === "nest");
+    assert.equal(chain.length, 9, "the top run and eight levels of children");
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a run whose agent dies under it is replayed from its journal, a few times, then fails", async () => {
+  const k = await startTestKeel();
+  try {
+    const other = await k.api("POST", "/api/plugins", {
+      path: `${ROOT}/tests/fixtures/engine_other`,
+      grant: { read: ["."], write: ["."] },
+    });
+    assert.equal(other.status, 201, JSON.stringify(other.body));
+    const dir = `${k.dataDir}/plugin-data/engine_other`;
+    await Deno.mkdir(dir, { recursive: true });
+    const twice = await start(k, "crashy", { counter: `${dir}/twice`, times: 2 });
+    const done = await until(k, twice.id, ["succeeded", "failed"], 60);
+    assert.equal(done.status, "succeeded", JSON.stringify(done));
+    assert.equal(done.output.passes, 3);
+    assert.equal(done.agentCrashes, 2);
+    assert.equal(done.steps.filter((s: { name: string }) => s.name === "before").length, 1);
+    const events = (await k.api("GET", `/api/audit?run=${twice.id}`)).body.events;
+    assert.equal(events.filter((e: { type: string }) => e.type === "run.agent_crashed").length, 2);
+
+    const always = await start(k, "crashy", { counter: `${dir}/always`, times: 100 });
+    const failed = await until(k, always.id, ["succeeded", "failed"], 60);
+    assert.equal(failed.status, "failed", JSON.stringify(failed));
+    assert.equal(failed.agentCrashes, 3);
+    assert.equal(failed.error.tag, "PluginCrashedError");
   } finally {
     await k.close();
   }

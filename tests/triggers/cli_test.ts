@@ -62,3 +62,25 @@ Deno.test("keel hooks, schedules and replay answer --help", async () => {
     assert.match(results[3].stdout, new RegExp(`^  ${command} `, "m"));
   }
 });
+
+Deno.test("keel run --delay queues the run for later and --priority is recorded; bad values are refused by the API", async () => {
+  const k = await startTestKeel();
+  const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
+  try {
+    const res = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/engine`, grant: {} });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    const started = await cli.keel(["run", "spin", "--input", '{"ms":1}', "--delay", "60", "--priority", "8"], env);
+    assert.equal(started.code, 0, started.stderr);
+    const runId = /Started (run_[0-9a-f]+) \(queued\)/.exec(started.stdout)?.[1];
+    assert.ok(runId, started.stdout);
+    const run = (await k.api("GET", `/api/runs/${runId}`)).body;
+    assert.equal(run.status, "queued");
+    assert.equal(run.priority, 8);
+    assert.ok(run.notBefore > Date.now() + 50_000, "starts about a minute from now");
+    const bad = await cli.keel(["run", "spin", "--input", "{}", "--priority", "12"], env);
+    assert.equal(bad.code, 1);
+    cleanError(bad, /priority/i);
+  } finally {
+    await k.close();
+  }
+});
