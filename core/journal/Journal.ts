@@ -365,12 +365,15 @@ export class Journal extends Context.Service<Journal, {
           // In order with the grouped writes, so an audit event it carries keeps its place.
           kvTry("Cannot decide approval", () =>
             group.exclusive(async () => {
-              const cur = await kv.get<ApprovalRecord>(approvalKey(approval.id));
+              // One read for both records.
+              const [cur, run] = await kv.getMany<[ApprovalRecord, RunRecord]>([
+                approvalKey(approval.id),
+                runKey(also?.run?.id ?? approval.runId),
+              ]);
               if (!cur.value || cur.value.status !== from) return false;
               const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
               if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
               if (also?.run) {
-                const run = await kv.get<RunRecord>(runKey(also.run.id));
                 if (!run.value) return false;
                 writeRun(op.check(run), run.value, {
                   ...run.value,
