@@ -201,6 +201,15 @@ export class Journal extends Context.Service<Journal, {
     step: StepRecord & { idempotencyKey: string },
   ): Effect.Effect<{ won: boolean; holder: IntentClaim }, StoreError>;
   getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
+  /**
+   * Park a running run on an approval, atomically with the approval still
+   * pending: "parked"; the approval was decided meanwhile: "decided" (the run
+   * is left running); the run is not running any more: "moved".
+   */
+  parkOnApproval(runId: string, approvalId: string, reason: string): Effect.Effect<
+    "parked" | "decided" | "moved",
+    StoreError
+  >;
   /** Append a policy decision to the decision log (ordered by time). */
   recordDecision(decision: DecisionRecord): Effect.Effect<void, StoreError>;
   /** The decision log, oldest first. */
@@ -341,6 +350,26 @@ export class Journal extends Context.Service<Journal, {
               out.push(e.value);
             }
             return out;
+          }),
+        parkOnApproval: (runId, approvalId, reason) =>
+          kvTry("Cannot park run", async () => {
+            for (;;) {
+              const [run, approval] = await kv.getMany<[RunRecord, ApprovalRecord]>([
+                runKey(runId),
+                approvalKey(approvalId),
+              ]);
+              if (!run.value || run.value.status !== "running") return "moved";
+              if (!approval.value || approval.value.status !== "pending") return "decided";
+              const op = kv.atomic().check(run).check(approval);
+              writeRun(op, run.value, {
+                ...run.value,
+                status: "waiting_approval",
+                lease: undefined,
+                waitingFor: { approvalId, reason },
+                updatedAt: new Date().toISOString(),
+              });
+              if ((await op.commit()).ok) return "parked";
+            }
           }),
         getApproval: (id) =>
           kvTry("Cannot read approval", async () => (await kv.get<ApprovalRecord>(approvalKey(id))).value ?? undefined),

@@ -573,6 +573,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           notify(runId);
         } else if (
           (outcome.failure._tag === "PluginCrashedError" || outcome.failure._tag === "PluginTimeoutError") &&
+          // The agent itself died, not an effect's connector whose failure the workflow passed on.
+          (outcome.failure.details as { plugin?: unknown } | undefined)?.plugin === run.plugin &&
           (run.agentCrashes ?? 0) < MAX_AGENT_CRASHES
         ) {
           // The agent died under the run (its own bug, a neighbour's, or a restart): like a host crash, the
@@ -605,18 +607,43 @@ export class Orchestrator extends Context.Service<Orchestrator, {
        * pass suspends again without parking. Park it here, on that approval.
        */
       const ensureParked = Effect.fn("Orchestrator.ensureParked")(function* (runId: string) {
+        if (cancelling.has(runId)) return;
         const run = yield* journal.getRun(runId);
-        if (run?.status !== "running" || cancelling.has(runId)) return;
+        if (!run) return;
+        const now = yield* Clock.currentTimeMillis;
+        const requeue = (from: RunRecord["status"]) =>
+          Effect.flatMap(
+            journal.updateRun(runId, { status: "queued", queuedAt: now, waitingFor: undefined, lease: undefined }, [
+              from,
+            ]),
+            (queued) =>
+              Effect.sync(() => {
+                if (!queued) return;
+                queue.add(queued);
+                pump();
+              }),
+          );
+        if (run.status === "waiting_approval" && run.waitingFor?.approvalId) {
+          // Parked on an approval the operator decided while the run was still being parked: go on.
+          const approval = yield* journal.getApproval(run.waitingFor.approvalId);
+          if (approval && approval.status !== "pending") yield* requeue("waiting_approval");
+          return;
+        }
+        if (run.status !== "running") return;
         const steps = yield* journal.steps(runId);
         for (const step of steps.reverse()) {
           if (!step.approvalId || (step.status !== "waiting_approval" && step.status !== "unknown_outcome")) continue;
           const approval = yield* journal.getApproval(step.approvalId);
-          if (approval?.status !== "pending") continue;
-          yield* journal.updateRun(runId, {
-            status: "waiting_approval",
-            lease: undefined,
-            waitingFor: { approvalId: approval.id, reason: approval.message ?? `Waiting for approval ${approval.id}` },
-          }, ["running"]);
+          if (!approval) continue;
+          const parked = approval.status === "pending"
+            ? yield* journal.parkOnApproval(
+              runId,
+              approval.id,
+              approval.message ?? `Waiting for approval ${approval.id}`,
+            )
+            : "decided";
+          // Decided before the run could park on it: nothing will wake it, so run it again now.
+          if (parked === "decided") yield* requeue("running");
           return;
         }
       });
