@@ -19,7 +19,7 @@
 // A Worker that ends itself (`Deno.exit`, `self.close()`) fires no event in its host, so calls in flight
 // would wait for their timeout. Say so first; the host retires the plugin at once (see `_connection.ts`).
 // Set before the plugin loads, so it can only reach these wrappers.
-const say = (code: number) => self.postMessage({ t: "exit", code });
+const say = (code: number) => (self as unknown as { postMessage(m: unknown): void }).postMessage({ t: "exit", code });
 const exit = Deno.exit.bind(Deno);
 Object.defineProperty(Deno, "exit", {
   value: (code?: number) => {
