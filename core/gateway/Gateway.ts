@@ -309,6 +309,37 @@ export class Gateway extends Context.Service<Gateway, {
           },
         );
 
+      /** Calls in flight per connector, and the calls waiting for a slot (its manifest's `concurrency`). */
+      const slots = new Map<string, { used: number; waiting: Array<() => void> }>();
+      /** Run `call` within the connector's concurrency limit: past it, calls wait their turn, in order. */
+      const withConnectorSlot = <A, E>(connector: InstalledPlugin, call: Effect.Effect<A, E>) => {
+        const limit = connector.manifest.concurrency;
+        if (limit === undefined) return call;
+        const slot = slots.get(connector.name) ?? { used: 0, waiting: [] };
+        slots.set(connector.name, slot);
+        const acquire = Effect.callback<void>((resume) => {
+          if (slot.used < limit) {
+            slot.used++;
+            return resume(Effect.void);
+          }
+          const go = () => {
+            slot.used++;
+            resume(Effect.void);
+          };
+          slot.waiting.push(go);
+          // Interrupted while waiting: leave the line without taking a slot.
+          return Effect.sync(() => {
+            const i = slot.waiting.indexOf(go);
+            if (i >= 0) slot.waiting.splice(i, 1);
+          });
+        });
+        const release = Effect.sync(() => {
+          slot.used--;
+          slot.waiting.shift()?.();
+        });
+        return Effect.acquireUseRelease(acquire, () => call, () => release);
+      };
+
       const reject = Effect.fn("Gateway.reject")(function* (
         r: EffectRequest,
         error: EffectNotDeclaredError | InvalidInputError | PolicyDeniedError,
@@ -576,7 +607,13 @@ export class Gateway extends Context.Service<Gateway, {
         for (;;) {
           // Every attempt carries the same idempotency key: a connector that honours it performs the effect once.
           const outcome = yield* Effect.result(
-            Effect.flatMap(host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey), fitsJournal(r)),
+            Effect.flatMap(
+              withConnectorSlot(
+                auth.connector,
+                host.callEffect(auth.connector, r.effect, r.args, auth.idempotencyKey),
+              ),
+              fitsJournal(r),
+            ),
           );
           const endedAt = yield* Clock.currentTimeMillis;
           const latencyMs = endedAt - startedAt;

@@ -80,7 +80,10 @@ export interface Manifest {
   readonly permissions: Permissions;
   readonly effects: ReadonlyArray<EffectDecl>;
   readonly uses: ReadonlyArray<string>;
-  /** For agents: at most this many runs of its workflows execute at once (others queue). */
+  /**
+   * For agents: at most this many runs of its workflows execute at once (others queue). For connectors: at most
+   * this many of its effect calls are in flight at once (others wait their turn at the Gateway).
+   */
   readonly concurrency?: number;
   /** For agents: other agents' workflows it may start as child workflows (its own it always may). */
   readonly children?: ReadonlyArray<string>;

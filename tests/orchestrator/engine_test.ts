@@ -416,3 +416,20 @@ Deno.test("a run whose agent dies under it is replayed from its journal, a few t
     await k.close();
   }
 });
+
+Deno.test("a connector's concurrency limit makes its calls wait their turn at the Gateway instead of overlapping", async () => {
+  const k = await startTestKeel();
+  try {
+    const slow = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/engine_slow`, grant: {} });
+    assert.equal(slow.status, 201, JSON.stringify(slow.body));
+    await install(k);
+    const runs = await Promise.all([1, 2, 3].map(() => start(k, "slowcall", { ms: 150 })));
+    const done = [];
+    for (const r of runs) done.push(await until(k, r.id, ["succeeded", "failed"]));
+    for (const d of done) assert.equal(d.status, "succeeded", JSON.stringify(d));
+    const spans = done.map((d) => d.output as { t0: number; t1: number }).sort((a, b) => a.t0 - b.t0);
+    for (let i = 1; i < spans.length; i++) assert.ok(spans[i].t0 >= spans[i - 1].t1, JSON.stringify(spans));
+  } finally {
+    await k.close();
+  }
+});
