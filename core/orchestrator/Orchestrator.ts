@@ -491,6 +491,30 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return value;
       });
 
+      /**
+       * Put a run back in the queue (compare-and-set: only if it is still `from`), ready at `readyAt` (default
+       * now), and let the dispatcher see it. Returns the queued record, or undefined if the run moved meanwhile.
+       */
+      const requeue = Effect.fn("Orchestrator.requeue")(function* (
+        runId: string,
+        from: RunRecord["status"],
+        options: { readyAt?: number; patch?: Partial<RunRecord> } = {},
+      ) {
+        const readyAt = options.readyAt ?? (yield* Clock.currentTimeMillis);
+        const queued = yield* journal.updateRun(runId, {
+          ...options.patch,
+          status: "queued",
+          queuedAt: readyAt,
+          waitingFor: undefined,
+          lease: undefined,
+        }, [from]);
+        if (queued) {
+          queue.add(queued);
+          pump();
+        }
+        return queued;
+      });
+
       /** A child ended: record it in the parent and queue the parent if it waits for it. */
       const resumeParent = Effect.fn("Orchestrator.resumeParent")(function* (child: RunRecord) {
         if (!child.parentRunId || child.parentSeq === undefined) return;
@@ -498,16 +522,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (step?.status !== "done") {
           yield* childDone(child.parentRunId, child.parentSeq, step?.name ?? `child:${child.workflow}`, child);
         }
-        const now = yield* Clock.currentTimeMillis;
-        const resumed = yield* journal.updateRun(
-          child.parentRunId,
-          { status: "queued", queuedAt: now, waitingFor: undefined },
-          ["waiting_child"],
-        );
-        if (resumed) {
-          queue.add(resumed);
-          pump();
-        }
+        yield* requeue(child.parentRunId, "waiting_child");
       });
 
       // ---- Executing runs ----
@@ -581,19 +596,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           // journal holds everything it did, so replay it after a pause — a few times, then give up.
           const crashes = (run.agentCrashes ?? 0) + 1;
           const now = yield* Clock.currentTimeMillis;
-          const requeued = yield* journal.updateRun(runId, {
-            status: "queued",
-            agentCrashes: crashes,
-            queuedAt: now + AGENT_CRASH_BACKOFF_MS * 4 ** (crashes - 1),
-            lease: undefined,
-          }, ["running"]);
+          yield* requeue(runId, "running", {
+            readyAt: now + AGENT_CRASH_BACKOFF_MS * 4 ** (crashes - 1),
+            patch: { agentCrashes: crashes },
+          });
           yield* audit.append({
             type: "run.agent_crashed",
             actor: "system",
             runId,
             data: { error: toErrorBody(outcome.failure), attempt: crashes, of: MAX_AGENT_CRASHES },
           });
-          if (requeued) queue.add(requeued);
           notify(runId);
         } else {
           yield* finish(run, { status: "failed", error: toErrorBody(outcome.failure) });
@@ -610,23 +622,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (cancelling.has(runId)) return;
         const run = yield* journal.getRun(runId);
         if (!run) return;
-        const now = yield* Clock.currentTimeMillis;
-        const requeue = (from: RunRecord["status"]) =>
-          Effect.flatMap(
-            journal.updateRun(runId, { status: "queued", queuedAt: now, waitingFor: undefined, lease: undefined }, [
-              from,
-            ]),
-            (queued) =>
-              Effect.sync(() => {
-                if (!queued) return;
-                queue.add(queued);
-                pump();
-              }),
-          );
         if (run.status === "waiting_approval" && run.waitingFor?.approvalId) {
           // Parked on an approval the operator decided while the run was still being parked: go on.
           const approval = yield* journal.getApproval(run.waitingFor.approvalId);
-          if (approval && approval.status !== "pending") yield* requeue("waiting_approval");
+          if (approval && approval.status !== "pending") yield* requeue(runId, "waiting_approval");
           return;
         }
         if (run.status !== "running") return;
@@ -643,7 +642,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             )
             : "decided";
           // Decided before the run could park on it: nothing will wake it, so run it again now.
-          if (parked === "decided") yield* requeue("running");
+          if (parked === "decided") yield* requeue(runId, "running");
           return;
         }
       });
@@ -962,6 +961,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               set.delete(listener);
             });
           });
+          // Woken by the timer rather than by `notify`: this round's listener is still registered.
+          set.delete(listener);
         }
       });
 
@@ -1135,13 +1136,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (found._tag === "Success") learnLimits(found.success.plugin, found.success.decl);
           if (run.status === "running") {
             // Its lease belongs to a host that is gone (this one holds the data-dir lock now): take it back.
-            const now = yield* Clock.currentTimeMillis;
-            const requeued = yield* journal.updateRun(
-              run.id,
-              { status: "queued", queuedAt: now, lease: undefined },
-              ["running"],
-            );
-            if (requeued) queue.add(requeued);
+            yield* requeue(run.id, "running");
             n++;
           } else if (run.status === "queued" || run.status === "sleeping") {
             queue.add(run);
