@@ -7,7 +7,10 @@
  */
 import { Context, Effect, Layer } from "effect";
 import { type GroupWrite, Kv, kvTry } from "../store/mod.ts";
-import type { StoreError } from "../errors/mod.ts";
+
+/** A write to carry in a grouped commit (what `runWrite`, `stepsWrite` and `approvalWrite` make). */
+export type { GroupWrite };
+import { StoreError } from "../errors/mod.ts";
 import type { ErrorBody } from "../errors/mod.ts";
 import type { DecisionRecord } from "../policy/mod.ts";
 
@@ -145,8 +148,10 @@ const writeRun = (op: Deno.AtomicOperation, prev: RunRecord | undefined, next: R
     op.delete(queueKey(prev!));
   }
   if (inQueue(next)) op.set(queueKey(next), true);
-  if (TERMINAL.has(next.status)) op.delete(activeKey(next.id));
-  else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), true);
+  // A run created already ended (its start and end in one commit) never had an active-run entry.
+  if (TERMINAL.has(next.status)) {
+    if (prev) op.delete(activeKey(next.id));
+  } else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), true);
 };
 
 /** A queued run as the queue index holds it. */
@@ -181,6 +186,27 @@ export class Journal extends Context.Service<Journal, {
   ): Effect.Effect<void, StoreError>;
   /** Record a step through the group committer (no compare-and-set): only for the run's executing host. */
   recordStep(runId: string, step: StepRecord, also?: ReadonlyArray<GroupWrite>): Effect.Effect<void, StoreError>;
+  /** A run record's write (with its queue and active-run indexes), to carry in a grouped commit. */
+  runWrite(prev: RunRecord | undefined, next: RunRecord): GroupWrite;
+  /** Step records' write, to carry in a grouped commit. */
+  stepsWrite(runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite;
+  /**
+   * Reserve an approval for a decision whose write is held back (it rides on
+   * the resumed run's first write): until released, `transitionApproval`
+   * refuses it, so that blind write cannot race another decision. False if
+   * it is reserved already. One host owns a data dir, so this is the lock.
+   */
+  reserveApproval(id: string): boolean;
+  releaseApproval(id: string): void;
+  /** An approval record's write (and its pending index), to carry in a grouped commit. */
+  approvalWrite(approval: ApprovalRecord): GroupWrite;
+  /**
+   * The hot path of a run's executing host, without an Effect per call: carry
+   * `writes` in the next grouped commit, as one unit of the run `scope`.
+   * Submitted synchronously, so later submissions commit after it; rejects
+   * with a `StoreError`.
+   */
+  submit(scope: string, writes: ReadonlyArray<GroupWrite>): Promise<void>;
   /** Runs that have not ended (queued, running, waiting or sleeping). */
   readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
   /** The run queue, in dispatch order. */
@@ -201,6 +227,11 @@ export class Journal extends Context.Service<Journal, {
     step: StepRecord & { idempotencyKey: string },
   ): Effect.Effect<{ won: boolean; holder: IntentClaim }, StoreError>;
   getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
+  /** An approval and a run in one read (when the caller knows which run it belongs to). */
+  getApprovalAndRun(
+    approvalId: string,
+    runId: string,
+  ): Effect.Effect<{ approval: ApprovalRecord | undefined; run: RunRecord | undefined }, StoreError>;
   /**
    * Park a running run on an approval, atomically with the approval still
    * pending: "parked"; the approval was decided meanwhile: "decided" (the run
@@ -233,7 +264,48 @@ export class Journal extends Context.Service<Journal, {
     Effect.gen(function* () {
       const { kv, group } = yield* Kv;
       const sizeOf = (value: unknown) => (JSON.stringify(value)?.length ?? 0) + 256;
+      const runWrite = (prev: RunRecord | undefined, next: RunRecord): GroupWrite => ({
+        apply: (op) => writeRun(op, prev, next),
+        mutations: 4,
+        bytes: sizeOf(next),
+      });
+      const stepsWrite = (runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite => ({
+        apply: (op) => {
+          for (const step of steps) op.set(stepKey(runId, step.seq), step);
+        },
+        mutations: steps.length,
+        bytes: steps.reduce((n, step) => n + sizeOf(step), 0),
+      });
+      const submit = (scope: string, writes: ReadonlyArray<GroupWrite>) =>
+        group.submit({
+          apply: (op) => {
+            for (const w of writes) w.apply(op);
+          },
+          mutations: writes.reduce((n, w) => n + w.mutations, 0),
+          bytes: writes.reduce((n, w) => n + w.bytes, 0),
+          scope,
+        }).catch((cause) => {
+          throw new StoreError({ message: `Cannot record run ${scope}: ${String(cause)}` });
+        });
+      const reserved = new Set<string>();
       return Journal.of({
+        reserveApproval: (id) => {
+          if (reserved.has(id)) return false;
+          reserved.add(id);
+          return true;
+        },
+        releaseApproval: (id) => void reserved.delete(id),
+        approvalWrite: (approval) => ({
+          apply: (op) => {
+            op.set(approvalKey(approval.id), approval);
+            if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
+          },
+          mutations: 2,
+          bytes: sizeOf(approval),
+        }),
+        runWrite,
+        stepsWrite,
+        submit,
         createRun: (run) =>
           kvTry("Cannot record run", async () => {
             const op = kv.atomic().check({ key: runKey(run.id), versionstamp: null });
@@ -371,6 +443,14 @@ export class Journal extends Context.Service<Journal, {
               if ((await op.commit()).ok) return "parked";
             }
           }),
+        getApprovalAndRun: (approvalId, runId) =>
+          kvTry("Cannot read approval", async () => {
+            const [approval, run] = await kv.getMany<[ApprovalRecord, RunRecord]>([
+              approvalKey(approvalId),
+              runKey(runId),
+            ]);
+            return { approval: approval.value ?? undefined, run: run.value ?? undefined };
+          }),
         getApproval: (id) =>
           kvTry("Cannot read approval", async () => (await kv.get<ApprovalRecord>(approvalKey(id))).value ?? undefined),
         listApprovals: ({ status }) =>
@@ -394,6 +474,8 @@ export class Journal extends Context.Service<Journal, {
           // In order with the grouped writes, so an audit event it carries keeps its place.
           kvTry("Cannot decide approval", () =>
             group.exclusive(async () => {
+              // A decision held back for its resumed run's write has this approval (see `reserveApproval`).
+              if (reserved.has(approval.id)) return false;
               // One read for both records.
               const [cur, run] = await kv.getMany<[ApprovalRecord, RunRecord]>([
                 approvalKey(approval.id),

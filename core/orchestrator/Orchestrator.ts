@@ -19,6 +19,15 @@
  * Durability: checkpoints, run records and audit events go through the group
  * committer (`store/GroupCommit.ts`), so many share one KV commit. Writes that
  * must compare-and-set (approvals, parking a run) commit on their own.
+ *
+ * Fast paths (measured in `tests/bench/workflows.ts`): checkpoints are answered
+ * in plain code, not an Effect per call, and those that ride on a workflow's
+ * result are recorded with the run's end; a run that starts (or whose gate is
+ * decided) while it can execute at once has its start (or the decision) held
+ * back to share its first write (`HeldStart`); a run's view at its end is kept
+ * briefly for the first `wait`, and a parked run's journal for its resumption.
+ * Hot internal steps use `Effect.fnUntraced`: a traced call captures a stack
+ * and opens a span, about a tenth of the host's time per run when measured.
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import { KeelConfig } from "../config/mod.ts";
@@ -32,6 +41,7 @@ import {
 } from "../errors/mod.ts";
 import {
   type ApprovalRecord,
+  type GroupWrite,
   Journal,
   type RunRecord,
   type RunTrigger,
@@ -77,6 +87,73 @@ export interface StartOptions {
 
 /** Largest step result Keel records (Deno KV values are capped at 64 KiB). */
 export const MAX_STEP_BYTES = 60 * 1024;
+/** Most checkpoints one call (or one workflow result) may carry. */
+const MAX_CHECKPOINTS_PER_CALL = 1000;
+
+/** What one pass of a run learns while its workflow executes. */
+interface PassState {
+  /** A checkpoint the workflow did not wait for failed: the run must not end as if it held. */
+  checkpointFailure?: unknown;
+  /** Checkpoints that came with the workflow's result: recorded in the commit that ends the run. */
+  readonly trailing: StepRecord[];
+  /** The run's own start, not yet written: see `HeldStart`. */
+  readonly held?: HeldStart;
+  /** The pass's view of the journal (what it loaded and the checkpoints it recorded). */
+  readonly known?: Map<number, StepRecord>;
+  /** Set once the pass answered a call other than a checkpoint or gate: `known` may then miss what it wrote. */
+  partial?: boolean;
+  /** The workflow's gate the run parked on in this pass, and the run as parked. */
+  parkedOn?: { readonly approvalId: string; readonly run: RunRecord };
+}
+
+/** How many parked runs' journals are kept for a quick resume when their gate is decided. */
+const PARKED_JOURNALS = 1024;
+
+/** How long, and how many, ended runs' views are kept for the first `wait` after the end. */
+const ENDED_VIEW_MS = 1000;
+const ENDED_VIEWS = 1024;
+
+/**
+ * A run's start (or its resumption by a decision) that is not written at once.
+ * A run started free to execute at once has its record and `run.started`
+ * event wait (at most `START_HOLD_MS`) for the run's first durable write and
+ * share its commit; a workflow's gate decided while its run can resume at once
+ * has its decision written the same way. A quick run's start (or decision),
+ * steps and end then cost one commit, and its record is written once. Nothing
+ * leaves the run before what is held is durable (a call other than a
+ * checkpoint writes it first and waits for it), and whoever started the run
+ * (or decided) hears back only once it is durable: a crash before that loses
+ * a start nobody was told of, or a decision nobody was told was recorded.
+ */
+interface HeldStart {
+  /** The run as it is recorded if what is held is written alone, and what it replaces in the store. */
+  readonly run: RunRecord;
+  readonly prev: RunRecord | undefined;
+  /** The other writes (made when taken, so an audit event takes its place in the chain then). */
+  readonly writes: () => ReadonlyArray<GroupWrite>;
+  /** Whether it was handed to a write (or failed to be). */
+  taken: boolean;
+  readonly timer: ReturnType<typeof setTimeout>;
+  /** Resolves once it is durable. */
+  readonly durable: Promise<void>;
+  /** Tie `durable` to the commit that carries it. */
+  readonly carriedBy: (commit: Promise<void>) => void;
+}
+
+/**
+ * A fresh run id: 12 hex digits of the start time (ms), then 20 random ones. Time-ordered ids keep a
+ * run's records next to the newest ones in the KV B-tree, so a commit of many new runs touches few pages,
+ * and listing runs by id lists them in start order.
+ */
+const runIdAt = (millis: number): string => {
+  const random = crypto.getRandomValues(new Uint8Array(10));
+  let hex = "";
+  for (const byte of random) hex += byte.toString(16).padStart(2, "0");
+  return `run_${Math.floor(millis).toString(16).padStart(12, "0").slice(-12)}${hex}`;
+};
+
+/** How long a run's start may wait for the run's first write to share its commit. */
+const START_HOLD_MS = 5;
 
 /** The orchestrator service. */
 export class Orchestrator extends Context.Service<Orchestrator, {
@@ -129,6 +206,31 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       /** Concurrency limits by workflow, from the manifests (filled when a run of it starts or is recovered). */
       const limits = new Map<string, { workflow?: number; plugin?: number }>();
       const waiters = new Map<string, Set<() => void>>();
+      /**
+       * Views of runs that just ended, built from what their pass knew, for the first \`wait\` after the end
+       * (taken once, kept a second): a caller waiting for a quick run needs no read of what was just written.
+       */
+      const ended = new Map<string, { view: RunView; at: number }>();
+      /** Journals of runs parked on their workflow's gate, as their pass knew them: `decide` resumes them without a read. */
+      /** Runs executing whose start or resumption is held back (`HeldStart`): the store does not show them running yet. */
+      const holding = new Set<string>();
+      const parkedJournals = new Map<
+        string,
+        { readonly approvalId: string; readonly run: RunRecord; readonly steps: Map<number, StepRecord> }
+      >();
+      /** The run parked on each gate in `parkedJournals`. */
+      const parkedGates = new Map<string, string>();
+      const forgetParked = (runId: string) => {
+        const entry = parkedJournals.get(runId);
+        if (entry) parkedGates.delete(entry.approvalId);
+        parkedJournals.delete(runId);
+      };
+      const takeEnded = (runId: string): RunView | undefined => {
+        const hit = ended.get(runId);
+        if (!hit) return undefined;
+        ended.delete(runId);
+        return Date.now() - hit.at <= ENDED_VIEW_MS ? hit.view : undefined;
+      };
       const idleWaiters = new Set<() => void>();
       const notify = (runId: string) => {
         for (const w of waiters.get(runId) ?? []) w();
@@ -141,22 +243,160 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return body.tag === "RunSuspendedError" ? { tag: SUSPENDED, message: body.message } : body;
       };
 
+      /** What is held, once: the run's record write and the others (an audit event takes its seq now). */
+      const takeStart = (
+        held: HeldStart | undefined,
+      ): { run: GroupWrite; rest: ReadonlyArray<GroupWrite> } | undefined => {
+        if (!held || held.taken) return undefined;
+        held.taken = true;
+        clearTimeout(held.timer);
+        return { run: journal.runWrite(held.prev, held.run), rest: held.writes() };
+      };
+      /** Write what is held alone (the run is about to do something that must follow it); resolves once durable. */
+      const writeStart = (held: HeldStart | undefined): Promise<void> => {
+        if (!held) return Promise.resolve();
+        const taken = takeStart(held);
+        if (taken) held.carriedBy(journal.submit(held.run.id, [taken.run, ...taken.rest]));
+        return held.durable;
+      };
+      const holdStart = (
+        run: RunRecord,
+        prev: RunRecord | undefined,
+        writes: () => ReadonlyArray<GroupWrite>,
+      ): HeldStart => {
+        let carriedBy!: (commit: Promise<void>) => void;
+        const durable = new Promise<void>((resolve, reject) => {
+          carriedBy = (commit) => commit.then(resolve, reject);
+        });
+        // Handled where it is awaited; this keeps an early failure from being reported as unhandled.
+        durable.catch(() => {});
+        holding.add(run.id);
+        durable.then(() => holding.delete(run.id), () => holding.delete(run.id));
+        const held: HeldStart = {
+          run,
+          prev,
+          writes,
+          taken: false,
+          timer: setTimeout(() => writeStart(held), START_HOLD_MS),
+          durable,
+          carriedBy,
+        };
+        return held;
+      };
+
+      /**
+       * Record a workflow's checkpoints: the hot path, in plain code (no Effect per call). This host runs the
+       * only pass of this run, so the journal it loaded is the journal: no read, no compare-and-set, and the
+       * write shares a commit with others. Checkpoints that came with the workflow's result (`trailing`) are
+       * only checked here and kept for the commit that records the run's end.
+       */
+      const checkpoints = (
+        run: RunRecord,
+        known: Map<number, StepRecord>,
+        state: PassState,
+        call: Extract<HostCall, { op: "checkpoint" | "checkpoints" }>,
+        trailing: boolean,
+      ): Promise<unknown> => {
+        /** A checkpoint the workflow will not wait for failed: the run must not end as if it held. */
+        const lost = (error: unknown) => {
+          state.checkpointFailure ??= error;
+          return Promise.reject(wire(error));
+        };
+        // Checkpoints that came with the result get no reply: a refusal of them fails the run instead.
+        const refuse = (message: string) =>
+          trailing
+            ? lost(new InvalidInputError({ message }))
+            : Promise.reject(wire(new InvalidInputError({ message })));
+        if (call.runId !== run.id) return refuse("Workflow call does not belong to this run");
+        if (cancelling.has(run.id)) {
+          return Promise.reject(wire(new RunSuspendedError({ message: "The run was cancelled" })));
+        }
+        const items: ReadonlyArray<unknown> = call.op === "checkpoint" ? [call] : call.steps;
+        if (!Array.isArray(items) || items.length === 0 || items.length > MAX_CHECKPOINTS_PER_CALL) {
+          return refuse(`A workflow sends 1 to ${MAX_CHECKPOINTS_PER_CALL} checkpoints at a time`);
+        }
+        const at = new Date().toISOString();
+        const fresh: StepRecord[] = [];
+        for (const item of items as ReadonlyArray<{ seq?: unknown; name?: unknown; value?: unknown }>) {
+          if (
+            item === null || typeof item !== "object" || !Number.isInteger(item.seq) || (item.seq as number) < 1 ||
+            (item.seq as number) >= UNDO_SEQ_BASE || typeof item.name !== "string"
+          ) {
+            return refuse("Workflow call does not belong to this run");
+          }
+          const seq = item.seq as number;
+          const json = JSON.stringify(item.value ?? null) ?? "null";
+          // UTF-8 takes at most 3 bytes per UTF-16 unit: encode only when that bound is over the limit.
+          const size = json.length * 3 <= MAX_STEP_BYTES ? json.length : new TextEncoder().encode(json).length;
+          if (size > MAX_STEP_BYTES) {
+            return lost(
+              new InvalidInputError({
+                message: `Step ${seq} "${item.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
+              }),
+            );
+          }
+          const prior = known.get(seq);
+          if (prior) {
+            if (prior.name !== item.name || prior.kind !== "step") {
+              return lost(
+                new InvalidInputError({
+                  message:
+                    `Workflow diverged from its journal at step ${seq}: recorded ${prior.kind} "${prior.name}", code asked for step "${item.name}"`,
+                  details: { seq },
+                }),
+              );
+            }
+            continue;
+          }
+          const step: StepRecord = {
+            seq,
+            kind: "step",
+            name: item.name,
+            status: "done",
+            value: item.value ?? null,
+            startedAt: at,
+            endedAt: at,
+          };
+          known.set(seq, step);
+          fresh.push(step);
+        }
+        if (trailing) {
+          state.trailing.push(...fresh);
+          return Promise.resolve(null);
+        }
+        if (!fresh.length) return Promise.resolve(null);
+        // The workflow already holds the values; echoing them back would only copy them again.
+        const start = takeStart(state.held);
+        const steps = journal.stepsWrite(run.id, fresh);
+        const commit = journal.submit(run.id, start ? [start.run, ...start.rest, steps] : [steps]);
+        if (start) state.held!.carriedBy(commit);
+        return commit.then(() => null, lost);
+      };
+
       /** Answer one call a running workflow makes of the host. */
       const handle = (
         run: RunRecord,
         agent: InstalledPlugin,
         known: Map<number, StepRecord>,
-        state: { checkpointFailure?: unknown },
+        state: PassState,
       ) =>
       (
         call: HostCall,
+        trailing?: boolean,
       ): Promise<unknown> => {
-        /** A checkpoint the workflow will not wait for failed: the run must not end as if it held. */
-        const lost = <E>(error: E): E => {
-          if (call.op === "checkpoint") state.checkpointFailure ??= error;
-          return error;
-        };
+        if (call.op === "checkpoints" || call.op === "checkpoint") {
+          return checkpoints(run, known, state, call, trailing === true);
+        }
+        if (trailing) return Promise.resolve(null);
+        if (call.op !== "approval") state.partial = true;
         const program = Effect.gen(function* () {
+          // Nothing leaves a run before its start is durable.
+          if (state.held) {
+            yield* Effect.tryPromise({
+              try: () => writeStart(state.held),
+              catch: (e) => e as StoreError,
+            });
+          }
           if (
             call.runId !== run.id || !Number.isInteger(call.seq) || call.seq < 1 || call.seq >= UNDO_SEQ_BASE ||
             typeof call.name !== "string"
@@ -177,48 +417,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             : null;
           const size = new TextEncoder().encode(JSON.stringify(payload) ?? "").length;
           if (size > MAX_STEP_BYTES) {
-            return yield* lost(
-              new InvalidInputError({
-                message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
-              }),
-            );
+            return yield* new InvalidInputError({
+              message: `Step ${call.seq} "${call.name}" is ${size} bytes; a step records at most ${MAX_STEP_BYTES}`,
+            });
           }
           switch (call.op) {
-            case "checkpoint": {
-              // This host runs the only pass of this run, so the journal it loaded is the journal:
-              // no read, no compare-and-set, and the write shares a commit with others.
-              const prior = known.get(call.seq);
-              if (prior) {
-                if (prior.name !== call.name || prior.kind !== "step") {
-                  return yield* lost(
-                    new InvalidInputError({
-                      message:
-                        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for step "${call.name}"`,
-                      details: { seq: call.seq },
-                    }),
-                  );
-                }
-                return null;
-              }
-              const at = yield* nowIso;
-              const step: StepRecord = {
-                seq: call.seq,
-                kind: "step",
-                name: call.name,
-                status: "done",
-                value: call.value,
-                startedAt: at,
-                endedAt: at,
-              };
-              known.set(call.seq, step);
-              yield* journal.recordStep(run.id, step).pipe(Effect.tapError((e) => Effect.sync(() => lost(e))));
-              // The workflow already holds the value; echoing it back would only copy it again.
-              return null;
-            }
             case "sleep":
               return yield* sleepCall(run, call, known.get(call.seq));
             case "approval":
-              return yield* approvalCall(run, agent, call, known.get(call.seq));
+              return yield* approvalCall(run, agent, call, known, state);
             case "child":
               return yield* childCall(run, agent, call, known.get(call.seq));
             case "effect":
@@ -279,9 +486,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       // ---- Timers, approvals and child workflows (calls from a running workflow) ----
 
       /** Park the run (compare-and-set: only a running run parks) and put it in the queue if it wakes by time. */
-      const park = Effect.fn("Orchestrator.park")(function* (run: RunRecord, patch: Partial<RunRecord>) {
+      const park = Effect.fn("Orchestrator.park")(function* (
+        run: RunRecord,
+        patch: Partial<RunRecord>,
+        state?: PassState,
+      ) {
         const parked = yield* journal.updateRun(run.id, { ...patch, lease: undefined }, ["running"]);
         if (parked?.queuedAt !== undefined && parked.status === "sleeping") queue.add(parked);
+        if (state && parked?.status === "waiting_approval" && parked.waitingFor?.approvalId) {
+          state.parkedOn = { approvalId: parked.waitingFor.approvalId, run: parked };
+        }
         return yield* new RunSuspendedError({ message: parked?.waitingFor?.reason ?? `Run is ${patch.status}` });
       });
 
@@ -331,8 +545,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         run: RunRecord,
         agent: InstalledPlugin,
         call: Extract<HostCall, { op: "approval" }>,
-        prior: StepRecord | undefined,
+        known: Map<number, StepRecord>,
+        state: PassState,
       ) {
+        const prior = known.get(call.seq);
         if (prior?.status === "done") return prior.value;
         const request = call.request;
         if (typeof request?.message !== "string" || !request.message.trim() || request.message.length > 2000) {
@@ -350,7 +566,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             return yield* park(run, {
               status: "waiting_approval",
               waitingFor: { approvalId: existing.id, reason: existing.message ?? "Waiting for approval" },
-            });
+            }, state);
           }
           // Expired (or decided while the answer was being recorded): ask again below.
         }
@@ -375,14 +591,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           createdAt: new Date(now).toISOString(),
           expiresAt: new Date(now + timeout * 1000).toISOString(),
         };
-        yield* journal.putStep(run.id, {
+        const waiting: StepRecord = {
           seq: call.seq,
           kind: "approval",
           name: call.name,
           status: "waiting_approval",
           approvalId: approval.id,
           startedAt: approval.createdAt,
-        }, approval);
+        };
+        yield* journal.putStep(run.id, waiting, approval);
+        known.set(call.seq, waiting);
         yield* audit.append({
           type: "approval.requested",
           actor: "system",
@@ -392,7 +610,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return yield* park(run, {
           status: "waiting_approval",
           waitingFor: { approvalId: approval.id, reason: request.message },
-        });
+        }, state);
       });
 
       const childCall = Effect.fn("Orchestrator.child")(function* (
@@ -527,27 +745,46 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       // ---- Executing runs ----
 
-      /** One pass of a run: replay against the journal until it ends or parks. */
-      const pass = Effect.fn("Orchestrator.pass")(function* (runId: string, fresh: RunRecord | undefined) {
+      /** The agent itself died under the run (not an effect's connector whose failure the workflow passed on). */
+      const isAgentCrash = (run: RunRecord, failure: { _tag: string; details?: unknown }) =>
+        (failure._tag === "PluginCrashedError" || failure._tag === "PluginTimeoutError") &&
+        (failure.details as { plugin?: unknown } | undefined)?.plugin === run.plugin &&
+        (run.agentCrashes ?? 0) < MAX_AGENT_CRASHES;
+
+      /** One pass of a run: replay against the journal until it ends or parks. (Untraced: once per run, hot.) */
+      const pass = Effect.fnUntraced(function* (
+        runId: string,
+        fresh: RunRecord | undefined,
+        held: HeldStart | undefined,
+        /** The run's journal when this host knows it (a run resumed from `parkedJournals`). */
+        given: Map<number, StepRecord> | undefined,
+      ) {
         // A run this host just created or claimed is known; a run woken again is read back.
         const run = fresh ?? (yield* journal.getRun(runId));
         if (!run || run.status !== "running") return;
         // A run is pinned to the agent version it started with, even after an upgrade activates another.
         const agent = yield* Effect.result(host.get(run.plugin, run.pluginVersion));
         if (agent._tag === "Failure") {
-          yield* finish(run, { status: "failed", error: toErrorBody(agent.failure) });
+          yield* finish(run, { trailing: [], ...(held ? { held } : {}) }, {
+            status: "failed",
+            error: toErrorBody(agent.failure),
+          });
           return;
         }
         // A run that never ran has no journal yet: no need to read one.
-        const steps = fresh?.status === "running" && isNew.delete(runId) ? [] : yield* journal.steps(runId);
-        const known = new Map(steps.map((s) => [s.seq, s]));
+        const steps = given
+          ? [...given.values()]
+          : fresh?.status === "running" && isNew.delete(runId)
+          ? []
+          : yield* journal.steps(runId);
+        const known = given ?? new Map(steps.map((s) => [s.seq, s]));
         const entries: JournalEntry[] = steps.filter((s) => s.status === "done").map((s) => ({
           seq: s.seq,
           kind: s.kind,
           name: s.name,
           value: s.value,
         }));
-        const state: { checkpointFailure?: unknown } = {};
+        const state: PassState = { trailing: [], known, ...(held ? { held } : {}) };
         const outcome = yield* Effect.result(
           host.runWorkflow(
             agent.success,
@@ -558,21 +795,27 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             handle(run, agent.success, known, state),
           ),
         );
+        // A pass that does not end its run leaves it recorded, started (a run that ends shares that commit).
+        const ends = !(stopping && outcome._tag === "Failure") && !cancelling.has(runId) &&
+          !(outcome._tag === "Failure" && outcome.failure._tag === "RunSuspendedError") &&
+          !(outcome._tag === "Failure" && isAgentCrash(run, outcome.failure));
+        if (!ends) yield* Effect.tryPromise({ try: () => writeStart(held), catch: (e) => e as StoreError });
         if (stopping && outcome._tag === "Failure") {
           notify(runId);
         } else if (cancelling.has(runId)) {
-          yield* finish(run, {
+          yield* finish(run, state, {
             status: "cancelled",
             cancelled: cancelling.get(runId),
             error: { tag: "RunCancelledError", message: "The run was cancelled" },
           });
         } else if (outcome._tag === "Success" && state.checkpointFailure !== undefined) {
-          yield* finish(run, { status: "failed", error: toErrorBody(state.checkpointFailure) });
+          yield* finish(run, state, { status: "failed", error: toErrorBody(state.checkpointFailure) });
         } else if (outcome._tag === "Success") {
           // An output too large for the run record would leave the run "running" forever: fail it instead.
           const size = new TextEncoder().encode(JSON.stringify([outcome.success ?? null, run.input ?? null])).length;
           yield* finish(
             run,
+            state,
             size <= MAX_STEP_BYTES ? { status: "succeeded", output: outcome.success } : {
               status: "failed",
               error: {
@@ -585,13 +828,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           );
         } else if (outcome.failure._tag === "RunSuspendedError") {
           yield* ensureParked(runId);
+          // Parked on its gate, with a journal this pass knows whole: keep it for a quick resume (see `decide`).
+          if (state.parkedOn && !state.partial) {
+            if (parkedJournals.size >= PARKED_JOURNALS) forgetParked(parkedJournals.keys().next().value!);
+            forgetParked(runId);
+            parkedJournals.set(runId, { ...state.parkedOn, steps: known });
+            parkedGates.set(state.parkedOn.approvalId, runId);
+          }
           notify(runId);
-        } else if (
-          (outcome.failure._tag === "PluginCrashedError" || outcome.failure._tag === "PluginTimeoutError") &&
-          // The agent itself died, not an effect's connector whose failure the workflow passed on.
-          (outcome.failure.details as { plugin?: unknown } | undefined)?.plugin === run.plugin &&
-          (run.agentCrashes ?? 0) < MAX_AGENT_CRASHES
-        ) {
+        } else if (isAgentCrash(run, outcome.failure)) {
           // The agent died under the run (its own bug, a neighbour's, or a restart): like a host crash, the
           // journal holds everything it did, so replay it after a pause — a few times, then give up.
           const crashes = (run.agentCrashes ?? 0) + 1;
@@ -608,7 +853,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           });
           notify(runId);
         } else {
-          yield* finish(run, { status: "failed", error: toErrorBody(outcome.failure) });
+          yield* finish(run, state, { status: "failed", error: toErrorBody(outcome.failure) });
         }
       });
 
@@ -647,8 +892,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
       });
 
-      const finish = Effect.fn("Orchestrator.finish")(function* (
+      // Untraced: once per run, on the hot path (a traced call captures a stack and opens a span).
+      const finish = Effect.fnUntraced(function* (
         run: RunRecord,
+        /** What the pass holds back: its start, and checkpoints that came with the workflow's result. */
+        state: PassState,
         patch: Pick<RunRecord, "status" | "output" | "error" | "cancelled">,
       ) {
         // This host holds the run's lease and is its only writer while it executes: a blind, grouped write.
@@ -661,19 +909,35 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           lease: undefined,
           updatedAt: yield* nowIso,
         };
+        // A start still held shares this commit: the run's record is then written once, in its final state.
+        const start = takeStart(state.held);
         const { write } = yield* audit.prepare({
           type: `run.${patch.status}`,
           actor: patch.cancelled?.by ?? "system",
           runId: run.id,
           data: { workflow: run.workflow, ...(patch.error ? { error: patch.error } : {}) },
         });
-        yield* journal.saveRun(current, done, [write]);
+        const steps = state.trailing.length ? [journal.stepsWrite(run.id, state.trailing)] : [];
+        const commit = journal.submit(run.id, [
+          // What was held but its run record: the one written below replaces it.
+          ...(start?.rest ?? []),
+          ...steps,
+          journal.runWrite(start ? state.held!.prev : current, done),
+          write,
+        ]);
+        if (start) state.held!.carriedBy(commit);
+        yield* Effect.tryPromise({ try: () => commit, catch: (e) => e as StoreError });
+        if (state.known && !state.partial) {
+          const steps = [...state.known.values()].sort((a, b) => a.seq - b.seq);
+          if (ended.size >= ENDED_VIEWS) ended.delete(ended.keys().next().value!);
+          ended.set(run.id, { view: { ...done, steps }, at: Date.now() });
+        }
         if (done.parentRunId) yield* resumeParent(done);
         notify(run.id);
       });
 
       /** Execute a claimed run until it ends or parks; runs again if it was woken meanwhile. */
-      const execute = (run: RunRecord): void => {
+      const execute = (run: RunRecord, held?: HeldStart, given?: Map<number, StepRecord>): void => {
         const slot = executing.get(run.id);
         if (slot) {
           slot.again = true;
@@ -683,11 +947,17 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         executing.set(run.id, mine);
         const loop: Effect.Effect<void> = Effect.gen(function* () {
           let fresh: RunRecord | undefined = run;
+          let starting = held;
+          let knownJournal = given;
           while (mine.again) {
             mine.again = false;
             const known = fresh;
             fresh = undefined;
-            yield* pass(run.id, known).pipe(
+            const first = starting;
+            const journalGiven = knownJournal;
+            starting = undefined;
+            knownJournal = undefined;
+            yield* pass(run.id, known, first, journalGiven).pipe(
               Effect.catchCause((cause) => Effect.logError(`Run ${run.id} could not proceed`, cause)),
             );
           }
@@ -871,7 +1141,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const now = yield* Clock.currentTimeMillis;
         const at = new Date(now).toISOString();
         const base = {
-          id: options.runId ?? `run_${crypto.randomUUID().replaceAll("-", "")}`,
+          id: options.runId ?? runIdAt(now),
           workflow,
           plugin: plugin.name,
           pluginVersion: plugin.version,
@@ -903,9 +1173,20 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           },
         };
         if (options.runId === undefined) {
-          // A fresh id cannot collide: the run and its audit event share one grouped commit.
+          // A fresh id cannot collide: the run and its audit event share one grouped commit — for a run that
+          // executes at once, the commit of its first write (`HeldStart`). The caller hears back once it is durable.
+          if (direct) {
+            const held = holdStart(run, undefined, () => [audit.prepareNow(startedEvent, Date.now()).write]);
+            isNew.add(run.id);
+            execute(run, held);
+            yield* Effect.tryPromise({ try: () => held.durable, catch: (e) => e as StoreError });
+            return run;
+          }
           const { write } = yield* audit.prepare(startedEvent);
           yield* journal.saveRun(undefined, run, [write]);
+          queue.add(run);
+          pump();
+          return run;
         } else {
           const created = yield* Effect.result(journal.createRun(run));
           if (created._tag === "Failure") {
@@ -935,6 +1216,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             woken = true;
           };
           const listener = () => wake();
+          const justEnded = takeEnded(runId);
+          if (justEnded) return justEnded;
           const set = waiters.get(runId) ?? new Set();
           set.add(listener);
           waiters.set(runId, set);
@@ -967,7 +1250,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       });
 
       const decide = Effect.fn("Orchestrator.decide")(function* (approvalId: string, d: Decision) {
-        const approval = yield* journal.getApproval(approvalId);
+        // A gate whose run parked here: its approval and run in one read.
+        const parkedRunId = parkedGates.get(approvalId);
+        const both = parkedRunId ? yield* journal.getApprovalAndRun(approvalId, parkedRunId) : undefined;
+        const approval = both ? both.approval : yield* journal.getApproval(approvalId);
         if (!approval) return yield* new NotFoundError({ message: `No approval with id "${approvalId}"` });
         if (approval.status !== "pending") {
           return yield* new ConflictError({
@@ -976,7 +1262,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           });
         }
         const now = yield* Clock.currentTimeMillis;
-        const run = yield* journal.getRun(approval.runId);
+        const run = both && approval.runId === parkedRunId ? both.run : yield* journal.getRun(approval.runId);
         const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
         // Resume straight into a free slot (claimed in the same write), else through the queue.
         const direct = resume && !queue.size() && mayStart(run!);
@@ -1051,25 +1337,53 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             },
           }
           : {};
+        const decidedEvent = {
+          type: d.approve ? "approval.approved" : "approval.denied",
+          actor: d.actor,
+          runId: approval.runId,
+          data: {
+            approvalId,
+            effect: approval.effect,
+            rule: approval.rule,
+            approver: d.actor,
+            ...(d.note ? { note: d.note } : {}),
+            ...(decided.resolution ? { resolution: decided.resolution } : {}),
+          },
+        };
+        // A workflow's gate whose run can resume at once, with the journal its pass left here: the run goes on
+        // now, and the decision rides on its first write (`HeldStart`; the approval is reserved meanwhile).
+        const parked = parkedJournals.get(approval.runId);
+        if (
+          direct && gateStep.step && parked?.approvalId === approvalId && !executing.has(approval.runId) &&
+          journal.reserveApproval(approvalId)
+        ) {
+          forgetParked(approval.runId);
+          const resumedRun: RunRecord = {
+            ...run!,
+            status: "running",
+            waitingFor: undefined,
+            lease: lease(now),
+            updatedAt: decided.decidedAt!,
+          };
+          const answered = gateStep.step.step;
+          const known = new Map(parked.steps).set(answered.seq, answered);
+          const held = holdStart(resumedRun, run!, () => [
+            journal.approvalWrite(decided),
+            journal.stepsWrite(approval.runId, [answered]),
+            audit.prepareNow(decidedEvent, Date.now()).write,
+          ]);
+          execute(resumedRun, held, known);
+          yield* Effect.tryPromise({
+            try: () => held.durable.finally(() => journal.releaseApproval(approvalId)),
+            catch: (e) => e as StoreError,
+          });
+          return decided;
+        }
         // The decision, the resumed run, the workflow's answer and the audit event: one commit.
         const ok = yield* journal.transitionApproval(decided, "pending", {
           ...runPatch,
           ...gateStep,
-          writes: () => [
-            audit.prepareNow({
-              type: d.approve ? "approval.approved" : "approval.denied",
-              actor: d.actor,
-              runId: approval.runId,
-              data: {
-                approvalId,
-                effect: approval.effect,
-                rule: approval.rule,
-                approver: d.actor,
-                ...(d.note ? { note: d.note } : {}),
-                ...(decided.resolution ? { resolution: decided.resolution } : {}),
-              },
-            }, now).write,
-          ],
+          writes: () => [audit.prepareNow(decidedEvent, now).write],
         });
         if (!ok) {
           return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
@@ -1094,7 +1408,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
         const at = yield* nowIso;
         const cancelled = { by: actor, at, ...(reason ? { reason } : {}) };
-        if (executing.has(runId) && run.status === "running") {
+        if (executing.has(runId) && (run.status === "running" || holding.has(runId))) {
           // Its workflow is in a Worker right now: its next call to the host stops it, and the pass records it.
           cancelling.set(runId, cancelled);
           yield* wait(runId, 10);

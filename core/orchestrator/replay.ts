@@ -129,6 +129,18 @@ export const replayRun = Effect.fn("Orchestrator.replay")(function* (
   const stop = (message: string): Promise<never> => Promise.reject({ tag: SUSPENDED, message } satisfies WireError);
 
   const answer = (call: HostCall): Promise<unknown> => {
+    if (call.op !== "checkpoints") return answerOne(call);
+    // A batch of checkpoints is the same steps one by one; the first that diverges stops the replay.
+    if (!Array.isArray(call.steps)) return stop("Replay call does not belong to this run");
+    const answers: Promise<unknown>[] = [];
+    for (const step of call.steps) {
+      const before = divergences.length;
+      answers.push(answerOne({ op: "checkpoint", runId: call.runId, ...step }));
+      if (divergences.length > before) break;
+    }
+    return Promise.all(answers).then(() => null);
+  };
+  const answerOne = (call: HostCall): Promise<unknown> => {
     const kind = kindOf(call.op);
     const args = argsOf(call);
     const actual: ReplayCall = { kind, name: call.name, ...(args !== undefined ? { args } : {}) };

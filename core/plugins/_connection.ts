@@ -22,8 +22,13 @@ export class CallFailure extends Error {
   }
 }
 
-/** Answers a workflow's calls to the host; rejects with a `WireError`. */
-export type HostCallHandler = (call: HostCall) => Promise<unknown>;
+/**
+ * Answers a workflow's calls to the host; rejects with a `WireError`. With
+ * `trailing`, the call is the checkpoints that came with the workflow's result
+ * (see `PluginMessage`): the handler takes them synchronously, before the
+ * result is delivered, and records them with the run's end.
+ */
+export type HostCallHandler = (call: HostCall, trailing?: boolean) => Promise<unknown>;
 
 /** Largest message a plugin may send, in bytes of JSON. */
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
@@ -102,7 +107,13 @@ export class Connection {
   readonly #transport: Transport;
   readonly #pending = new Map<
     number,
-    { resolve: (v: unknown) => void; reject: (e: CallFailure) => void; timer: ReturnType<typeof setTimeout> }
+    {
+      resolve: (v: unknown) => void;
+      reject: (e: CallFailure) => void;
+      timer: ReturnType<typeof setTimeout>;
+      /** Set for a workflow request: the run it executes. */
+      runId?: string;
+    }
   >();
   readonly #runs = new Map<string, HostCallHandler>();
   #nextId = 1;
@@ -225,7 +236,7 @@ export class Connection {
           message: `Plugin did not answer "${describe(message)}" within ${timeoutMs} ms`,
         }, "timeout");
       }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
+      this.#pending.set(id, { resolve, reject, timer, ...(message.t === "workflow" ? { runId: message.runId } : {}) });
       this.#post({ ...message, id } as HostMessage);
     }).finally(() => {
       if (message.t === "workflow") this.#runs.delete(message.runId);
@@ -277,6 +288,24 @@ export class Connection {
     } else p.reject(new CallFailure("failed", wireError(error)));
   }
 
+  /** Hand the checkpoints that came with a workflow's result to its run, before the result; false if it killed. */
+  #trailing(id: number, checkpoints: unknown): boolean {
+    const runId = this.#pending.get(id)?.runId;
+    const handler = runId === undefined ? undefined : this.#runs.get(runId);
+    if (!handler || !Array.isArray(checkpoints) || !checkpoints.length) {
+      this.kill({
+        tag: "PluginCrashedError",
+        message: "Plugin broke the protocol: checkpoints on a result without a run",
+      });
+      return false;
+    }
+    const first = (checkpoints[0] ?? {}) as { seq?: unknown; name?: unknown };
+    const call = { op: "checkpoints", runId, seq: first.seq, name: first.name, steps: checkpoints } as HostCall;
+    // The run records them with its end; a refusal shows up there, not as a reply.
+    handler(call, true).catch(() => {});
+    return true;
+  }
+
   #receive(message: unknown, size: number): void {
     if (this.#dead) return;
     if (message === null || typeof message !== "object" || typeof (message as { t?: unknown }).t !== "string") {
@@ -293,6 +322,7 @@ export class Connection {
       case "ready":
         return this.#settle(0, true, { effects: names(m.effects), workflows: names(m.workflows) });
       case "result":
+        if (m.checkpoints !== undefined && !this.#trailing(m.id, m.checkpoints)) return;
         return m.ok ? this.#settle(m.id, true, m.value) : this.#settle(m.id, false, undefined, m.error);
       case "call": {
         const { id, t: _t, ...call } = m;

@@ -14,6 +14,7 @@
 import type {
   ApprovalAnswer,
   ApprovalRequest,
+  Checkpoint,
   HostCall,
   HostMessage,
   JournalEntry,
@@ -30,6 +31,7 @@ export * from "./define.ts";
 export type {
   ApprovalAnswer,
   ApprovalRequest,
+  Checkpoint,
   HostCall,
   HostMessage,
   JournalEntry,
@@ -64,11 +66,13 @@ export interface WorkflowContext<Uses = AnyEffects> {
   readonly runId: string;
   /**
    * A checkpointed step: its result is recorded once and replayed after a crash.
-   * Checkpoints are pipelined: the workflow goes on while the host writes them
-   * (in order, several per commit), and every one is durable before the next
-   * effect, approval, timer or child workflow is asked for, and before the
-   * run's end is recorded. A crash before that point re-runs only steps whose
-   * results nobody outside the run saw.
+   * Checkpoints are pipelined: the workflow goes on while the host writes them.
+   * Those made in one turn of the event loop travel as one message and one
+   * write, and those still held when the workflow returns ride on its result,
+   * recorded in the same commit as the run's end. Every one is durable before
+   * the next effect, approval, timer or child workflow is asked for, and
+   * before the run's end is recorded. A crash before that point re-runs only
+   * steps whose results nobody outside the run saw.
    */
   step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
   /** A durable timer: the run is parked (no Worker, no polling) and resumes after `ms`, across restarts. */
@@ -131,8 +135,10 @@ export class Suspended extends Error {
   }
 }
 
-/** Checkpoints a workflow may have in flight before `ctx.step` waits for the host. */
+/** Checkpoints a workflow may have unrecorded (held or in flight) before `ctx.step` waits for the host. */
 const CHECKPOINT_WINDOW = 32;
+/** Characters of JSON a workflow holds back before it sends its checkpoints. */
+const CHECKPOINT_HOLD_CHARS = 256 * 1024;
 /** Journal positions reserved for each branch of `ctx.parallel`. */
 const BRANCH_SEQS = 1000;
 
@@ -192,19 +198,49 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     runId: string,
     input: unknown,
     journal: ReadonlyArray<JournalEntry>,
+    /** Set when the workflow ends: the checkpoints it still held, to ride on its result. */
+    out: { trailing?: Checkpoint[] },
   ): Promise<unknown> => {
     const recorded = new Map(journal.map((entry) => [entry.seq, entry]));
     let suspended: Suspended | undefined;
-    // Checkpoints in flight: the workflow goes on while the host writes them (see `step`).
-    const inFlight = new Set<Promise<void>>();
+    // Checkpoints are held briefly and sent together: those made in one turn of the event loop go as one
+    // message (and one write), and the last ones ride on the workflow's result (see `step`).
+    let held: Checkpoint[] = [];
+    let heldChars = 0;
+    let flushTimer: ReturnType<typeof setTimeout> | undefined;
+    // Batches sent and not yet recorded, and how many checkpoints they carry.
+    const inFlight = new Map<Promise<void>, number>();
+    let unrecorded = 0;
     let checkpointFailure: unknown;
     const guard = () => {
       if (suspended) throw suspended;
       if (checkpointFailure) throw checkpointFailure;
     };
-    /** Wait until every checkpoint sent so far is durable. */
+    /** Send the held checkpoints as one call. */
+    const flush = () => {
+      if (flushTimer !== undefined) {
+        clearTimeout(flushTimer);
+        flushTimer = undefined;
+      }
+      if (!held.length) return;
+      const steps = held;
+      held = [];
+      heldChars = 0;
+      const sent = hostCall({ op: "checkpoints", runId, seq: steps[0].seq, name: steps[0].name, steps })
+        .then(() => {}, (error) => {
+          if (error instanceof Suspended) suspended ??= error;
+          else checkpointFailure ??= error;
+        })
+        .finally(() => {
+          inFlight.delete(sent);
+          unrecorded -= steps.length;
+        });
+      inFlight.set(sent, steps.length);
+    };
+    /** Wait until every checkpoint made so far is durable. */
     const settle = async () => {
-      while (inFlight.size) await Promise.all([...inFlight]);
+      flush();
+      while (inFlight.size) await Promise.all([...inFlight.keys()]);
       guard();
     };
     const viaHost = async (call: HostCall) => {
@@ -249,15 +285,17 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
           if (entry) return entry.value as never;
           const value = await fn();
           guard();
-          const sent = hostCall({ op: "checkpoint", runId, seq, name, value: value === undefined ? null : value })
-            .then(() => {}, (error) => {
-              if (error instanceof Suspended) suspended ??= error;
-              else checkpointFailure ??= error;
-            });
-          inFlight.add(sent);
-          sent.finally(() => inFlight.delete(sent));
+          const recordedValue = value === undefined ? null : value;
+          held.push({ seq, name, value: recordedValue });
+          unrecorded++;
+          // Sizes are estimated only to bound what is held; the host checks each step exactly.
+          heldChars += typeof recordedValue === "string"
+            ? recordedValue.length
+            : (JSON.stringify(recordedValue)?.length ?? 4);
+          if (heldChars >= CHECKPOINT_HOLD_CHARS || held.length >= CHECKPOINT_WINDOW) flush();
+          else if (flushTimer === undefined) flushTimer = setTimeout(flush, 0);
           // A bounded window keeps a fast loop of steps from queueing without limit.
-          if (inFlight.size >= CHECKPOINT_WINDOW) await Promise.race(inFlight);
+          while (unrecorded >= CHECKPOINT_WINDOW && inFlight.size) await Promise.race(inFlight.keys());
           guard();
           return value;
         },
@@ -379,20 +417,30 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
 
     let seq = 0;
     const ctx = makeContext(() => ++seq, runId, false);
+    /** What the workflow still holds goes with its result (success or failure), recorded with the run's end. */
+    const handOver = () => {
+      if (flushTimer !== undefined) clearTimeout(flushTimer);
+      flushTimer = undefined;
+      out.trailing = held;
+      held = [];
+    };
     const value = await handler(ctx, input).catch((error) => {
+      handOver();
       throw suspended ?? error;
     });
-    // Checkpoints still in flight need not hold up the result: the host records the run's end
+    handOver();
+    // Checkpoints still in flight need not hold up the result either: the host records the run's end
     // after them, in the same or a later commit, and refuses it if one of them failed.
     guard();
     return value;
   };
 
-  const answer = (id: number, work: () => Promise<unknown>) => {
+  const answer = (id: number, work: () => Promise<unknown>, out: { trailing?: Checkpoint[] } = {}) => {
+    const extra = () => (out.trailing?.length ? { checkpoints: out.trailing } : {});
     // A handler that throws before returning its promise fails its call, not the whole Worker.
     new Promise<unknown>((resolve) => resolve(work())).then(
-      (value) => send({ t: "result", id, ok: true, value: value === undefined ? null : value }),
-      (error) => send({ t: "result", id, ok: false, error: toWire(error) }),
+      (value) => send({ t: "result", id, ok: true, value: value === undefined ? null : value, ...extra() }),
+      (error) => send({ t: "result", id, ok: false, error: toWire(error), ...extra() }),
     );
   };
 
@@ -414,12 +462,13 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
       }
       case "workflow": {
         const handler = def.workflows?.[message.name];
+        const out: { trailing?: Checkpoint[] } = {};
         return answer(message.id, () => {
           if (!handler) {
             throw new PluginError("WorkflowNotImplemented", `Plugin does not implement workflow "${message.name}"`);
           }
-          return runWorkflow(handler, message.runId, message.input, message.journal);
-        });
+          return runWorkflow(handler, message.runId, message.input, message.journal, out);
+        }, out);
       }
       case "health":
         return answer(message.id, async () => (def.health ? await def.health({ config }) : true));

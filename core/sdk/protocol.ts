@@ -67,14 +67,34 @@ export type HostMessage =
   | { readonly t: "reply"; readonly id: number; readonly ok: true; readonly value: unknown }
   | { readonly t: "reply"; readonly id: number; readonly ok: false; readonly error: WireError };
 
+/** One checkpointed step's result, as a workflow sends it to be recorded. */
+export interface Checkpoint {
+  readonly seq: number;
+  readonly name: string;
+  readonly value: unknown;
+}
+
 /** Requests a running workflow makes of the host (answered with a `reply`). */
 export type HostCall =
   | {
+    /** One step's result (what SDKs before batching sent; still answered). */
     readonly op: "checkpoint";
     readonly runId: string;
     readonly seq: number;
     readonly name: string;
     readonly value: unknown;
+  }
+  | {
+    /**
+     * Several steps' results in journal order, recorded in one write. `seq` and
+     * `name` are the first step's. The rest of a run's checkpoints ride on its
+     * workflow `result` message instead (see `PluginMessage`).
+     */
+    readonly op: "checkpoints";
+    readonly runId: string;
+    readonly seq: number;
+    readonly name: string;
+    readonly steps: ReadonlyArray<Checkpoint>;
   }
   | {
     readonly op: "effect";
@@ -137,8 +157,24 @@ export type PluginMessage =
     readonly effects: ReadonlyArray<string>;
     readonly workflows: ReadonlyArray<string>;
   }
-  | { readonly t: "result"; readonly id: number; readonly ok: true; readonly value: unknown }
-  | { readonly t: "result"; readonly id: number; readonly ok: false; readonly error: WireError }
+  /**
+   * A workflow's result may carry the checkpoints it had not sent yet: the host
+   * records them in the same commit as the run's end.
+   */
+  | {
+    readonly t: "result";
+    readonly id: number;
+    readonly ok: true;
+    readonly value: unknown;
+    readonly checkpoints?: ReadonlyArray<Checkpoint>;
+  }
+  | {
+    readonly t: "result";
+    readonly id: number;
+    readonly ok: false;
+    readonly error: WireError;
+    readonly checkpoints?: ReadonlyArray<Checkpoint>;
+  }
   | ({ readonly t: "call"; readonly id: number } & HostCall)
   /** The plugin is ending itself (`Deno.exit`, `self.close()`); sent by Keel's Worker entry, not by plugin code. */
   | { readonly t: "exit"; readonly code: number };

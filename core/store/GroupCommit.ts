@@ -32,6 +32,9 @@ export interface GroupCommitStats {
   readonly commits: number;
   readonly writes: number;
   readonly largestBatch: number;
+  /** KV mutations and about how many bytes the grouped writes carried. */
+  readonly mutations: number;
+  readonly bytes: number;
   /** Milliseconds spent waiting for commits. */
   readonly busyMs: number;
 }
@@ -67,6 +70,8 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   let writes = 0;
   let largestBatch = 0;
   let busyMs = 0;
+  let mutationsTotal = 0;
+  let bytesTotal = 0;
   const poisoned = new Set<string>();
 
   const drain = async () => {
@@ -98,6 +103,8 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           if (!res.ok) throw new Error("the atomic write was refused");
           commits++;
           writes += batch.length;
+          mutationsTotal += mutations;
+          bytesTotal += bytes;
           largestBatch = Math.max(largestBatch, batch.length);
           for (const w of batch) w.resolve();
         } catch (error) {
@@ -143,6 +150,6 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           queueMicrotask(drain);
         }
       }),
-    stats: () => ({ commits, writes, largestBatch, busyMs }),
+    stats: () => ({ commits, writes, largestBatch, mutations: mutationsTotal, bytes: bytesTotal, busyMs }),
   };
 };

@@ -83,7 +83,8 @@ export class Audit extends Context.Service<Audit, {
         };
         return { event, write };
       };
-      const prepare = Effect.fn("Audit.prepare")(function* (input: AuditInput) {
+      // Untraced: called for every run event, on the hot path.
+      const prepare = Effect.fnUntraced(function* (input: AuditInput) {
         return prepareNow(input, yield* Clock.currentTimeMillis);
       });
       const append = Effect.fn("Audit.append")(function* (input: AuditInput) {
