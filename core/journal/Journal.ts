@@ -364,17 +364,20 @@ export class Journal extends Context.Service<Journal, {
             return out;
           }),
         updateRun: (id, patch, expect) =>
-          kvTry("Cannot update run", async () => {
-            for (;;) {
-              const cur = await kv.get<RunRecord>(runKey(id));
-              if (!cur.value) return undefined;
-              if (expect && !expect.includes(cur.value.status)) return undefined;
-              const next = { ...cur.value, ...patch, updatedAt: new Date().toISOString() };
-              const op = kv.atomic().check(cur);
-              writeRun(op, cur.value, next);
-              if ((await op.commit()).ok) return next;
-            }
-          }),
+          // In order with the grouped writes: it reads the run after every write submitted before it (a run's
+          // end included), and no grouped write lands between its read and its commit.
+          kvTry("Cannot update run", () =>
+            group.exclusive(async () => {
+              for (;;) {
+                const cur = await kv.get<RunRecord>(runKey(id));
+                if (!cur.value) return undefined;
+                if (expect && !expect.includes(cur.value.status)) return undefined;
+                const next = { ...cur.value, ...patch, updatedAt: new Date().toISOString() };
+                const op = kv.atomic().check(cur);
+                writeRun(op, cur.value, next);
+                if ((await op.commit()).ok) return next;
+              }
+            })),
         steps: (runId) =>
           kvTry("Cannot read steps", async () => {
             const out: StepRecord[] = [];

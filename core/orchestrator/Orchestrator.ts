@@ -218,6 +218,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         string,
         { readonly approvalId: string; readonly run: RunRecord; readonly steps: Map<number, StepRecord> }
       >();
+      /** Cancels begun, and in flight: a quick resumption is taken only if none began since its read. */
+      let cancelsBegun = 0;
+      let cancelsInFlight = 0;
       /** The run parked on each gate in `parkedJournals`. */
       const parkedGates = new Map<string, string>();
       const forgetParked = (runId: string) => {
@@ -1252,6 +1255,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const decide = Effect.fn("Orchestrator.decide")(function* (approvalId: string, d: Decision) {
         // A gate whose run parked here: its approval and run in one read.
         const parkedRunId = parkedGates.get(approvalId);
+        const cancelsBefore = cancelsBegun;
         const both = parkedRunId ? yield* journal.getApprovalAndRun(approvalId, parkedRunId) : undefined;
         const approval = both ? both.approval : yield* journal.getApproval(approvalId);
         if (!approval) return yield* new NotFoundError({ message: `No approval with id "${approvalId}"` });
@@ -1355,7 +1359,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const parked = parkedJournals.get(approval.runId);
         if (
           direct && gateStep.step && parked?.approvalId === approvalId && !executing.has(approval.runId) &&
-          journal.reserveApproval(approvalId)
+          // The run record read above is still what the store holds: no cancel began since, none is in flight.
+          cancelsBegun === cancelsBefore && cancelsInFlight === 0 && journal.reserveApproval(approvalId)
         ) {
           forgetParked(approval.runId);
           const resumedRun: RunRecord = {
@@ -1396,7 +1401,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         runId: string,
         actor: string,
         reason?: string,
-      ): Effect.Effect<RunRecord, NotFoundError | ConflictError | StoreError> => cancelOnce(runId, actor, reason);
+      ): Effect.Effect<RunRecord, NotFoundError | ConflictError | StoreError> =>
+        Effect.suspend(() => {
+          // A decided gate's quick resumption writes its run blind: it must not start while a cancel reads or
+          // writes that run (see `decide`).
+          cancelsBegun++;
+          cancelsInFlight++;
+          return cancelOnce(runId, actor, reason).pipe(Effect.ensuring(Effect.sync(() => cancelsInFlight--)));
+        });
       const cancelOnce = Effect.fn("Orchestrator.cancel")(function* (runId: string, actor: string, reason?: string) {
         const run = yield* journal.getRun(runId);
         if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });
