@@ -28,6 +28,11 @@ export interface KeelConfigShape {
   readonly embedder?: string;
   /** Runs executing at once across all workflows (`KEEL_MAX_RUNS`); others wait in the run queue. Default 32. */
   readonly maxRuns?: number;
+  /**
+   * Milliseconds a run that starts (or resumes) at once may hold its start back to share its first write's commit;
+   * default 5. Longer trades the start's latency for fewer commits; tests set it long to make "one commit" exact.
+   */
+  readonly startHoldMs?: number;
   /** Ollama's base URL for the embedder (`OLLAMA_HOST`); default http://127.0.0.1:11434. */
   readonly ollamaHost?: string;
 }

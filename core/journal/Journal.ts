@@ -488,7 +488,10 @@ export class Journal extends Context.Service<Journal, {
               const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
               if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
               if (also?.run) {
-                if (!run.value) return false;
+                // Only a run still parked on this approval is resumed by it (a cancel may have ended it meanwhile).
+                if (run.value?.status !== "waiting_approval" || run.value.waitingFor?.approvalId !== approval.id) {
+                  return false;
+                }
                 writeRun(op.check(run), run.value, {
                   ...run.value,
                   ...also.run.patch,

@@ -116,7 +116,7 @@ const ENDED_VIEWS = 1024;
 /**
  * A run's start (or its resumption by a decision) that is not written at once.
  * A run started free to execute at once has its record and `run.started`
- * event wait (at most `START_HOLD_MS`) for the run's first durable write and
+ * event wait (at most `START_HOLD_MS`, or config `startHoldMs`) for the run's first durable write and
  * share its commit; a workflow's gate decided while its run can resume at once
  * has its decision written the same way. A quick run's start (or decision),
  * steps and end then cost one commit, and its record is written once. Nothing
@@ -195,6 +195,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       const config = yield* KeelConfig;
       const maxRuns = config.maxRuns ?? 32;
+      const startHoldMs = config.startHoldMs ?? START_HOLD_MS;
       const hostId = `host_${crypto.randomUUID().slice(0, 8)}`;
       const queue = makeQueue();
       /** Runs executing (or being claimed) in this host. */
@@ -280,7 +281,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           prev,
           writes,
           taken: false,
-          timer: setTimeout(() => writeStart(held), START_HOLD_MS),
+          timer: setTimeout(() => writeStart(held), startHoldMs),
           durable,
           carriedBy,
         };
@@ -1290,14 +1291,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         };
         if (Date.parse(approval.expiresAt) <= now) {
           // Too late for this one; the resumed run asks for a fresh approval of the same action.
-          yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch);
-          yield* audit.append({
-            type: "approval.expired",
-            actor: "system",
-            runId: approval.runId,
-            data: { approvalId },
-          });
-          resumed();
+          // Only if this call expired it (a cancel or another call may have moved the approval or its run first).
+          if (yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch)) {
+            yield* audit.append({
+              type: "approval.expired",
+              actor: "system",
+              runId: approval.runId,
+              data: { approvalId },
+            });
+            resumed();
+          }
           return yield* new ConflictError({
             message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
             details: { status: "expired" },
@@ -1391,7 +1394,18 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           writes: () => [audit.prepareNow(decidedEvent, now).write],
         });
         if (!ok) {
-          return yield* new ConflictError({ message: `Approval "${approvalId}" was decided by someone else first` });
+          const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
+          return yield* new ConflictError(
+            now.approval?.status === "pending" && now.run
+              ? {
+                message: `Run "${approval.runId}" is ${now.run.status} now: approval "${approvalId}" cannot resume it`,
+                details: { status: "pending", run: now.run.status },
+              }
+              : {
+                message: `Approval "${approvalId}" was decided by someone else first`,
+                details: { status: now.approval?.status },
+              },
+          );
         }
         resumed();
         return decided;

@@ -45,6 +45,8 @@ export interface TestKeelOptions {
   readonly rpcTimeoutMs?: number;
   /** Runs executing at once (default Keel's). */
   readonly maxRuns?: number;
+  /** How long a start may wait to share its run's first commit (default Keel's). */
+  readonly startHoldMs?: number;
 }
 
 /** Start Keel for a test. Always `close()` it (use try/finally). */
@@ -66,6 +68,7 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     policiesDir,
     rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000,
     ...(options.maxRuns ? { maxRuns: options.maxRuns } : {}),
+    ...(options.startHoldMs ? { startHoldMs: options.startHoldMs } : {}),
   }))
     .catch(async (error) => {
       await cleanUp();

@@ -16,6 +16,9 @@ import { Journal } from "../../core/journal/mod.ts";
 import { Kv } from "../../core/store/mod.ts";
 import { Audit } from "../../core/telemetry/mod.ts";
 
+/** A start may wait this long for its run's first write: on a loaded machine the run still ends first. */
+const HOLD = { startHoldMs: 10_000 };
+
 const install = async (k: TestKeel) => {
   const res = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/bench_workflows`, grant: {} });
   assert.equal(res.status, 201, JSON.stringify(res.body));
@@ -39,7 +42,7 @@ const parkedW2 = async (k: TestKeel) => {
 };
 
 Deno.test("a quick run's start, ten checkpoints and end share one commit, and read back whole from the store", async () => {
-  const k = await startTestKeel();
+  const k = await startTestKeel(HOLD);
   try {
     await install(k);
     // Warm the agent's Worker so the measured run is the only writer.
@@ -75,7 +78,7 @@ Deno.test("a quick run's start, ten checkpoints and end share one commit, and re
 });
 
 Deno.test("a decided gate resumes its run without re-reading its journal; the decision and the run's end are one commit", async () => {
-  const k = await startTestKeel();
+  const k = await startTestKeel(HOLD);
   try {
     await install(k);
     const { runId, approvalId } = await parkedW2(k);
@@ -104,7 +107,7 @@ Deno.test("a decided gate resumes its run without re-reading its journal; the de
 });
 
 Deno.test("two decisions of one gate at once: one wins, the other is a ConflictError, and the run ends once", async () => {
-  const k = await startTestKeel();
+  const k = await startTestKeel(HOLD);
   try {
     await install(k);
     for (let round = 0; round < 5; round++) {
@@ -118,8 +121,11 @@ Deno.test("two decisions of one gate at once: one wins, the other is a ConflictE
       assert.equal(won.length, 1, JSON.stringify(outcomes));
       assert.match(String(lost[0].reason), /ConflictError|already|someone else/, String(lost[0].reason));
       const winner = (won[0] as PromiseFulfilledResult<{ status: string; decidedBy?: string }>).value;
+      // `bench_w2` goes on whatever its gate answers: the answer it recorded is the winner's.
       const done = await run(k, (o) => o.wait(runId, 10));
-      assert.equal(done.status, winner.status === "approved" ? "succeeded" : "failed", JSON.stringify(done));
+      assert.equal(done.status, "succeeded", JSON.stringify(done));
+      const answer = done.steps.find((s) => s.kind === "approval")?.value as { approved: boolean; actor: string };
+      assert.deepEqual([answer.approved, answer.actor], [winner.status === "approved", winner.decidedBy]);
       const { run: record } = await stored(k, runId);
       assert.equal(record?.status, done.status);
       const decisions = (await auditOf(k, runId)).filter((e) =>
@@ -134,13 +140,8 @@ Deno.test("two decisions of one gate at once: one wins, the other is a ConflictE
   }
 });
 
-// KNOWN DEFECT, skipped so CI stays meaningful: under load (1 run in ~10), a cancel racing a decision still leaves a
-// gap in the audit chain (a prepared event whose commit failed). See README "Not yet". Run it with KEEL_RACE_TESTS=1.
-Deno.test({
-  name: "a cancel racing a decided gate's resumption leaves one end in the store, agreed by the audit log",
-  ignore: Deno.env.get("KEEL_RACE_TESTS") !== "1",
-}, async () => {
-  const k = await startTestKeel();
+Deno.test("a cancel racing a decided gate's resumption leaves one end in the store, agreed by the audit log", async () => {
+  const k = await startTestKeel(HOLD);
   try {
     await install(k);
     for (let round = 0; round < 5; round++) {
