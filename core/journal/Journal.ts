@@ -287,6 +287,14 @@ export class Journal extends Context.Service<Journal, {
         }).catch((cause) => {
           throw new StoreError({ message: `Cannot record run ${scope}: ${String(cause)}` });
         });
+      const approvalWrite = (approval: ApprovalRecord): GroupWrite => ({
+        apply: (op) => {
+          op.set(approvalKey(approval.id), approval);
+          if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
+        },
+        mutations: 2,
+        bytes: sizeOf(approval),
+      });
       const reserved = new Set<string>();
       return Journal.of({
         reserveApproval: (id) => {
@@ -295,14 +303,7 @@ export class Journal extends Context.Service<Journal, {
           return true;
         },
         releaseApproval: (id) => void reserved.delete(id),
-        approvalWrite: (approval) => ({
-          apply: (op) => {
-            op.set(approvalKey(approval.id), approval);
-            if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
-          },
-          mutations: 2,
-          bytes: sizeOf(approval),
-        }),
+        approvalWrite,
         runWrite,
         stepsWrite,
         submit,
@@ -485,8 +486,8 @@ export class Journal extends Context.Service<Journal, {
                 runKey(also?.run?.id ?? approval.runId),
               ]);
               if (!cur.value || cur.value.status !== from) return false;
-              const op = kv.atomic().check(cur).set(approvalKey(approval.id), approval);
-              if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
+              const op = kv.atomic().check(cur);
+              approvalWrite(approval).apply(op);
               if (also?.run) {
                 // Only a run still parked on this approval is resumed by it (a cancel may have ended it meanwhile).
                 if (run.value?.status !== "waiting_approval" || run.value.waitingFor?.approvalId !== approval.id) {

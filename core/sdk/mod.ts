@@ -208,8 +208,8 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     let held: Checkpoint[] = [];
     let heldChars = 0;
     let flushTimer: ReturnType<typeof setTimeout> | undefined;
-    // Batches sent and not yet recorded, and how many checkpoints they carry.
-    const inFlight = new Map<Promise<void>, number>();
+    // Batches sent and not yet recorded; `unrecorded` counts the checkpoints held or in them.
+    const inFlight = new Set<Promise<void>>();
     let unrecorded = 0;
     let checkpointFailure: unknown;
     const guard = () => {
@@ -235,12 +235,12 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
           inFlight.delete(sent);
           unrecorded -= steps.length;
         });
-      inFlight.set(sent, steps.length);
+      inFlight.add(sent);
     };
     /** Wait until every checkpoint made so far is durable. */
     const settle = async () => {
       flush();
-      while (inFlight.size) await Promise.all([...inFlight.keys()]);
+      while (inFlight.size) await Promise.all([...inFlight]);
       guard();
     };
     const viaHost = async (call: HostCall) => {
@@ -295,7 +295,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
           if (heldChars >= CHECKPOINT_HOLD_CHARS || held.length >= CHECKPOINT_WINDOW) flush();
           else if (flushTimer === undefined) flushTimer = setTimeout(flush, 0);
           // A bounded window keeps a fast loop of steps from queueing without limit.
-          while (unrecorded >= CHECKPOINT_WINDOW && inFlight.size) await Promise.race(inFlight.keys());
+          while (unrecorded >= CHECKPOINT_WINDOW && inFlight.size) await Promise.race(inFlight);
           guard();
           return value;
         },
