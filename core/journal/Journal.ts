@@ -161,6 +161,15 @@ export interface QueueEntry {
   readonly readyAt: number;
 }
 const stepKey = (runId: string, seq: number) => ["run_step", runId, seq];
+/**
+ * Completed checkpoints written together are stored as one record, an array,
+ * under their first step's key plus `"steps"` (KV layout 2): a ten-step run is
+ * one KV row, not ten. `getStep` reads own-key records only; checkpoints are
+ * read back through `steps`.
+ */
+const chunkKey = (runId: string, firstSeq: number) => ["run_step", runId, firstSeq, "steps"];
+/** Characters of JSON a step chunk carries at most (a Deno KV value holds 64 KiB; a single larger step goes alone). */
+const STEP_CHUNK_CHARS = 24 * 1024;
 const approvalKey = (id: string) => ["approval", id];
 const intentKey = (idempotencyKey: string) => ["intent_claim", idempotencyKey];
 
@@ -188,7 +197,7 @@ export class Journal extends Context.Service<Journal, {
   recordStep(runId: string, step: StepRecord, also?: ReadonlyArray<GroupWrite>): Effect.Effect<void, StoreError>;
   /** A run record's write (with its queue and active-run indexes), to carry in a grouped commit. */
   runWrite(prev: RunRecord | undefined, next: RunRecord): GroupWrite;
-  /** Step records' write, to carry in a grouped commit. */
+  /** Step records' write, to carry in a grouped commit (completed checkpoints are chunked: see `chunkKey`). */
   stepsWrite(runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite;
   /**
    * Reserve an approval for a decision whose write is held back (it rides on
@@ -269,13 +278,38 @@ export class Journal extends Context.Service<Journal, {
         mutations: 4,
         bytes: sizeOf(next),
       });
-      const stepsWrite = (runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite => ({
-        apply: (op) => {
-          for (const step of steps) op.set(stepKey(runId, step.seq), step);
-        },
-        mutations: steps.length,
-        bytes: steps.reduce((n, step) => n + sizeOf(step), 0),
-      });
+      const stepsWrite = (runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite => {
+        // Completed checkpoints (written once, never changed) share chunk records; anything else has its own key.
+        const chunks: StepRecord[][] = [];
+        const singles: StepRecord[] = [];
+        let chunk: StepRecord[] = [];
+        let chunkChars = 0;
+        let bytes = 0;
+        for (const step of steps) {
+          const size = sizeOf(step);
+          bytes += size;
+          if (step.kind !== "step" || step.status !== "done") {
+            singles.push(step);
+            continue;
+          }
+          if (chunk.length && chunkChars + size > STEP_CHUNK_CHARS) {
+            chunks.push(chunk);
+            chunk = [];
+            chunkChars = 0;
+          }
+          chunk.push(step);
+          chunkChars += size;
+        }
+        if (chunk.length) chunks.push(chunk);
+        return {
+          apply: (op) => {
+            for (const c of chunks) op.set(chunkKey(runId, c[0].seq), c);
+            for (const step of singles) op.set(stepKey(runId, step.seq), step);
+          },
+          mutations: chunks.length + singles.length,
+          bytes,
+        };
+      };
       const submit = (scope: string, writes: ReadonlyArray<GroupWrite>) =>
         group.submit({
           apply: (op) => {
@@ -381,9 +415,16 @@ export class Journal extends Context.Service<Journal, {
             })),
         steps: (runId) =>
           kvTry("Cannot read steps", async () => {
-            const out: StepRecord[] = [];
-            for await (const e of kv.list<StepRecord>({ prefix: ["run_step", runId] })) out.push(e.value);
-            return out;
+            // One list finds both: a chunk's key extends its first step's key.
+            const bySeq = new Map<number, StepRecord>();
+            const chunked: StepRecord[] = [];
+            for await (const e of kv.list<StepRecord | StepRecord[]>({ prefix: ["run_step", runId] })) {
+              if (Array.isArray(e.value)) chunked.push(...e.value);
+              else bySeq.set(e.value.seq, e.value);
+            }
+            // A step's own record wins over a chunk's copy (none is written twice today).
+            for (const step of chunked) if (!bySeq.has(step.seq)) bySeq.set(step.seq, step);
+            return [...bySeq.values()].sort((a, b) => a.seq - b.seq);
           }),
         getStep: (runId, seq) =>
           kvTry("Cannot read step", async () => (await kv.get<StepRecord>(stepKey(runId, seq))).value ?? undefined),

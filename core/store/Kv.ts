@@ -36,14 +36,18 @@ export class Kv extends Context.Service<Kv, {
   );
 }
 
-/** The KV layout version this Keel writes; a data dir from a newer Keel is refused, never rewritten. */
-export const KV_SCHEMA_VERSION = 1;
+/**
+ * The KV layout version this Keel writes; a data dir from a newer Keel is refused, never rewritten. An older
+ * layout is read as it is and marked with this version, so an older Keel then refuses it. 2: completed
+ * checkpoints are stored in chunks (`journal/Journal.ts`).
+ */
+export const KV_SCHEMA_VERSION = 2;
 
 const checkSchema = (kv: Deno.Kv, path: string) =>
   Effect.flatMap(
     kvTry("Cannot read the KV schema version", async () => {
       const current = await kv.get<number>(["meta", "schema"]);
-      if (current.value === null) {
+      if (current.value === null || current.value < KV_SCHEMA_VERSION) {
         await kv.atomic().check(current).set(["meta", "schema"], KV_SCHEMA_VERSION).commit();
         return KV_SCHEMA_VERSION;
       }
