@@ -339,6 +339,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               }),
             );
           }
+          if (fresh.some((f) => f.seq === seq)) return refuse(`Step ${seq} is checkpointed twice in one batch`);
           const prior = known.get(seq);
           if (prior) {
             if (prior.name !== item.name || prior.kind !== "step") {
@@ -361,9 +362,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             startedAt: at,
             endedAt: at,
           };
-          known.set(seq, step);
           fresh.push(step);
         }
+        // Only a batch that passed whole is known (and recorded): a refused one leaves nothing behind.
+        for (const step of fresh) known.set(step.seq, step);
         if (trailing) {
           state.trailing.push(...fresh);
           return Promise.resolve(null);
@@ -408,9 +410,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             return yield* new InvalidInputError({ message: "Workflow call does not belong to this run" });
           }
           if (cancelling.has(run.id)) return yield* new RunSuspendedError({ message: "The run was cancelled" });
-          const payload = "value" in call
-            ? call.value
-            : "args" in call
+          // (Checkpoints never come here: `checkpoints` above checks their size.)
+          const payload = "args" in call
             ? call.args
             : "item" in call
             ? call.item

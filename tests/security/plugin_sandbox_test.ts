@@ -473,6 +473,23 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       }
       assert.ok(!o.audit.some((e) => e.type.startsWith("effect.")), "nothing reached the Gateway");
     });
+    await t.step(
+      "an agent whose result carries a checkpoint the protocol forbids fails its run; nothing of it is recorded",
+      async () => {
+        const o = await runOf("forged_trailing", {});
+        assertRunFailed(o, ["InvalidInputError"]);
+        assert.match(o.run.error.message, /does not belong to this run/);
+        assert.deepEqual(o.run.steps, [], "the valid checkpoint beside it is not recorded either");
+      },
+    );
+    await t.step(
+      "an agent sending checkpoints on a result to no request is retired as a protocol breaker",
+      async () => {
+        const o = await runOf("orphan_trailing", {});
+        assertRunFailed(o, ["PluginCrashedError"]);
+        assert.match(o.run.error.message, /checkpoints on a result without a run/);
+      },
+    );
     await t.step("an agent making a call in another run's name is refused and that run is untouched", async () => {
       const victim = await drive(k, "benign.echo", { value: "victim" });
       assert.equal(victim.run.status, "succeeded");
