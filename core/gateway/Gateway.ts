@@ -52,7 +52,7 @@ import {
   type PolicyRequest,
   type Usage,
 } from "../policy/mod.ts";
-import { type ApprovalRecord, Journal, type StepRecord } from "../journal/mod.ts";
+import { type ApprovalRecord, Journal, type StepRecord, timeOrderedId } from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
@@ -487,7 +487,7 @@ export class Gateway extends Context.Service<Gateway, {
         if (fits.decision === "deny") return yield* denied(r, fits);
         const createdAt = yield* Clock.currentTimeMillis;
         const approval: ApprovalRecord = {
-          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          id: timeOrderedId("apr", createdAt),
           kind: "effect",
           runId: r.runId,
           seq: r.seq,
@@ -694,7 +694,7 @@ export class Gateway extends Context.Service<Gateway, {
           ? `Keel stopped while "${r.effect}" was in flight`
           : `"${r.effect}" was sent, then the connector ${why === "timeout" ? "timed out" : "crashed"}`;
         const approval: ApprovalRecord = {
-          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          id: timeOrderedId("apr", created),
           kind: "unknown_outcome",
           runId: r.runId,
           seq: r.seq,

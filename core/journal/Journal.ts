@@ -136,13 +136,33 @@ const activeKey = (id: string) => ["run_active", id];
 /** The run queue: higher priority first, then the earliest ready time. */
 const queueKey = (run: RunRecord) => ["runq", 9 - (run.priority ?? 5), run.queuedAt ?? 0, run.id];
 
+/**
+ * A fresh id: `<prefix>_`, 12 hex digits of `millis`, then 20 random ones. Time-ordered ids keep new
+ * records (runs, approvals) next to the newest ones in the KV B-tree, so a commit of new records touches
+ * few pages, and listing by id lists in creation order.
+ */
+export const timeOrderedId = (prefix: string, millis: number): string => {
+  const random = crypto.getRandomValues(new Uint8Array(10));
+  let hex = "";
+  for (const byte of random) hex += byte.toString(16).padStart(2, "0");
+  return `${prefix}_${Math.floor(millis).toString(16).padStart(12, "0").slice(-12)}${hex}`;
+};
+
 /** Statuses a run never leaves. */
 export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
 const inQueue = (run: RunRecord | undefined) =>
   run !== undefined && (run.status === "queued" || run.status === "sleeping") && run.queuedAt !== undefined;
 
-/** Add the writes that store `next` (replacing `prev`) and keep its indexes right. */
-const writeRun = (op: Deno.AtomicOperation, prev: RunRecord | undefined, next: RunRecord) => {
+/**
+ * Add the writes that store `next` (replacing `prev`) and keep its indexes right. An ended run leaves the
+ * active-runs index through `ride` when it can (a later commit: `activeRuns` skips ended runs meanwhile).
+ */
+const writeRun = (
+  op: Deno.AtomicOperation,
+  prev: RunRecord | undefined,
+  next: RunRecord,
+  ride: (write: GroupWrite) => boolean,
+) => {
   op.set(runKey(next.id), next);
   if (inQueue(prev) && !(inQueue(next) && queueKey(prev!).join() === queueKey(next).join())) {
     op.delete(queueKey(prev!));
@@ -150,7 +170,11 @@ const writeRun = (op: Deno.AtomicOperation, prev: RunRecord | undefined, next: R
   if (inQueue(next)) op.set(queueKey(next), true);
   // A run created already ended (its start and end in one commit) never had an active-run entry.
   if (TERMINAL.has(next.status)) {
-    if (prev) op.delete(activeKey(next.id));
+    if (prev) {
+      const key = activeKey(next.id);
+      const leave: GroupWrite = { apply: (o) => o.delete(key), mutations: 1, bytes: 64 };
+      if (!ride(leave)) leave.apply(op);
+    }
   } else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), true);
 };
 
@@ -172,6 +196,19 @@ const chunkKey = (runId: string, firstSeq: number) => ["run_step", runId, firstS
 const STEP_CHUNK_CHARS = 24 * 1024;
 const approvalKey = (id: string) => ["approval", id];
 const intentKey = (idempotencyKey: string) => ["intent_claim", idempotencyKey];
+
+/**
+ * A watch on an approval and its run (`Journal.watchGate`). One host owns a
+ * data dir and every write of a run or approval record goes through this
+ * Journal, so while `unchanged()` holds, what `watchGate` read is what the
+ * store holds: a caller may act on it without reading again. A write counts
+ * from the moment it is built, committed or not (a failed one too).
+ */
+export interface GateWatch {
+  unchanged(): boolean;
+  /** Stop watching (idempotent). */
+  close(): void;
+}
 
 /** The journal service. */
 export class Journal extends Context.Service<Journal, {
@@ -218,6 +255,11 @@ export class Journal extends Context.Service<Journal, {
   submit(scope: string, writes: ReadonlyArray<GroupWrite>): Promise<void>;
   /** Runs that have not ended (queued, running, waiting or sleeping). */
   readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
+  /**
+   * At start: drop index entries a crash left behind (an ended run still in the active-runs index, a decided
+   * approval still in the pending index: their removal rides on a later commit). Returns how many.
+   */
+  readonly sweepIndexes: Effect.Effect<number, StoreError>;
   /** The run queue, in dispatch order. */
   readonly queue: Effect.Effect<QueueEntry[], StoreError>;
   steps(runId: string): Effect.Effect<StepRecord[], StoreError>;
@@ -236,6 +278,18 @@ export class Journal extends Context.Service<Journal, {
     step: StepRecord & { idempotencyKey: string },
   ): Effect.Effect<{ won: boolean; holder: IntentClaim }, StoreError>;
   getApproval(id: string): Effect.Effect<ApprovalRecord | undefined, StoreError>;
+  /**
+   * Read a parked gate's approval and run, in order with the grouped writes,
+   * and watch both records: the watch's `unchanged()` stays true until this
+   * host writes either of them again (see `GateWatch`).
+   */
+  watchGate(
+    approvalId: string,
+    runId: string,
+  ): Effect.Effect<
+    { approval: ApprovalRecord | undefined; run: RunRecord | undefined; watch: GateWatch },
+    StoreError
+  >;
   /** An approval and a run in one read (when the caller knows which run it belongs to). */
   getApprovalAndRun(
     approvalId: string,
@@ -273,11 +327,25 @@ export class Journal extends Context.Service<Journal, {
     Effect.gen(function* () {
       const { kv, group } = yield* Kv;
       const sizeOf = (value: unknown) => (JSON.stringify(value)?.length ?? 0) + 256;
-      const runWrite = (prev: RunRecord | undefined, next: RunRecord): GroupWrite => ({
-        apply: (op) => writeRun(op, prev, next),
-        mutations: 4,
-        bytes: sizeOf(next),
-      });
+      /** Live gate watches by record ("r:" + run id, "a:" + approval id). */
+      const watches = new Map<string, Set<{ changed: boolean }>>();
+      const touch = (key: string) => {
+        const set = watches.size ? watches.get(key) : undefined;
+        if (set) { for (const w of set) w.changed = true; }
+      };
+      /** `writeRun`, noted by the watches. */
+      const putRun = (op: Deno.AtomicOperation, prev: RunRecord | undefined, next: RunRecord) => {
+        touch(`r:${next.id}`);
+        writeRun(op, prev, next, group.ride);
+      };
+      const runWrite = (prev: RunRecord | undefined, next: RunRecord): GroupWrite => {
+        touch(`r:${next.id}`);
+        return {
+          apply: (op) => putRun(op, prev, next),
+          mutations: 4,
+          bytes: sizeOf(next),
+        };
+      };
       const stepsWrite = (runId: string, steps: ReadonlyArray<StepRecord>): GroupWrite => {
         // Completed checkpoints (written once, never changed) share chunk records; anything else has its own key.
         const chunks: StepRecord[][] = [];
@@ -321,14 +389,23 @@ export class Journal extends Context.Service<Journal, {
         }).catch((cause) => {
           throw new StoreError({ message: `Cannot record run ${scope}: ${String(cause)}` });
         });
-      const approvalWrite = (approval: ApprovalRecord): GroupWrite => ({
-        apply: (op) => {
-          op.set(approvalKey(approval.id), approval);
-          if (approval.status !== "pending") op.delete(["approval_pending", approval.id]);
-        },
-        mutations: 2,
-        bytes: sizeOf(approval),
-      });
+      const approvalWrite = (approval: ApprovalRecord): GroupWrite => {
+        touch(`a:${approval.id}`);
+        return {
+          apply: (op) => {
+            touch(`a:${approval.id}`);
+            op.set(approvalKey(approval.id), approval);
+            if (approval.status !== "pending") {
+              // Out of the pending index, in a later commit when it can (`listApprovals` checks the status).
+              const key = ["approval_pending", approval.id];
+              const leave: GroupWrite = { apply: (o) => o.delete(key), mutations: 1, bytes: 64 };
+              if (!group.ride(leave)) leave.apply(op);
+            }
+          },
+          mutations: 2,
+          bytes: sizeOf(approval),
+        };
+      };
       const reserved = new Set<string>();
       return Journal.of({
         reserveApproval: (id) => {
@@ -344,14 +421,14 @@ export class Journal extends Context.Service<Journal, {
         createRun: (run) =>
           kvTry("Cannot record run", async () => {
             const op = kv.atomic().check({ key: runKey(run.id), versionstamp: null });
-            writeRun(op, undefined, run);
+            putRun(op, undefined, run);
             if (!(await op.commit()).ok) throw new Error(`run "${run.id}" exists`);
           }),
         saveRun: (prev, next, also = []) =>
           kvTry("Cannot record run", () =>
             group.submit({
               apply: (op) => {
-                writeRun(op, prev, next);
+                putRun(op, prev, next);
                 for (const w of also) w.apply(op);
               },
               mutations: 4 + also.reduce((n, w) => n + w.mutations, 0),
@@ -375,10 +452,33 @@ export class Journal extends Context.Service<Journal, {
           const out: RunRecord[] = [];
           for (let i = 0; i < ids.length; i += 10) {
             for (const got of await kv.getMany<RunRecord[]>(ids.slice(i, i + 10).map(runKey))) {
-              if (got.value) out.push(got.value);
+              // An ended run's entry may still wait for the commit that removes it (see `writeRun`).
+              if (got.value && !TERMINAL.has(got.value.status)) out.push(got.value);
             }
           }
           return out;
+        }),
+        sweepIndexes: kvTry("Cannot sweep the indexes", async () => {
+          const stale: Deno.KvKey[] = [];
+          for (
+            const [prefix, record, gone] of [
+              ["run_active", runKey, (v: unknown) => !v || TERMINAL.has((v as RunRecord).status)],
+              ["approval_pending", approvalKey, (v: unknown) => !v || (v as ApprovalRecord).status !== "pending"],
+            ] as const
+          ) {
+            const ids: string[] = [];
+            for await (const e of kv.list({ prefix: [prefix] })) ids.push(e.key[1] as string);
+            for (let i = 0; i < ids.length; i += 10) {
+              const got = await kv.getMany(ids.slice(i, i + 10).map(record));
+              got.forEach((g, j) => gone(g.value) && stale.push([prefix, ids[i + j]]));
+            }
+          }
+          for (let i = 0; i < stale.length; i += 500) {
+            const op = kv.atomic();
+            for (const key of stale.slice(i, i + 500)) op.delete(key);
+            await op.commit();
+          }
+          return stale.length;
         }),
         queue: kvTry("Cannot read the run queue", async () => {
           const out: QueueEntry[] = [];
@@ -409,7 +509,7 @@ export class Journal extends Context.Service<Journal, {
                 if (expect && !expect.includes(cur.value.status)) return undefined;
                 const next = { ...cur.value, ...patch, updatedAt: new Date().toISOString() };
                 const op = kv.atomic().check(cur);
-                writeRun(op, cur.value, next);
+                putRun(op, cur.value, next);
                 if ((await op.commit()).ok) return next;
               }
             })),
@@ -439,6 +539,7 @@ export class Journal extends Context.Service<Journal, {
           kvTry("Cannot record step", async () => {
             const op = kv.atomic().set(stepKey(runId, step.seq), step);
             if (approval) {
+              touch(`a:${approval.id}`);
               op.set(approvalKey(approval.id), approval);
               if (approval.status === "pending") op.set(["approval_pending", approval.id], true);
             }
@@ -478,7 +579,7 @@ export class Journal extends Context.Service<Journal, {
               if (!run.value || run.value.status !== "running") return "moved";
               if (!approval.value || approval.value.status !== "pending") return "decided";
               const op = kv.atomic().check(run).check(approval);
-              writeRun(op, run.value, {
+              putRun(op, run.value, {
                 ...run.value,
                 status: "waiting_approval",
                 lease: undefined,
@@ -488,6 +589,38 @@ export class Journal extends Context.Service<Journal, {
               if ((await op.commit()).ok) return "parked";
             }
           }),
+        watchGate: (approvalId, runId) =>
+          kvTry("Cannot read approval", () =>
+            // Alone, in order with the grouped writes: none is being committed while the watch starts and the
+            // records are read, and every write built after this point is seen by the watch.
+            group.exclusive(async () => {
+              const flag = { changed: false };
+              const keys = [`a:${approvalId}`, `r:${runId}`];
+              for (const key of keys) {
+                let set = watches.get(key);
+                if (!set) watches.set(key, set = new Set());
+                set.add(flag);
+              }
+              const watch: GateWatch = {
+                unchanged: () => !flag.changed,
+                close: () => {
+                  for (const key of keys) {
+                    const set = watches.get(key);
+                    if (set?.delete(flag) && set.size === 0) watches.delete(key);
+                  }
+                },
+              };
+              try {
+                const [approval, run] = await kv.getMany<[ApprovalRecord, RunRecord]>([
+                  approvalKey(approvalId),
+                  runKey(runId),
+                ]);
+                return { approval: approval.value ?? undefined, run: run.value ?? undefined, watch };
+              } catch (error) {
+                watch.close();
+                throw error;
+              }
+            })),
         getApprovalAndRun: (approvalId, runId) =>
           kvTry("Cannot read approval", async () => {
             const [approval, run] = await kv.getMany<[ApprovalRecord, RunRecord]>([
@@ -534,7 +667,7 @@ export class Journal extends Context.Service<Journal, {
                 if (run.value?.status !== "waiting_approval" || run.value.waitingFor?.approvalId !== approval.id) {
                   return false;
                 }
-                writeRun(op.check(run), run.value, {
+                putRun(op.check(run), run.value, {
                   ...run.value,
                   ...also.run.patch,
                   updatedAt: new Date().toISOString(),

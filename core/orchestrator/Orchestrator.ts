@@ -41,12 +41,14 @@ import {
 } from "../errors/mod.ts";
 import {
   type ApprovalRecord,
+  type GateWatch,
   type GroupWrite,
   Journal,
   type RunRecord,
   type RunTrigger,
   type StepRecord,
   TERMINAL,
+  timeOrderedId,
 } from "../journal/mod.ts";
 import { Gateway, UNDO_SEQ_BASE } from "../gateway/mod.ts";
 import { type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
@@ -140,17 +142,8 @@ interface HeldStart {
   readonly carriedBy: (commit: Promise<void>) => void;
 }
 
-/**
- * A fresh run id: 12 hex digits of the start time (ms), then 20 random ones. Time-ordered ids keep a
- * run's records next to the newest ones in the KV B-tree, so a commit of many new runs touches few pages,
- * and listing runs by id lists them in start order.
- */
-const runIdAt = (millis: number): string => {
-  const random = crypto.getRandomValues(new Uint8Array(10));
-  let hex = "";
-  for (const byte of random) hex += byte.toString(16).padStart(2, "0");
-  return `run_${Math.floor(millis).toString(16).padStart(12, "0").slice(-12)}${hex}`;
-};
+/** A fresh run id (time-ordered: see `timeOrderedId`). */
+const runIdAt = (millis: number): string => timeOrderedId("run", millis);
 
 /** How long a run's start may wait for the run's first write to share its commit. */
 const START_HOLD_MS = 5;
@@ -217,7 +210,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const holding = new Set<string>();
       const parkedJournals = new Map<
         string,
-        { readonly approvalId: string; readonly run: RunRecord; readonly steps: Map<number, StepRecord> }
+        {
+          readonly approvalId: string;
+          /** The run and its gate's approval as the store holds them while `watch` says unchanged. */
+          readonly run: RunRecord;
+          readonly approval: ApprovalRecord;
+          readonly watch: GateWatch;
+          readonly steps: Map<number, StepRecord>;
+        }
       >();
       /** Cancels begun, and in flight: a quick resumption is taken only if none began since its read. */
       let cancelsBegun = 0;
@@ -226,7 +226,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const parkedGates = new Map<string, string>();
       const forgetParked = (runId: string) => {
         const entry = parkedJournals.get(runId);
-        if (entry) parkedGates.delete(entry.approvalId);
+        if (!entry) return;
+        entry.watch.close();
+        parkedGates.delete(entry.approvalId);
         parkedJournals.delete(runId);
       };
       const takeEnded = (runId: string): RunView | undefined => {
@@ -580,7 +582,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           digestOf({ gate: request.message, details: request.details ?? null, runId: run.id, seq: call.seq })
         );
         const approval: ApprovalRecord = {
-          id: `apr_${crypto.randomUUID().replaceAll("-", "")}`,
+          id: timeOrderedId("apr", now),
           kind: "gate",
           runId: run.id,
           seq: call.seq,
@@ -832,13 +834,29 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             },
           );
         } else if (outcome.failure._tag === "RunSuspendedError") {
-          yield* ensureParked(runId);
-          // Parked on its gate, with a journal this pass knows whole: keep it for a quick resume (see `decide`).
-          if (state.parkedOn && !state.partial) {
-            if (parkedJournals.size >= PARKED_JOURNALS) forgetParked(parkedJournals.keys().next().value!);
+          // Parked on its gate, with a journal this pass knows whole: keep it, with the run and the approval
+          // read once more and watched, for a quick resume (see `decide`).
+          const on = state.parkedOn;
+          const gate = on && !state.partial && !cancelling.has(runId)
+            ? yield* journal.watchGate(on.approvalId, runId)
+            : undefined;
+          if (
+            gate?.approval?.status === "pending" && gate.run?.status === "waiting_approval" &&
+            gate.run.waitingFor?.approvalId === on!.approvalId
+          ) {
             forgetParked(runId);
-            parkedJournals.set(runId, { ...state.parkedOn, steps: known });
-            parkedGates.set(state.parkedOn.approvalId, runId);
+            if (parkedJournals.size >= PARKED_JOURNALS) forgetParked(parkedJournals.keys().next().value!);
+            parkedJournals.set(runId, {
+              approvalId: on!.approvalId,
+              run: gate.run,
+              approval: gate.approval,
+              watch: gate.watch,
+              steps: known,
+            });
+            parkedGates.set(on!.approvalId, runId);
+          } else {
+            gate?.watch.close();
+            yield* ensureParked(runId);
           }
           notify(runId);
         } else if (isAgentCrash(run, outcome.failure)) {
@@ -1255,10 +1273,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       });
 
       const decide = Effect.fn("Orchestrator.decide")(function* (approvalId: string, d: Decision) {
-        // A gate whose run parked here: its approval and run in one read.
+        // A gate whose run parked here: its approval and run as watched since (no read), or in one read.
         const parkedRunId = parkedGates.get(approvalId);
+        const cached = parkedRunId ? parkedJournals.get(parkedRunId) : undefined;
         const cancelsBefore = cancelsBegun;
-        const both = parkedRunId ? yield* journal.getApprovalAndRun(approvalId, parkedRunId) : undefined;
+        const both = cached?.watch.unchanged()
+          ? { approval: cached.approval, run: cached.run }
+          : parkedRunId
+          ? yield* journal.getApprovalAndRun(approvalId, parkedRunId)
+          : undefined;
         const approval = both ? both.approval : yield* journal.getApproval(approvalId);
         if (!approval) return yield* new NotFoundError({ message: `No approval with id "${approvalId}"` });
         if (approval.status !== "pending") {
@@ -1472,6 +1495,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       const recover = Effect.gen(function* () {
         let n = 0;
+        yield* journal.sweepIndexes;
         for (const run of yield* journal.activeRuns) {
           const found = yield* Effect.result(host.findWorkflow(run.workflow));
           if (found._tag === "Success") learnLimits(found.success.plugin, found.success.decl);

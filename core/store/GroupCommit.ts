@@ -10,6 +10,14 @@
  * every write in its batch. Callers that need compare-and-set commit directly.
  * That is safe for the run journal because one host owns a data dir (the
  * data-dir lock) and runs one pass of a run at a time.
+ *
+ * **Riders.** Index entries that a restart can rebuild from the records they
+ * index (a run's place in the active-runs index, an approval's in the pending
+ * index, an audit event's in the by-run index) need not make the commit that
+ * writes the record any larger: `ride` carries them in the next commit, or
+ * alone after `RIDE_MS` when no other commit comes. A rider made while a
+ * write is applied waits for that write's commit: it never lands before the
+ * record it indexes, and it is dropped if that commit fails.
  */
 
 /** A write to carry in a group: it adds its mutations to the shared atomic operation. */
@@ -37,6 +45,8 @@ export interface GroupCommitStats {
   readonly bytes: number;
   /** Milliseconds spent waiting for commits. */
   readonly busyMs: number;
+  /** Commits that carried riders and nothing else (`flushRiders`, or riders alone after `RIDE_MS`). */
+  readonly riderCommits: number;
 }
 
 /** The group committer over one KV handle. */
@@ -49,8 +59,22 @@ export interface GroupCommitter {
    * submitted after it.
    */
   exclusive<T>(task: () => Promise<T>): Promise<T>;
+  /**
+   * Carry an index write in a later commit (see "Riders" above). Only while
+   * a grouped write is applied to its commit: the rider goes only once that
+   * commit succeeded. Anywhere else (a direct commit) this returns false and
+   * the caller writes the entry itself.
+   */
+  ride(write: GroupWrite): boolean;
+  /** Commit the riders now; resolves once they (and everything submitted before) are durable. */
+  flushRiders(): Promise<void>;
+  /** Riders waiting (for diagnostics and tests). */
+  readonly riders: () => number;
   readonly stats: () => GroupCommitStats;
 }
+
+/** How long riders wait for another commit to carry them before they commit alone. */
+export const RIDE_MS = 25;
 
 const MAX_MUTATIONS = 900;
 const MAX_BYTES = 600 * 1024;
@@ -72,7 +96,21 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   let busyMs = 0;
   let mutationsTotal = 0;
   let bytesTotal = 0;
+  let riderCommits = 0;
   const poisoned = new Set<string>();
+  /** Riders ready for the next commit, oldest first. */
+  const riders: GroupWrite[] = [];
+  /** Set only while a batch's writes are applied: the riders they make, which ride only if the batch commits. */
+  let provisional: GroupWrite[] | undefined;
+  let rideTimer: ReturnType<typeof setTimeout> | undefined;
+  const scheduleRiders = () => {
+    if (rideTimer !== undefined || !riders.length) return;
+    rideTimer = setTimeout(() => {
+      rideTimer = undefined;
+      if (riders.length) flushRiders().catch(() => {});
+    }, RIDE_MS);
+    Deno.unrefTimer(rideTimer);
+  };
 
   const drain = async () => {
     running = true;
@@ -86,6 +124,14 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
         const batch: Waiting[] = [];
         let mutations = 0;
         let bytes = 0;
+        // The oldest riders first, as many as fit beside at least one write.
+        const carried: GroupWrite[] = [];
+        while (riders.length && mutations + riders[0].mutations <= MAX_MUTATIONS / 2) {
+          const r = riders.shift()!;
+          carried.push(r);
+          mutations += r.mutations;
+          bytes += r.bytes;
+        }
         while (queue.length) {
           const next = queue[0];
           if (next.task) break;
@@ -95,8 +141,16 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           bytes += next.bytes;
         }
         const op = kv.atomic();
+        let made: GroupWrite[] = [];
         try {
-          for (const w of batch) w.apply(op);
+          for (const r of carried) r.apply(op);
+          // Riders are made only while the batch's writes are applied (synchronously): they are this batch's.
+          provisional = made;
+          try {
+            for (const w of batch) w.apply(op);
+          } finally {
+            provisional = undefined;
+          }
           const began = performance.now();
           const res = await op.commit();
           busyMs += performance.now() - began;
@@ -106,8 +160,14 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           mutationsTotal += mutations;
           bytesTotal += bytes;
           largestBatch = Math.max(largestBatch, batch.length);
+          riders.push(...made);
+          if (batch.every((w) => w.mutations === 0) && carried.length) riderCommits++;
           for (const w of batch) w.resolve();
         } catch (error) {
+          // Riders made by this batch's writes go with them; carried ones (their records are durable) wait for
+          // the next commit.
+          riders.unshift(...carried);
+          made = [];
           for (const w of batch) {
             if (w.scope !== undefined) poisoned.add(w.scope);
             w.reject(error);
@@ -116,8 +176,25 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
       }
     } finally {
       running = false;
+      scheduleRiders();
     }
   };
+
+  const enqueue = (item: Waiting) => {
+    queue.push(item);
+    if (!running) {
+      // Start after the current tick: writes made together (a run and its audit event) share the commit.
+      running = true;
+      queueMicrotask(drain);
+    }
+  };
+  const flushRiders = () =>
+    new Promise<void>((resolve, reject) => {
+      if (rideTimer !== undefined) clearTimeout(rideTimer);
+      rideTimer = undefined;
+      // An empty write: its batch carries the riders (and those of every write before it).
+      enqueue({ apply: () => {}, mutations: 0, bytes: 0, resolve, reject });
+    });
 
   return {
     submit: (write) =>
@@ -125,17 +202,19 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
         if (write.scope !== undefined && poisoned.has(write.scope)) {
           return reject(new Error(`an earlier write of "${write.scope}" failed; refusing later ones`));
         }
-        queue.push({ ...write, resolve, reject });
-        if (!running) {
-          // Start after the current tick: writes made together (a run and its audit event) share the commit.
-          running = true;
-          queueMicrotask(drain);
-        }
+        enqueue({ ...write, resolve, reject });
       }),
+    ride: (write) => {
+      if (!provisional) return false;
+      provisional.push(write);
+      return true;
+    },
+    flushRiders,
+    riders: () => riders.length,
     exclusive: <T>(task: () => Promise<T>) =>
       new Promise<T>((resolve, reject) => {
         let value: T;
-        queue.push({
+        enqueue({
           apply: () => {},
           mutations: 0,
           bytes: 0,
@@ -145,11 +224,15 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           resolve: () => resolve(value),
           reject,
         });
-        if (!running) {
-          running = true;
-          queueMicrotask(drain);
-        }
       }),
-    stats: () => ({ commits, writes, largestBatch, mutations: mutationsTotal, bytes: bytesTotal, busyMs }),
+    stats: () => ({
+      commits,
+      writes,
+      largestBatch,
+      mutations: mutationsTotal,
+      bytes: bytesTotal,
+      busyMs,
+      riderCommits,
+    }),
   };
 };

@@ -31,7 +31,10 @@ export class Kv extends Context.Service<Kv, {
         (kv) => Effect.sync(() => kv.close()),
       );
       yield* checkSchema(kv, path);
-      return Kv.of({ kv, group: makeGroupCommitter(kv) });
+      const group = makeGroupCommitter(kv);
+      // Riders still waiting are committed before the store closes (this runs before `kv.close` above).
+      yield* Effect.addFinalizer(() => Effect.promise(() => group.flushRiders().catch(() => {})));
+      return Kv.of({ kv, group });
     }),
   );
 }
@@ -39,9 +42,10 @@ export class Kv extends Context.Service<Kv, {
 /**
  * The KV layout version this Keel writes; a data dir from a newer Keel is refused, never rewritten. An older
  * layout is read as it is and marked with this version, so an older Keel then refuses it. 2: completed
- * checkpoints are stored in chunks (`journal/Journal.ts`).
+ * checkpoints are stored in chunks (`journal/Journal.ts`). 3: index entries may lag their records by a
+ * commit ("Riders" in `GroupCommit.ts`); a restart sweeps and rebuilds them.
  */
-export const KV_SCHEMA_VERSION = 2;
+export const KV_SCHEMA_VERSION = 3;
 
 const checkSchema = (kv: Deno.Kv, path: string) =>
   Effect.flatMap(

@@ -24,6 +24,29 @@ export interface AuditEvent {
   readonly hash: string;
 }
 
+/** How far the by-run index goes: every event up to this sequence number is indexed. */
+const INDEXED_KEY = ["audit_indexed"];
+
+/**
+ * Index the events a crash left unindexed: those after `INDEXED_KEY` (their index entries ride on a later
+ * commit than the events), or every event when there is no mark yet (a new data dir, or one from KV layout
+ * 2, which indexed each event with it: setting an entry again changes nothing).
+ */
+const reindex = async (kv: Deno.Kv, last: number) => {
+  const mark = (await kv.get<number>(INDEXED_KEY)).value ?? 0;
+  if (mark >= last) return;
+  let op = kv.atomic();
+  let n = 0;
+  for await (const e of kv.list<AuditEvent>({ start: ["audit", mark + 1], end: ["audit", last + 1] })) {
+    if (e.value.runId) op.set(["audit_by_run", e.value.runId, e.value.seq], e.value.seq);
+    if (++n % 400 === 0) {
+      await op.set(INDEXED_KEY, e.value.seq).commit();
+      op = kv.atomic();
+    }
+  }
+  await op.set(INDEXED_KEY, last).commit();
+};
+
 /** What a caller supplies; sequence, time and hashes are the log's. */
 export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 
@@ -60,25 +83,48 @@ export class Audit extends Context.Service<Audit, {
         return { seq: 0, hash: "" };
       };
       let head = yield* kvTry("Cannot read the audit log", lastEvent);
+      yield* kvTry("Cannot index the audit log", () => reindex(kv, head.seq));
       /** Chain the next event in memory now and return it with the write that stores it. */
       const prepareNow = (input: AuditInput, millis: number) => {
-        const base = {
-          seq: head.seq + 1,
-          at: new Date(millis).toISOString(),
+        const data = canonicalJson(input.data ?? {});
+        const seq = head.seq + 1;
+        const at = new Date(millis).toISOString();
+        // `canonicalJson` of the event without its hash, built directly (keys in sorted order): the hot path
+        // hashes one short string. `verify` recomputes it the general way.
+        const canonical = `{"actor":${
+          JSON.stringify(input.actor)
+        },"at":"${at}","data":${data},"prevHash":"${head.hash}"${
+          input.runId ? `,"runId":${JSON.stringify(input.runId)}` : ""
+        },"seq":${seq},"type":${JSON.stringify(input.type)}}`;
+        const event: AuditEvent = {
+          seq,
+          at,
           type: input.type,
           actor: input.actor,
           ...(input.runId ? { runId: input.runId } : {}),
-          data: JSON.parse(JSON.stringify(input.data ?? {})),
+          // A copy: the caller's object may change before the commit serializes it.
+          data: JSON.parse(data),
           prevHash: head.hash,
+          hash: createHash("sha256").update(canonical).digest("hex"),
         };
-        const event: AuditEvent = { ...base, hash: hashOf(base) };
         head = { seq: event.seq, hash: event.hash };
         const write: GroupWrite = {
           apply: (op) => {
             op.set(["audit", event.seq], event);
-            if (event.runId) op.set(["audit_by_run", event.runId, event.seq], event.seq);
+            // The by-run index entry (and the mark of how far the index goes) rides on a later commit when it
+            // can; a restart indexes what a crash left unindexed (see `reindex`).
+            // Only a rider moves the mark: riders commit in order, so every event before it is indexed.
+            const entry = (o: Deno.AtomicOperation) => {
+              if (event.runId) o.set(["audit_by_run", event.runId, event.seq], event.seq);
+            };
+            const rider: GroupWrite = {
+              apply: (o) => entry(o.set(INDEXED_KEY, event.seq)),
+              mutations: 2,
+              bytes: 128,
+            };
+            if (!group.ride(rider)) entry(op);
           },
-          mutations: 2,
+          mutations: 3,
           bytes: JSON.stringify(event.data).length + 512,
         };
         return { event, write };
@@ -102,6 +148,8 @@ export class Audit extends Context.Service<Audit, {
         return yield* kvTry("Cannot read the audit log", async () => {
           const out: AuditEvent[] = [];
           if (filter.runId) {
+            // Index entries still riding are committed first.
+            await group.flushRiders();
             const seqs: number[] = [];
             for await (const e of kv.list<number>({ prefix: ["audit_by_run", filter.runId] }, { limit })) {
               seqs.push(e.value);
