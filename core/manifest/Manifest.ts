@@ -450,15 +450,45 @@ export const readManifest = (dir: string): Effect.Effect<Manifest, ManifestError
 export const manifestHash = (manifest: Manifest): Effect.Effect<string> =>
   Effect.promise(() => sha256Hex(canonicalJson(manifest)));
 
-/** JSON with object keys sorted, so equal values hash equally. */
-export const canonicalJson = (value: unknown): string =>
-  JSON.stringify(
-    value,
-    (_key, v) =>
-      v !== null && typeof v === "object" && !Array.isArray(v)
-        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]))
-        : v,
-  );
+/**
+ * JSON with object keys sorted, so equal values hash equally: `JSON.stringify`'s output (the same
+ * `toJSON`, omitted `undefined` and functions, `null` for them in arrays) with every object's keys in
+ * `sort()` order, integer-like keys first in numeric order (as JavaScript orders an object's keys). Written out rather than as a `JSON.stringify` replacer, which rebuilds every object:
+ * audit events are hashed with it on the hot path.
+ */
+export const canonicalJson = (value: unknown): string => canonical(value, "") as string;
+
+/** A key JavaScript orders as an array index (before every other key of an object). */
+const isIndexKey = (k: string) => /^(0|[1-9][0-9]*)$/.test(k) && Number(k) < 4_294_967_295;
+
+const canonical = (value: unknown, key: string): string | undefined => {
+  if (value !== null && typeof value === "object" && typeof (value as { toJSON?: unknown }).toJSON === "function") {
+    value = (value as { toJSON: (key: string) => unknown }).toJSON(key);
+  }
+  if (value === null || typeof value !== "object") return JSON.stringify(value);
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) {
+      if (i) out += ",";
+      out += canonical(value[i], String(i)) ?? "null";
+    }
+    return out + "]";
+  }
+  let keys = Object.keys(value).sort();
+  // As the definition this replaced built a sorted object: integer-like keys come first, in numeric order.
+  if (keys.some(isIndexKey)) {
+    keys = [...keys.filter(isIndexKey).sort((a, b) => Number(a) - Number(b)), ...keys.filter((k) => !isIndexKey(k))];
+  }
+  let out = "{";
+  let first = true;
+  for (const k of keys) {
+    const text = canonical((value as Record<string, unknown>)[k], k);
+    if (text === undefined) continue;
+    out += `${first ? "" : ","}${JSON.stringify(k)}:${text}`;
+    first = false;
+  }
+  return out + "}";
+};
 
 /** Hex SHA-256 of a string. */
 export const sha256Hex = async (text: string): Promise<string> => {

@@ -56,7 +56,7 @@ import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
-import { Audit } from "../telemetry/mod.ts";
+import { Audit, type AuditDraft } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
 
@@ -819,7 +819,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           yield* finish(run, state, { status: "failed", error: toErrorBody(state.checkpointFailure) });
         } else if (outcome._tag === "Success") {
           // An output too large for the run record would leave the run "running" forever: fail it instead.
-          const size = new TextEncoder().encode(JSON.stringify([outcome.success ?? null, run.input ?? null])).length;
+          // (UTF-8 takes at most 3 bytes per UTF-16 unit: encode only when that bound is over the limit.)
+          const json = JSON.stringify([outcome.success ?? null, run.input ?? null]);
+          const size = json.length * 3 <= MAX_STEP_BYTES ? json.length : new TextEncoder().encode(json).length;
           yield* finish(
             run,
             state,
@@ -925,21 +927,23 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         // This host holds the run's lease and is its only writer while it executes: a blind, grouped write.
         // (Parking and cancelling go through compare-and-set and end the pass without coming here.)
         const current = run;
+        // Plain code up to the submit (no Effect per part): the run's end is on every run's critical path.
+        const now = Date.now();
         const done: RunRecord = {
           ...current,
           ...patch,
           waitingFor: undefined,
           lease: undefined,
-          updatedAt: yield* nowIso,
+          updatedAt: new Date(now).toISOString(),
         };
         // A start still held shares this commit: the run's record is then written once, in its final state.
         const start = takeStart(state.held);
-        const { write } = yield* audit.prepare({
+        const { write } = audit.prepareNow({
           type: `run.${patch.status}`,
           actor: patch.cancelled?.by ?? "system",
           runId: run.id,
           data: { workflow: run.workflow, ...(patch.error ? { error: patch.error } : {}) },
-        });
+        }, now);
         const steps = state.trailing.length ? [journal.stepsWrite(run.id, state.trailing)] : [];
         const commit = journal.submit(run.id, [
           // What was held but its run record: the one written below replaces it.
@@ -949,11 +953,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           write,
         ]);
         if (start) state.held!.carriedBy(commit);
+        // The view `wait` will answer is built while the commit is in flight; it is offered once durable.
+        const view = state.known && !state.partial
+          ? { ...done, steps: [...state.known.values()].sort((a, b) => a.seq - b.seq) }
+          : undefined;
         yield* Effect.tryPromise({ try: () => commit, catch: (e) => e as StoreError });
-        if (state.known && !state.partial) {
-          const steps = [...state.known.values()].sort((a, b) => a.seq - b.seq);
+        if (view) {
           if (ended.size >= ENDED_VIEWS) ended.delete(ended.keys().next().value!);
-          ended.set(run.id, { view: { ...done, steps }, at: Date.now() });
+          ended.set(run.id, { view, at: Date.now() });
         }
         if (done.parentRunId) yield* resumeParent(done);
         notify(run.id);
@@ -1111,7 +1118,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           steps.some((s) => s.kind === "memory" && s.name === "recall")
             ? Effect.map(memory.recalls(run.id), (recalls): RunView => ({ ...run, steps, recalls }))
             : Effect.succeed<RunView>({ ...run, steps }));
-      const get = Effect.fn("Orchestrator.get")(function* (runId: string) {
+      const get = Effect.fnUntraced(function* (runId: string) {
         const run = yield* journal.getRun(runId);
         if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });
         return yield* view(run);
@@ -1128,7 +1135,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           return pins;
         });
 
-      const start: OrchestratorStart = Effect.fn("Orchestrator.start")(function* (
+      const start: OrchestratorStart = Effect.fnUntraced(function* (
         workflow: string,
         input: unknown,
         actor: string,
@@ -1230,7 +1237,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return run;
       });
 
-      const wait = Effect.fn("Orchestrator.wait")(function* (runId: string, seconds: number) {
+      const wait = Effect.fnUntraced(function* (runId: string, seconds: number) {
+        // A run that just ended here: its view, with no read and no clock.
+        const ended = takeEnded(runId);
+        if (ended) return ended;
         const deadline = (yield* Clock.currentTimeMillis) + Math.max(0, seconds) * 1000;
         for (;;) {
           // Listen before looking, so a run that ends between the look and the wait still wakes us.
@@ -1272,7 +1282,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
       });
 
-      const decide = Effect.fn("Orchestrator.decide")(function* (approvalId: string, d: Decision) {
+      const decide = Effect.fnUntraced(function* (approvalId: string, d: Decision) {
         // A gate whose run parked here: its approval and run as watched since (no read), or in one read.
         const parkedRunId = parkedGates.get(approvalId);
         const cached = parkedRunId ? parkedJournals.get(parkedRunId) : undefined;
@@ -1399,11 +1409,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           };
           const answered = gateStep.step.step;
           const known = new Map(parked.steps).set(answered.seq, answered);
-          const held = holdStart(resumedRun, run!, () => [
-            journal.approvalWrite(decided),
-            journal.stepsWrite(approval.runId, [answered]),
-            audit.prepareNow(decidedEvent, Date.now()).write,
-          ]);
+          // What the decision writes is prepared now, while this thread is busy anyway (after the Worker's
+          // answer it would start cold); only its place in the audit chain is taken when it is written.
+          const writes = [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered])];
+          const event = audit.draft(decidedEvent);
+          const held = holdStart(resumedRun, run!, () => [...writes, audit.seal(event, Date.now()).write]);
           execute(resumedRun, held, known);
           yield* Effect.tryPromise({
             try: () => held.durable.finally(() => journal.releaseApproval(approvalId)),

@@ -551,10 +551,16 @@ export class PluginHost extends Context.Service<PluginHost, {
           ),
         runWorkflow: (plugin, workflow, runId, input, journal, handler) =>
           Effect.tryPromise({
-            try: async () => {
-              const conn = await started(plugin);
-              await conn.ready;
-              return await conn.request({ t: "workflow", name: workflow, runId, input, journal }, 10 * 60_000, handler);
+            try: () => {
+              const message = { t: "workflow" as const, name: workflow, runId, input, journal };
+              // A live, ready plugin gets the call at once (every run's path); otherwise start it first.
+              const live = liveOf(versionKey(plugin)).conn;
+              if (live?.alive && live.isReady) return live.request(message, 10 * 60_000, handler);
+              return (async () => {
+                const conn = await started(plugin);
+                await conn.ready;
+                return await conn.request(message, 10 * 60_000, handler);
+              })();
             },
             catch: (error): CallError | RunSuspendedError =>
               error instanceof CallFailure && error.reason === "failed" && error.wire.tag === SUSPENDED

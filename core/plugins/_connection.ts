@@ -127,6 +127,8 @@ export class Connection {
   diedAt: number | undefined;
   /** Resolves with what the plugin implements once it answered `init`. */
   readonly ready: Promise<{ effects: ReadonlyArray<string>; workflows: ReadonlyArray<string> }>;
+  /** Whether `ready` has resolved (for callers that skip awaiting it once it has). */
+  isReady = false;
   /** Called once when the plugin dies. */
   onDeath: (error: WireError) => void = () => {};
 
@@ -153,6 +155,7 @@ export class Connection {
     this.#pending.set(0, {
       resolve: (v) => {
         clearTimeout(startTimer);
+        this.isReady = true;
         readyResolve(v as { effects: string[]; workflows: string[] });
       },
       reject: (e) => {

@@ -50,6 +50,15 @@ const reindex = async (kv: Deno.Kv, last: number) => {
 /** What a caller supplies; sequence, time and hashes are the log's. */
 export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 
+/** An event prepared up to its place in the chain (`Audit.draft`). */
+export interface AuditDraft {
+  readonly input: AuditInput;
+  /** `canonicalJson` of the data. */
+  readonly dataJson: string;
+  /** A copy of the data, made from `dataJson`. */
+  readonly data: Record<string, unknown>;
+}
+
 /** The audit log service. */
 export class Audit extends Context.Service<Audit, {
   append(event: AuditInput): Effect.Effect<AuditEvent, StoreError>;
@@ -61,6 +70,13 @@ export class Audit extends Context.Service<Audit, {
   prepare(event: AuditInput): Effect.Effect<{ event: AuditEvent; write: GroupWrite }>;
   /** `prepare`, synchronously, at `millis`: for a commit that must decide inside its own critical section. */
   prepareNow(event: AuditInput, millis: number): { event: AuditEvent; write: GroupWrite };
+  /**
+   * `prepareNow` in two parts: `draft` does the work that does not depend on the chain (the event's data
+   * in canonical form, and its copy) ahead of time; `seal` chains the draft (sequence, time, hash) when
+   * its write is handed to the group committer, in the same tick.
+   */
+  draft(event: AuditInput): AuditDraft;
+  seal(draft: AuditDraft, millis: number): { event: AuditEvent; write: GroupWrite };
   list(filter: { runId?: string; limit?: number }): Effect.Effect<AuditEvent[], StoreError>;
   /** Recompute the hash chain; returns the first broken sequence number, if any. */
   readonly verify: Effect.Effect<{ ok: boolean; checked: number; brokenAt?: number }, StoreError>;
@@ -84,9 +100,13 @@ export class Audit extends Context.Service<Audit, {
       };
       let head = yield* kvTry("Cannot read the audit log", lastEvent);
       yield* kvTry("Cannot index the audit log", () => reindex(kv, head.seq));
+      const draft = (input: AuditInput): AuditDraft => {
+        const dataJson = canonicalJson(input.data ?? {});
+        // A copy: the caller's object may change before the commit serializes it.
+        return { input, dataJson, data: JSON.parse(dataJson) };
+      };
       /** Chain the next event in memory now and return it with the write that stores it. */
-      const prepareNow = (input: AuditInput, millis: number) => {
-        const data = canonicalJson(input.data ?? {});
+      const seal = ({ input, dataJson: data, data: copy }: AuditDraft, millis: number) => {
         const seq = head.seq + 1;
         const at = new Date(millis).toISOString();
         // `canonicalJson` of the event without its hash, built directly (keys in sorted order): the hot path
@@ -102,8 +122,7 @@ export class Audit extends Context.Service<Audit, {
           type: input.type,
           actor: input.actor,
           ...(input.runId ? { runId: input.runId } : {}),
-          // A copy: the caller's object may change before the commit serializes it.
-          data: JSON.parse(data),
+          data: copy,
           prevHash: head.hash,
           hash: createHash("sha256").update(canonical).digest("hex"),
         };
@@ -129,6 +148,7 @@ export class Audit extends Context.Service<Audit, {
         };
         return { event, write };
       };
+      const prepareNow = (input: AuditInput, millis: number) => seal(draft(input), millis);
       // Untraced: called for every run event, on the hot path.
       const prepare = Effect.fnUntraced(function* (input: AuditInput) {
         return prepareNow(input, yield* Clock.currentTimeMillis);
@@ -177,7 +197,7 @@ export class Audit extends Context.Service<Audit, {
         }
         return { ok: true, checked };
       });
-      return Audit.of({ append, prepare, prepareNow, list, verify });
+      return Audit.of({ append, prepare, prepareNow, draft, seal, list, verify });
     }),
   );
 }

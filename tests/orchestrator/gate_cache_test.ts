@@ -1,0 +1,110 @@
+/**
+ * @module
+ * `decide` on a gate whose run parked here uses the approval and run it
+ * holds (`Journal.watchGate`) and reads nothing. These tests change the
+ * records behind that copy — the way the expiry of an approval, a cancel or
+ * another decision would — and check that `decide` then goes by the store:
+ * no second decision, no run resumed twice, one end in the store and in the
+ * audit log. A watch that missed a write would let `decide` act on a stale
+ * copy and fail them.
+ */
+import assert from "node:assert/strict";
+import { Effect } from "effect";
+import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { Orchestrator } from "../../core/orchestrator/mod.ts";
+import { Journal } from "../../core/journal/mod.ts";
+import { Audit } from "../../core/telemetry/mod.ts";
+
+const install = async (k: TestKeel) => {
+  const res = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/bench_workflows`, grant: {} });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+};
+const run = <A, E>(k: TestKeel, f: (o: Orchestrator["Service"]) => Effect.Effect<A, E>) =>
+  k.keel.runtime.runPromise(Orchestrator.use(f));
+const journal = <A, E>(k: TestKeel, f: (j: Journal["Service"]) => Effect.Effect<A, E>) =>
+  k.keel.runtime.runPromise(Journal.use(f));
+
+const parkedW2 = async (k: TestKeel) => {
+  const started = await run(k, (o) => o.start("bench_w2", { bytes: 10 }, "test"));
+  const parked = await run(k, (o) => o.wait(started.id, 10));
+  assert.equal(parked.status, "waiting_approval", JSON.stringify(parked));
+  return { runId: parked.id, approvalId: parked.waitingFor!.approvalId! };
+};
+
+Deno.test("an approval that moved behind decide's copy (expired, decided elsewhere) is not decided again", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    for (const moved of ["expired", "denied"] as const) {
+      const { runId, approvalId } = await parkedW2(k);
+      // What the expiry sweeper or another decision does: a transition through the Journal, no run resumed.
+      const current = (await journal(k, (j) => j.getApproval(approvalId)))!;
+      assert.equal(
+        await journal(k, (j) => j.transitionApproval({ ...current, status: moved, decidedBy: "elsewhere" }, "pending")),
+        true,
+      );
+      await assert.rejects(
+        run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" })),
+        (e: unknown) => String(e).includes(`already ${moved}`),
+      );
+      const after = (await journal(k, (j) => j.getApproval(approvalId)))!;
+      assert.equal(after.status, moved);
+      assert.equal(after.decidedBy, "elsewhere");
+      // The run was not resumed by the refused decision: still parked on its gate.
+      const view = await run(k, (o) => o.get(runId));
+      assert.equal(view.status, "waiting_approval");
+      await run(k, (o) => o.cancel(runId, "test"));
+    }
+    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify))).ok, true);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a run cancelled behind decide's copy is not resumed: the decision is refused, the run ends once", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    const { runId, approvalId } = await parkedW2(k);
+    const cancelled = await run(k, (o) => o.cancel(runId, "ops", "changed my mind"));
+    assert.equal(cancelled.status, "cancelled");
+    await assert.rejects(
+      run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" })),
+      (e: unknown) => /already denied|cannot resume|ConflictError/.test(String(e)),
+    );
+    const { record, steps } = await journal(
+      k,
+      (j) => Effect.all({ record: j.getRun(runId), steps: j.steps(runId) }),
+    );
+    assert.equal(record?.status, "cancelled");
+    // The last step never ran: the workflow was not resumed.
+    assert.deepEqual(steps.map((s) => s.seq), [1, 2]);
+    const ends = (await k.keel.runtime.runPromise(Audit.use((a) => a.list({ runId }))))
+      .filter((e) => e.type.startsWith("run.") && e.type !== "run.started");
+    assert.deepEqual(ends.map((e) => e.type), ["run.cancelled"]);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a gate decided through its cached copy, twice in a row on fresh runs, reads back as the store holds it", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    for (let i = 0; i < 3; i++) {
+      const { runId, approvalId } = await parkedW2(k);
+      const decided = await run(k, (o) => o.decide(approvalId, { approve: i % 2 === 0, actor: `op${i}` }));
+      const stored = (await journal(k, (j) => j.getApproval(approvalId)))!;
+      assert.deepEqual(
+        [stored.status, stored.decidedBy, stored.decidedAt],
+        [decided.status, decided.decidedBy, decided.decidedAt],
+      );
+      const done = await run(k, (o) => o.wait(runId, 10));
+      assert.equal(done.status, "succeeded");
+      // A second decision of the same gate is refused from the store, not from a stale copy.
+      await assert.rejects(run(k, (o) => o.decide(approvalId, { approve: true, actor: "late" })), /already/);
+    }
+  } finally {
+    await k.close();
+  }
+});
