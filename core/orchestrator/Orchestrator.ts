@@ -25,9 +25,12 @@
  * result are recorded with the run's end; a run that starts (or whose gate is
  * decided) while it can execute at once has its start (or the decision) held
  * back to share its first write (`HeldStart`); a run's view at its end is kept
- * briefly for the first `wait`, and a parked run's journal for its resumption.
- * Hot internal steps use `Effect.fnUntraced`: a traced call captures a stack
- * and opens a span, about a tenth of the host's time per run when measured.
+ * briefly for the first `wait`, and a run parked on its gate keeps its journal,
+ * run record and approval here, watched (`Journal.watchGate`), so `decide`
+ * resumes it without a read. Hot internal steps and the hot API calls (`start`,
+ * `get`, `wait`, `decide`) use `Effect.fnUntraced`: a traced call captures a
+ * stack and opens a span, about a tenth of the host's time per run when
+ * measured.
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import { KeelConfig } from "../config/mod.ts";

@@ -14,10 +14,11 @@
  * **Riders.** Index entries that a restart can rebuild from the records they
  * index (a run's place in the active-runs index, an approval's in the pending
  * index, an audit event's in the by-run index) need not make the commit that
- * writes the record any larger: `ride` carries them in the next commit, or
- * alone after `RIDE_MS` when no other commit comes. A rider made while a
- * write is applied waits for that write's commit: it never lands before the
- * record it indexes, and it is dropped if that commit fails.
+ * writes the record any larger: `ride` carries them in a later commit that is
+ * shared by several writes anyway, or alone after `RIDE_MS` (a lone write,
+ * which someone waits on, goes as small as it is). A rider made while a write
+ * is applied waits for that write's commit: it never lands before the record
+ * it indexes, and it is dropped if that commit fails.
  */
 
 /** A write to carry in a group: it adds its mutations to the shared atomic operation. */
@@ -75,6 +76,8 @@ export interface GroupCommitter {
 
 /** How long riders wait for another commit to carry them before they commit alone. */
 export const RIDE_MS = 25;
+/** Riders ride on a commit of at least this many writes. */
+const RIDE_MIN_BATCH = 2;
 
 const MAX_MUTATIONS = 900;
 const MAX_BYTES = 600 * 1024;
@@ -124,21 +127,26 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
         const batch: Waiting[] = [];
         let mutations = 0;
         let bytes = 0;
-        // The oldest riders first, as many as fit beside at least one write.
-        const carried: GroupWrite[] = [];
-        while (riders.length && mutations + riders[0].mutations <= MAX_MUTATIONS / 2) {
-          const r = riders.shift()!;
-          carried.push(r);
-          mutations += r.mutations;
-          bytes += r.bytes;
-        }
         while (queue.length) {
           const next = queue[0];
           if (next.task) break;
-          if (batch.length && (mutations + next.mutations > MAX_MUTATIONS || bytes + next.bytes > MAX_BYTES)) break;
+          if (batch.length && (mutations + next.mutations > MAX_MUTATIONS / 2 || bytes + next.bytes > MAX_BYTES)) {
+            break;
+          }
           batch.push(queue.shift()!);
           mutations += next.mutations;
           bytes += next.bytes;
+        }
+        // Riders, oldest first, ride on a commit that is shared anyway (or one made for them): a lone
+        // write, which someone is waiting on, goes as small as it is.
+        const carried: GroupWrite[] = [];
+        if (batch.length >= RIDE_MIN_BATCH || batch.every((w) => w.mutations === 0)) {
+          while (riders.length && mutations + riders[0].mutations <= MAX_MUTATIONS) {
+            const r = riders.shift()!;
+            carried.push(r);
+            mutations += r.mutations;
+            bytes += r.bytes;
+          }
         }
         const op = kv.atomic();
         let made: GroupWrite[] = [];
@@ -188,13 +196,18 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
       queueMicrotask(drain);
     }
   };
-  const flushRiders = () =>
+  const flushOnce = () =>
     new Promise<void>((resolve, reject) => {
       if (rideTimer !== undefined) clearTimeout(rideTimer);
       rideTimer = undefined;
       // An empty write: its batch carries the riders (and those of every write before it).
       enqueue({ apply: () => {}, mutations: 0, bytes: 0, resolve, reject });
     });
+  /** Commit until no rider waits (a commit carries at most `MAX_MUTATIONS` of them; bounded under load). */
+  const flushRiders = async () => {
+    await flushOnce();
+    for (let i = 0; riders.length && i < 100; i++) await flushOnce();
+  };
 
   return {
     submit: (write) =>

@@ -38,15 +38,22 @@ const withRider = (group: ReturnType<typeof makeGroupCommitter>, key: Deno.KvKey
   bytes: 32,
 });
 
-Deno.test("a rider commits after its record, never with it; flushRiders or the next commit carries it", async () => {
+Deno.test("a rider commits after its record, never with it; a shared commit or flushRiders carries it, a lone write does not", async () => {
   await withKv(async (kv) => {
     const group = makeGroupCommitter(kv);
     await group.submit(withRider(group, ["rec", 1], ["idx", 1]));
     assert.equal((await kv.get(["rec", 1])).value, "record");
     assert.equal((await kv.get(["idx", 1])).value, null, "the rider is not in its record's commit");
     assert.equal(group.riders(), 1);
-    // The next commit carries it.
-    await group.submit({ apply: (op) => void op.set(["other"], 1), mutations: 1, bytes: 8 });
+    // A lone write (someone waits on it) goes as small as it is: the rider does not ride on it.
+    await group.submit({ apply: (op) => void op.set(["lone"], 1), mutations: 1, bytes: 8 });
+    assert.equal((await kv.get(["idx", 1])).value, null);
+    assert.equal(group.riders(), 1);
+    // A commit shared by several writes carries it.
+    await Promise.all([
+      group.submit({ apply: (op) => void op.set(["other", 1], 1), mutations: 1, bytes: 8 }),
+      group.submit({ apply: (op) => void op.set(["other", 2], 1), mutations: 1, bytes: 8 }),
+    ]);
     assert.equal((await kv.get(["idx", 1])).value, "index");
     assert.equal(group.riders(), 0);
     // Or an explicit flush, counted as a riders-only commit.
@@ -81,16 +88,12 @@ Deno.test("a rider made by a failed commit never lands; one carried by a failed 
     await group.submit(withRider(group, ["rec", 1], ["idx", 1]));
     const tooBig = "x".repeat(70 * 1024); // over Deno KV's 64 KiB value limit: the commit throws
     const failing = withRider(group, ["rec", 2], ["idx", 2]);
-    await assert.rejects(
-      group.submit({
-        apply: (op) => {
-          failing.apply(op);
-          op.set(["huge"], tooBig);
-        },
-        mutations: 3,
-        bytes: 100,
-      }),
-    );
+    // Two writes in one commit (a shared commit carries riders); the second makes it fail.
+    const results = await Promise.allSettled([
+      group.submit(failing),
+      group.submit({ apply: (op) => void op.set(["huge"], tooBig), mutations: 1, bytes: 100 }),
+    ]);
+    assert.deepEqual(results.map((r) => r.status), ["rejected", "rejected"]);
     assert.equal((await kv.get(["rec", 2])).value, null);
     assert.equal((await kv.get(["idx", 1])).value, null, "the failed commit did not carry it");
     await group.flushRiders();
