@@ -148,9 +148,10 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
             bytes += r.bytes;
           }
         }
-        const op = kv.atomic();
         let made: GroupWrite[] = [];
         try {
+          // Inside the try: a closed store fails this batch's writes, not the process.
+          const op = kv.atomic();
           for (const r of carried) r.apply(op);
           // Riders are made only while the batch's writes are applied (synchronously): they are this batch's.
           provisional = made;

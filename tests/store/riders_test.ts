@@ -170,3 +170,20 @@ Deno.test("a restart repairs what a crash left between records and their riders"
     await Deno.remove(dataDir, { recursive: true });
   }
 });
+
+Deno.test("riders whose timer fires after the store closed fail quietly: no unhandled rejection", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "keel-riders-closed-" });
+  try {
+    const kv = await Deno.openKv(`${dir}/kv`);
+    const group = makeGroupCommitter(kv);
+    await group.submit(withRider(group, ["rec", 1], ["idx", 1]));
+    assert.equal(group.riders(), 1);
+    kv.close();
+    // The ride timer fires on a closed store; the flush it starts must settle, not escape.
+    await new Promise((r) => setTimeout(r, 4 * RIDE_MS));
+    await assert.rejects(group.flushRiders());
+    await assert.rejects(group.submit({ apply: (op) => void op.set(["x"], 1), mutations: 1, bytes: 8 }));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
