@@ -59,7 +59,7 @@ import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
-import { Audit } from "../telemetry/mod.ts";
+import { Audit, type AuditDraft } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
 
@@ -1412,12 +1412,21 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           };
           const answered = gateStep.step.step;
           const known = new Map(parked.steps).set(answered.seq, answered);
-          // What the decision writes is prepared now, while this thread is busy anyway (after the Worker's
-          // answer it would start cold); only its place in the audit chain is taken when it is written.
-          const writes = [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered])];
-          const event = audit.draft(decidedEvent);
-          const held = holdStart(resumedRun, run!, () => [...writes, audit.seal(event, Date.now()).write]);
+          // What the decision writes is prepared while the Worker runs the workflow: `execute` posts the call
+          // before it returns when the agent is live (after the Worker's answer this thread would start cold).
+          // Only the decision's place in the audit chain is taken when it is written.
+          let prepared: { writes: ReadonlyArray<GroupWrite>; event: AuditDraft } | undefined;
+          const prepare = () =>
+            prepared ??= {
+              writes: [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered])],
+              event: audit.draft(decidedEvent),
+            };
+          const held = holdStart(resumedRun, run!, () => {
+            const { writes, event } = prepare();
+            return [...writes, audit.seal(event, Date.now()).write];
+          });
           execute(resumedRun, held, known);
+          prepare();
           yield* Effect.tryPromise({
             try: () => held.durable.finally(() => journal.releaseApproval(approvalId)),
             catch: (e) => e as StoreError,
