@@ -99,6 +99,15 @@ export class Audit extends Context.Service<Audit, {
         return { seq: 0, hash: "" };
       };
       let head = yield* kvTry("Cannot read the audit log", lastEvent);
+      const mark = yield* kvTry(
+        "Cannot read the audit log",
+        async () => (await kv.get<number>(INDEXED_KEY)).value ?? 0,
+      );
+      if (head.seq - mark > 10_000) {
+        yield* Effect.logInfo(
+          `Indexing ${head.seq - mark} audit events by run (once, after an upgrade or a crash)`,
+        );
+      }
       yield* kvTry("Cannot index the audit log", () => reindex(kv, head.seq));
       const draft = (input: AuditInput): AuditDraft => {
         const dataJson = canonicalJson(input.data ?? {});
