@@ -378,6 +378,10 @@ export class Journal extends Context.Service<Journal, {
           bytes,
         };
       };
+      /** Tell each write whether the commit that carried it succeeded. */
+      const settleAll = (writes: ReadonlyArray<GroupWrite>) => (ok: boolean) => {
+        for (const w of writes) w.settled?.(ok);
+      };
       const submit = (scope: string, writes: ReadonlyArray<GroupWrite>) =>
         group.submit({
           apply: (op) => {
@@ -386,6 +390,7 @@ export class Journal extends Context.Service<Journal, {
           mutations: writes.reduce((n, w) => n + w.mutations, 0),
           bytes: writes.reduce((n, w) => n + w.bytes, 0),
           scope,
+          settled: settleAll(writes),
         }).catch((cause) => {
           throw new StoreError({ message: `Cannot record run ${scope}: ${String(cause)}` });
         });
@@ -434,6 +439,7 @@ export class Journal extends Context.Service<Journal, {
               mutations: 4 + also.reduce((n, w) => n + w.mutations, 0),
               bytes: sizeOf(next) + also.reduce((n, w) => n + w.bytes, 0),
               scope: next.id,
+              settled: settleAll(also),
             })),
         recordStep: (runId, step, also = []) =>
           kvTry("Cannot checkpoint step", () =>
@@ -445,6 +451,7 @@ export class Journal extends Context.Service<Journal, {
               mutations: 1 + also.reduce((n, w) => n + w.mutations, 0),
               bytes: sizeOf(step) + also.reduce((n, w) => n + w.bytes, 0),
               scope: runId,
+              settled: settleAll(also),
             })),
         activeRuns: kvTry("Cannot list runs", async () => {
           const ids: string[] = [];
@@ -660,6 +667,9 @@ export class Journal extends Context.Service<Journal, {
                 runKey(also?.run?.id ?? approval.runId),
               ]);
               if (!cur.value || cur.value.status !== from) return false;
+              // Again after the read: a decision may have reserved it meanwhile. From here to the commit nothing
+              // awaits, so none can reserve it after this check without seeing this write (`watchGate`).
+              if (reserved.has(approval.id)) return false;
               const op = kv.atomic().check(cur);
               approvalWrite(approval).apply(op);
               if (also?.run) {
@@ -674,8 +684,15 @@ export class Journal extends Context.Service<Journal, {
                 });
               }
               if (also?.step) op.set(stepKey(also.step.runId, also.step.step.seq), also.step.step);
-              for (const w of also?.writes?.() ?? []) w.apply(op);
-              return (await op.commit()).ok;
+              const writes = also?.writes?.() ?? [];
+              for (const w of writes) w.apply(op);
+              let ok = false;
+              try {
+                ok = (await op.commit()).ok;
+              } finally {
+                settleAll(writes)(ok);
+              }
+              return ok;
             })),
       });
     }),

@@ -1398,8 +1398,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         // now, and the decision rides on its first write (`HeldStart`; the approval is reserved meanwhile).
         const parked = parkedJournals.get(approval.runId);
         if (
-          direct && gateStep.step && parked?.approvalId === approvalId && !executing.has(approval.runId) &&
-          // The run record read above is still what the store holds: no cancel began since, none is in flight.
+          direct && gateStep.step && parked === cached && parked?.approvalId === approvalId &&
+          !executing.has(approval.runId) &&
+          // Only from the watched copy, still unchanged: after a read, another decision's commit may be in
+          // flight (it touched the watch before committing), so that decision takes the checked path.
+          parked.watch.unchanged() &&
+          // No cancel began since, none is in flight.
           cancelsBegun === cancelsBefore && cancelsInFlight === 0 && journal.reserveApproval(approvalId)
         ) {
           forgetParked(approval.runId);

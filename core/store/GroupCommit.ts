@@ -34,6 +34,11 @@ export interface GroupWrite {
    * after one of its checkpoints was lost.
    */
   readonly scope?: string;
+  /**
+   * Told once whether the commit that carried this write succeeded (`true`) or failed (`false`), before
+   * the next batch is built. Whoever commits a write directly calls it the same way.
+   */
+  readonly settled?: (ok: boolean) => void;
 }
 
 /** Figures for the bench and `GET /healthz`-style diagnostics. */
@@ -48,6 +53,8 @@ export interface GroupCommitStats {
   readonly busyMs: number;
   /** Commits that carried riders and nothing else (`flushRiders`, or riders alone after `RIDE_MS`). */
   readonly riderCommits: number;
+  /** Batches whose commit failed. */
+  readonly failedCommits: number;
 }
 
 /** The group committer over one KV handle. */
@@ -71,6 +78,8 @@ export interface GroupCommitter {
   flushRiders(): Promise<void>;
   /** Riders waiting (for diagnostics and tests). */
   readonly riders: () => number;
+  /** Stop: later writes are refused and riders no longer retry (after `flushRiders`, when the store closes). */
+  close(): void;
   readonly stats: () => GroupCommitStats;
 }
 
@@ -100,14 +109,16 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   let mutationsTotal = 0;
   let bytesTotal = 0;
   let riderCommits = 0;
+  let failedCommits = 0;
   const poisoned = new Set<string>();
   /** Riders ready for the next commit, oldest first. */
   const riders: GroupWrite[] = [];
   /** Set only while a batch's writes are applied: the riders they make, which ride only if the batch commits. */
   let provisional: GroupWrite[] | undefined;
   let rideTimer: ReturnType<typeof setTimeout> | undefined;
+  let closed = false;
   const scheduleRiders = () => {
-    if (rideTimer !== undefined || !riders.length) return;
+    if (closed || rideTimer !== undefined || !riders.length) return;
     rideTimer = setTimeout(() => {
       rideTimer = undefined;
       if (riders.length) flushRiders().catch(() => {});
@@ -171,17 +182,23 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           largestBatch = Math.max(largestBatch, batch.length);
           riders.push(...made);
           if (batch.every((w) => w.mutations === 0) && carried.length) riderCommits++;
+          for (const r of carried) r.settled?.(true);
+          for (const w of batch) w.settled?.(true);
           for (const w of batch) w.resolve();
         } catch (error) {
           // Riders made by this batch's writes go with them; carried ones (their records are durable) wait for
           // the next commit.
+          failedCommits++;
           riders.unshift(...carried);
           made = [];
+          for (const w of batch) w.settled?.(false);
           for (const w of batch) {
             if (w.scope !== undefined) poisoned.add(w.scope);
             w.reject(error);
           }
         }
+        // A queue that stays busy with lone writes never carries riders: the timer sends them alone.
+        scheduleRiders();
       }
     } finally {
       running = false;
@@ -190,6 +207,7 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   };
 
   const enqueue = (item: Waiting) => {
+    if (closed) return item.reject(new Error("the store is closed"));
     queue.push(item);
     if (!running) {
       // Start after the current tick: writes made together (a run and its audit event) share the commit.
@@ -225,6 +243,11 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
     },
     flushRiders,
     riders: () => riders.length,
+    close: () => {
+      closed = true;
+      if (rideTimer !== undefined) clearTimeout(rideTimer);
+      rideTimer = undefined;
+    },
     exclusive: <T>(task: () => Promise<T>) =>
       new Promise<T>((resolve, reject) => {
         let value: T;
@@ -247,6 +270,7 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
       bytes: bytesTotal,
       busyMs,
       riderCommits,
+      failedCommits,
     }),
   };
 };

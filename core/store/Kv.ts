@@ -33,7 +33,9 @@ export class Kv extends Context.Service<Kv, {
       yield* checkSchema(kv, path);
       const group = makeGroupCommitter(kv);
       // Riders still waiting are committed before the store closes (this runs before `kv.close` above).
-      yield* Effect.addFinalizer(() => Effect.promise(() => group.flushRiders().catch(() => {})));
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => group.flushRiders().catch(() => {})).pipe(Effect.andThen(Effect.sync(() => group.close())))
+      );
       return Kv.of({ kv, group });
     }),
   );

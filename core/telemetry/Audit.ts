@@ -50,6 +50,11 @@ const reindex = async (kv: Deno.Kv, last: number) => {
 /** What a caller supplies; sequence, time and hashes are the log's. */
 export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 
+/** An audit event's write: the event exists once the write was applied to a commit. */
+export interface AuditWrite extends GroupWrite {
+  readonly event: () => AuditEvent;
+}
+
 /** An event prepared up to its place in the chain (`Audit.draft`). */
 export interface AuditDraft {
   readonly input: AuditInput;
@@ -67,16 +72,16 @@ export class Audit extends Context.Service<Audit, {
    * grouped commit (a run and its audit event in one transaction). Only for
    * writes that go through the group committer, which keeps their order.
    */
-  prepare(event: AuditInput): Effect.Effect<{ event: AuditEvent; write: GroupWrite }>;
+  prepare(event: AuditInput): Effect.Effect<{ write: AuditWrite }>;
   /** `prepare`, synchronously, at `millis`: for a commit that must decide inside its own critical section. */
-  prepareNow(event: AuditInput, millis: number): { event: AuditEvent; write: GroupWrite };
+  prepareNow(event: AuditInput, millis: number): { write: AuditWrite };
   /**
    * `prepareNow` in two parts: `draft` does the work that does not depend on the chain (the event's data
-   * in canonical form, and its copy) ahead of time; `seal` chains the draft (sequence, time, hash) when
-   * its write is handed to the group committer, in the same tick.
+   * in canonical form, and its copy) ahead of time; `seal` makes the write, which chains the event
+   * (sequence, hash) when it is applied to its commit.
    */
   draft(event: AuditInput): AuditDraft;
-  seal(draft: AuditDraft, millis: number): { event: AuditEvent; write: GroupWrite };
+  seal(draft: AuditDraft, millis: number): { write: AuditWrite };
   list(filter: { runId?: string; limit?: number }): Effect.Effect<AuditEvent[], StoreError>;
   /** Recompute the hash chain; returns the first broken sequence number, if any. */
   readonly verify: Effect.Effect<{ ok: boolean; checked: number; brokenAt?: number }, StoreError>;
@@ -86,12 +91,11 @@ export class Audit extends Context.Service<Audit, {
     Audit,
     Effect.gen(function* () {
       const { kv, group } = yield* Kv;
-      // Hashing is synchronous (node:crypto), so an event is chained and handed to the group
-      // committer in the same tick it is appended: it can share a commit with the run write beside it.
+      // Hashing is synchronous (node:crypto), so an event is chained while its commit is built and can
+      // share that commit with the run write beside it.
       const hashOf = (e: Omit<AuditEvent, "hash">) => createHash("sha256").update(canonicalJson(e)).digest("hex");
       // One host owns the data dir, so the chain's head lives here, read once from the newest event.
-      // No head record is written: events may commit in any order (each under its own sequence
-      // number), so a head record could be overwritten by an older one.
+      // No head record is written: the newest event is the head.
       const lastEvent = async () => {
         for await (const e of kv.list<AuditEvent>({ prefix: ["audit"] }, { reverse: true, limit: 1 })) {
           return { seq: e.value.seq, hash: e.value.hash };
@@ -114,48 +118,60 @@ export class Audit extends Context.Service<Audit, {
         // A copy: the caller's object may change before the commit serializes it.
         return { input, dataJson, data: JSON.parse(dataJson) };
       };
-      /** Chain the next event in memory now and return it with the write that stores it. */
+      /**
+       * The write that stores a draft. The event is chained (sequence, hash of the one before) when the write is
+       * applied to its commit, so events take their places in the order their commits are built, which is the
+       * order they commit in. If that commit fails, the chain goes back to where it was before it.
+       */
       const seal = ({ input, dataJson: data, data: copy }: AuditDraft, millis: number) => {
-        const seq = head.seq + 1;
         const at = new Date(millis).toISOString();
-        // `canonicalJson` of the event without its hash, built directly (keys in sorted order): the hot path
-        // hashes one short string. `verify` recomputes it the general way.
-        const canonical = `{"actor":${
-          JSON.stringify(input.actor)
-        },"at":"${at}","data":${data},"prevHash":"${head.hash}"${
-          input.runId ? `,"runId":${JSON.stringify(input.runId)}` : ""
-        },"seq":${seq},"type":${JSON.stringify(input.type)}}`;
-        const event: AuditEvent = {
-          seq,
-          at,
-          type: input.type,
-          actor: input.actor,
-          ...(input.runId ? { runId: input.runId } : {}),
-          data: copy,
-          prevHash: head.hash,
-          hash: createHash("sha256").update(canonical).digest("hex"),
-        };
-        head = { seq: event.seq, hash: event.hash };
-        const write: GroupWrite = {
+        let event: AuditEvent | undefined;
+        let before: { seq: number; hash: string } | undefined;
+        const write: AuditWrite = {
           apply: (op) => {
-            op.set(["audit", event.seq], event);
+            before = head;
+            const seq = head.seq + 1;
+            // `canonicalJson` of the event without its hash, built directly (keys in sorted order): one short
+            // string to hash. `verify` recomputes it the general way.
+            const canonical = `{"actor":${
+              JSON.stringify(input.actor)
+            },"at":"${at}","data":${data},"prevHash":"${head.hash}"${
+              input.runId ? `,"runId":${JSON.stringify(input.runId)}` : ""
+            },"seq":${seq},"type":${JSON.stringify(input.type)}}`;
+            const sealed: AuditEvent = {
+              seq,
+              at,
+              type: input.type,
+              actor: input.actor,
+              ...(input.runId ? { runId: input.runId } : {}),
+              data: copy,
+              prevHash: head.hash,
+              hash: createHash("sha256").update(canonical).digest("hex"),
+            };
+            event = sealed;
+            head = { seq, hash: sealed.hash };
+            op.set(["audit", seq], sealed);
             // The by-run index entry (and the mark of how far the index goes) rides on a later commit when it
-            // can; a restart indexes what a crash left unindexed (see `reindex`).
-            // Only a rider moves the mark: riders commit in order, so every event before it is indexed.
+            // can; a restart indexes what a crash left unindexed (see `reindex`). Only a rider moves the mark:
+            // riders are made in sequence order and commit in that order, so every event before it is indexed.
             const entry = (o: Deno.AtomicOperation) => {
-              if (event.runId) o.set(["audit_by_run", event.runId, event.seq], event.seq);
+              if (sealed.runId) o.set(["audit_by_run", sealed.runId, seq], seq);
             };
-            const rider: GroupWrite = {
-              apply: (o) => entry(o.set(INDEXED_KEY, event.seq)),
-              mutations: 2,
-              bytes: 128,
-            };
+            const rider: GroupWrite = { apply: (o) => entry(o.set(INDEXED_KEY, seq)), mutations: 2, bytes: 128 };
             if (!group.ride(rider)) entry(op);
           },
           mutations: 3,
-          bytes: JSON.stringify(event.data).length + 512,
+          bytes: data.length + 512,
+          settled: (ok) => {
+            // A failed commit lost this event (and any after it in the same commit): chain from before it.
+            if (!ok && before && before.seq < head.seq) head = before;
+          },
+          event: () => {
+            if (!event) throw new Error("the audit event is chained when its write is applied");
+            return event;
+          },
         };
-        return { event, write };
+        return { write };
       };
       const prepareNow = (input: AuditInput, millis: number) => seal(draft(input), millis);
       // Untraced: called for every run event, on the hot path.
@@ -163,14 +179,10 @@ export class Audit extends Context.Service<Audit, {
         return prepareNow(input, yield* Clock.currentTimeMillis);
       });
       const append = Effect.fn("Audit.append")(function* (input: AuditInput) {
-        const { event, write } = yield* prepare(input);
-        yield* kvTry("Cannot append to the audit log", () =>
-          group.submit(write).catch(async (error) => {
-            // The chain in memory ran ahead of the file: take the head from the file again.
-            head = await lastEvent();
-            throw error;
-          }));
-        return event;
+        const { write } = yield* prepare(input);
+        // A failed commit puts the chain back itself (`settled`).
+        yield* kvTry("Cannot append to the audit log", () => group.submit(write));
+        return write.event();
       });
       const list = Effect.fn("Audit.list")(function* (filter: { runId?: string; limit?: number }) {
         const limit = Math.min(filter.limit ?? 1000, 10_000);

@@ -108,3 +108,38 @@ Deno.test("a gate decided through its cached copy, twice in a row on fresh runs,
     await k.close();
   }
 });
+
+Deno.test("a decision that reserves a gate while a checked decision is reading it wins; the checked one is refused", async () => {
+  const k = await startTestKeel();
+  const proto = Deno.Kv.prototype as unknown as { getMany: (...args: unknown[]) => Promise<unknown> };
+  const getMany = proto.getMany;
+  try {
+    await install(k);
+    const { runId, approvalId } = await parkedW2(k);
+    const j = await journal(k, (j) => Effect.succeed(j));
+    const current = (await journal(k, (j) => j.getApproval(approvalId)))!;
+    // Exactly while the checked path (`transitionApproval`) reads the approval, a held decision reserves it
+    // (what `decide`'s fast path does before its blind write).
+    let reserved: boolean | undefined;
+    proto.getMany = function (this: unknown, ...args: unknown[]) {
+      const keys = args[0] as Deno.KvKey[];
+      if (reserved === undefined && keys[0]?.[0] === "approval" && keys[0]?.[1] === approvalId) {
+        reserved = j.reserveApproval(approvalId);
+      }
+      return getMany.apply(this, args);
+    };
+    const checked = await journal(
+      k,
+      (j) => j.transitionApproval({ ...current, status: "denied", decidedBy: "slow" }, "pending"),
+    );
+    proto.getMany = getMany;
+    assert.equal(reserved, true, "the reservation was taken during the read");
+    assert.equal(checked, false, "the checked decision must not commit over a reservation");
+    j.releaseApproval(approvalId);
+    assert.equal((await journal(k, (j) => j.getApproval(approvalId)))?.status, "pending");
+    await run(k, (o) => o.cancel(runId, "test"));
+  } finally {
+    proto.getMany = getMany;
+    await k.close();
+  }
+});

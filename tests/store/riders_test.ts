@@ -182,7 +182,16 @@ Deno.test("riders whose timer fires after the store closed fail quietly: no unha
     // The ride timer fires on a closed store; the flush it starts must settle, not escape.
     await new Promise((r) => setTimeout(r, 4 * RIDE_MS));
     await assert.rejects(group.flushRiders());
-    await assert.rejects(group.submit({ apply: (op) => void op.set(["x"], 1), mutations: 1, bytes: 8 }));
+    // Once closed (as the Kv layer does after its last flush), nothing retries and writes are refused.
+    group.close();
+    const attempts = () => group.stats().commits + group.stats().failedCommits;
+    const before = attempts();
+    await new Promise((r) => setTimeout(r, 8 * RIDE_MS));
+    assert.equal(attempts(), before, "no commit is tried after close");
+    await assert.rejects(
+      group.submit({ apply: (op) => void op.set(["x"], 1), mutations: 1, bytes: 8 }),
+      /the store is closed/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
