@@ -19,6 +19,10 @@
  * which someone waits on, goes as small as it is). A rider made while a write
  * is applied waits for that write's commit: it never lands before the record
  * it indexes, and it is dropped if that commit fails.
+ *
+ * Each write may ask to be told whether its commit succeeded (`settled`: the
+ * audit chain goes back after a failed one). `close` (after the last
+ * `flushRiders`, when the store closes) refuses later writes and stops riders.
  */
 
 /** A write to carry in a group: it adds its mutations to the shared atomic operation. */

@@ -2,7 +2,12 @@
  * @module
  * The audit log: semantic events (what, who, which rule, latency), each
  * carrying the hash of the one before it, so `verify` can tell when the chain
- * was edited. Events are indexed by run for `GET /api/audit?runId=`.
+ * was edited. An event takes its sequence number and that hash when the
+ * commit that stores it is built, so the chain follows commit order; if that
+ * commit fails, the chain goes back and the next event takes its place.
+ * Events are indexed by run for `GET /api/audit?runId=`; the index entries
+ * ride on a later commit (`store/GroupCommit.ts`), and a start indexes what a
+ * crash left unindexed, from the `audit_indexed` mark.
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import { type GroupWrite, Kv, kvTry } from "../store/mod.ts";
