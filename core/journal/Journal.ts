@@ -253,11 +253,11 @@ export class Journal extends Context.Service<Journal, {
    * with a `StoreError`.
    */
   submit(scope: string, writes: ReadonlyArray<GroupWrite>): Promise<void>;
-  /** Runs that have not ended (queued, running, waiting or sleeping). */
+  /** Runs that have not ended (queued, running, waiting or sleeping); drops index entries of ended runs. */
   readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
   /**
-   * At start: drop index entries a crash left behind (an ended run still in the active-runs index, a decided
-   * approval still in the pending index: their removal rides on a later commit). Returns how many.
+   * At start: drop entries a crash left in the pending-approvals index (a decided approval's removal rides on
+   * a later commit). Returns how many. `activeRuns` drops the active-runs index's own stale entries.
    */
   readonly sweepIndexes: Effect.Effect<number, StoreError>;
   /** The run queue, in dispatch order. */
@@ -412,6 +412,14 @@ export class Journal extends Context.Service<Journal, {
         };
       };
       const reserved = new Set<string>();
+      /** Delete keys, 500 to a commit (index entries only: nothing checks them). */
+      const deleteKeys = async (keys: ReadonlyArray<Deno.KvKey>) => {
+        for (let i = 0; i < keys.length; i += 500) {
+          const op = kv.atomic();
+          for (const key of keys.slice(i, i + 500)) op.delete(key);
+          await op.commit();
+        }
+      };
       return Journal.of({
         reserveApproval: (id) => {
           if (reserved.has(id)) return false;
@@ -457,34 +465,29 @@ export class Journal extends Context.Service<Journal, {
           const ids: string[] = [];
           for await (const e of kv.list({ prefix: ["run_active"] })) ids.push(e.key[1] as string);
           const out: RunRecord[] = [];
+          const stale: Deno.KvKey[] = [];
           for (let i = 0; i < ids.length; i += 10) {
-            for (const got of await kv.getMany<RunRecord[]>(ids.slice(i, i + 10).map(runKey))) {
-              // An ended run's entry may still wait for the commit that removes it (see `writeRun`).
-              if (got.value && !TERMINAL.has(got.value.status)) out.push(got.value);
-            }
+            const got = await kv.getMany<RunRecord[]>(ids.slice(i, i + 10).map(runKey));
+            got.forEach((g, j) => {
+              if (g.value && !TERMINAL.has(g.value.status)) out.push(g.value);
+              // An ended run's entry whose removal a crash lost (it rides on a later commit: see `writeRun`).
+              // One still riding is removed twice, which changes nothing.
+              else stale.push(activeKey(ids[i + j]));
+            });
           }
+          await deleteKeys(stale);
           return out;
         }),
         sweepIndexes: kvTry("Cannot sweep the indexes", async () => {
+          // The active-runs index is repaired by `activeRuns`, which reads every entry's run anyway.
+          const ids: string[] = [];
+          for await (const e of kv.list({ prefix: ["approval_pending"] })) ids.push(e.key[1] as string);
           const stale: Deno.KvKey[] = [];
-          for (
-            const [prefix, record, gone] of [
-              ["run_active", runKey, (v: unknown) => !v || TERMINAL.has((v as RunRecord).status)],
-              ["approval_pending", approvalKey, (v: unknown) => !v || (v as ApprovalRecord).status !== "pending"],
-            ] as const
-          ) {
-            const ids: string[] = [];
-            for await (const e of kv.list({ prefix: [prefix] })) ids.push(e.key[1] as string);
-            for (let i = 0; i < ids.length; i += 10) {
-              const got = await kv.getMany(ids.slice(i, i + 10).map(record));
-              got.forEach((g, j) => gone(g.value) && stale.push([prefix, ids[i + j]]));
-            }
+          for (let i = 0; i < ids.length; i += 10) {
+            const got = await kv.getMany<ApprovalRecord[]>(ids.slice(i, i + 10).map(approvalKey));
+            got.forEach((g, j) => g.value?.status !== "pending" && stale.push(["approval_pending", ids[i + j]]));
           }
-          for (let i = 0; i < stale.length; i += 500) {
-            const op = kv.atomic();
-            for (const key of stale.slice(i, i + 500)) op.delete(key);
-            await op.commit();
-          }
+          await deleteKeys(stale);
           return stale.length;
         }),
         queue: kvTry("Cannot read the run queue", async () => {
