@@ -22,7 +22,6 @@
 import { Effect } from "effect";
 import { ConflictError, type ErrorBody, NotFoundError, toErrorBody } from "../errors/mod.ts";
 import { Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
-import { canonicalJson } from "../manifest/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
@@ -62,7 +61,14 @@ export interface ReplayReport {
 const FINISHED: ReadonlyArray<RunRecord["status"]> = ["succeeded", "failed", "cancelled"];
 
 /** JSON with object keys sorted, so equal values compare equal. */
-const canonical = (value: unknown): string => canonicalJson(value) ?? "null";
+const canonical = (value: unknown): string =>
+  JSON.stringify(
+    value,
+    (_key, v) =>
+      v !== null && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, (v as Record<string, unknown>)[k]]))
+        : v,
+  ) ?? "null";
 
 /** The journal kind a host call is recorded under. */
 const kindOf = (op: string): string =>
