@@ -208,13 +208,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
        * (taken once, kept a second): a caller waiting for a quick run needs no read of what was just written.
        */
       const ended = new Map<string, { view: RunView; at: number }>();
-      /** Journals of runs parked on their workflow's gate, as their pass knew them: `decide` resumes them without a read. */
       /** Runs executing whose start or resumption is held back (`HeldStart`): the store does not show them running yet. */
       const holding = new Set<string>();
+      /**
+       * Runs parked on their workflow's gate, with the journal their pass knew and their records, watched
+       * (`Journal.watchGate`): `decide` resumes them without a read.
+       */
       const parkedJournals = new Map<
         string,
         {
-          readonly approvalId: string;
           /** The run and its gate's approval as the store holds them while `watch` says unchanged. */
           readonly run: RunRecord;
           readonly approval: ApprovalRecord;
@@ -231,7 +233,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const entry = parkedJournals.get(runId);
         if (!entry) return;
         entry.watch.close();
-        parkedGates.delete(entry.approvalId);
+        parkedGates.delete(entry.approval.id);
         parkedJournals.delete(runId);
       };
       const takeEnded = (runId: string): RunView | undefined => {
@@ -852,7 +854,6 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             forgetParked(runId);
             if (parkedJournals.size >= PARKED_JOURNALS) forgetParked(parkedJournals.keys().next().value!);
             parkedJournals.set(runId, {
-              approvalId: on!.approvalId,
               run: gate.run,
               approval: gate.approval,
               watch: gate.watch,
@@ -1398,7 +1399,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         // now, and the decision rides on its first write (`HeldStart`; the approval is reserved meanwhile).
         const parked = parkedJournals.get(approval.runId);
         if (
-          direct && gateStep.step && parked === cached && parked?.approvalId === approvalId &&
+          direct && gateStep.step && parked === cached && parked?.approval.id === approvalId &&
           !executing.has(approval.runId) &&
           // Only from the watched copy, still unchanged: after a read, another decision's commit may be in
           // flight (it touched the watch before committing), so that decision takes the checked path.
