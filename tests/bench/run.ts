@@ -31,7 +31,7 @@
  * Progress goes to stderr, the result table to stdout. Nothing is written
  * into the repository; temp dirs are removed at the end. `--quick` runs a
  * tenth of the iterations (for checking the bench itself); `--only workflows`
- * runs only section 10. Figures are medians and p99s from a shared, noisy
+ * runs only section 10, `--only w2` only its W2. Figures are medians and p99s from a shared, noisy
  * machine: compare orders of magnitude.
  */
 import { Effect } from "effect";
@@ -51,7 +51,7 @@ const QUICK = Deno.args.includes("--quick");
 /** `--only workflows` (or `--only=workflows`): run just that section. */
 const ONLY = Deno.args.find((a) => a.startsWith("--only="))?.slice("--only=".length) ??
   (Deno.args.includes("--only") ? Deno.args[Deno.args.indexOf("--only") + 1] : undefined);
-const SECTIONS = ["workflows"];
+const SECTIONS = ["workflows", "w2"];
 const scale = (n: number) => (QUICK ? Math.max(1, Math.ceil(n / 10)) : n);
 
 const CFG = {
@@ -538,7 +538,7 @@ try {
     throw new Error(`Unknown bench section "${ONLY}": --only takes one of ${SECTIONS.join(", ")}`);
   }
   if (ONLY === undefined) await main();
-  await benchWorkflows({ quick: QUICK, progress });
+  await benchWorkflows({ quick: QUICK, w2Only: ONLY === "w2", progress });
   if (ONLY === undefined) {
     await benchModels({ quick: QUICK });
     await benchPolicyTooling({ quick: QUICK });

@@ -18,6 +18,8 @@
  *   trip and a one-key durable KV commit, no Keel) so the table shows how much
  *   of W2 is Keel's own.
  *
+ * `--w2` (or `deno task bench --only w2`) runs W2 alone.
+ *
  * Peak RSS is `Deno.memoryUsage().rss` sampled every 20 ms during each
  * workload; plugins run as Workers in this process, so it includes them.
  * Prints its own table with the targets from issue 5 beside the figures.
@@ -47,6 +49,8 @@ export interface WorkflowBenchRow {
 export interface WorkflowBenchOptions {
   /** A tenth of the runs (for checking the bench itself). */
   readonly quick?: boolean;
+  /** Only W2 (`--only w2`: for iterating on the approval path). */
+  readonly w2Only?: boolean;
   readonly progress?: (line: string) => void;
 }
 
@@ -181,100 +185,102 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
     const pure = w1(STEPS, false);
     const empty = w1(0, true);
 
-    // ---------------------------------------------------------------- W1, c1
-    progress(`W1 c1: warm-up ${N.warmup} runs of each variant`);
-    for (let i = 0; i < N.warmup; i++) {
-      await durable();
-      await pure();
-      await empty();
-    }
-    progress(`W1 c1: ${N.c1} runs each of 10 checkpointed steps, 10 unchecked steps, 0 steps (interleaved)`);
-    const d: Array<{ ms: number; computeMs: number }> = [];
-    const p: number[] = [];
-    const z: number[] = [];
-    const rss1 = rssSampler();
-    for (let i = 0; i < N.c1; i++) {
-      d.push(await durable());
-      p.push((await pure()).ms);
-      z.push((await empty()).ms);
-    }
-    const rssC1 = rss1.stop();
-    const sum = (xs: ReadonlyArray<number>) => xs.reduce((a, b) => a + b, 0);
-    const dMs = d.map((r) => r.ms);
-    const dStats = stats(dMs);
-    const zStats = stats(z);
-    const computeMedian = stats(d.map((r) => r.computeMs)).median;
-    const c1RunsPerSec = N.c1 / (sum(dMs) / 1000);
-    progress(`W1 c1: 10-step run median ${dStats.median.toFixed(3)} ms, 0-step ${zStats.median.toFixed(3)} ms`);
-    rows.push({
-      what: "W1 c1: run of 10 checkpointed steps",
-      ...dStats,
-      runsPerSec: c1RunsPerSec,
-      stepsPerSec: c1RunsPerSec * STEPS,
-      peakRssMb: rssC1,
-      note: "start → succeeded, one run at a time",
-    });
-    rows.push({
-      what: "W1 c1: same 10 steps, no checkpoints",
-      ...stats(p),
-      runsPerSec: N.c1 / (sum(p) / 1000),
-      note: "the workflow's pure compute + the run's fixed cost",
-    });
-    rows.push({
-      what: "W1 c1: run of 0 steps",
-      ...zStats,
-      runsPerSec: N.c1 / (sum(z) / 1000),
-      note: "per-run fixed cost: start, Worker call, finish, audit, wait",
-    });
-    const allIn = stats(d.map((r) => (r.ms - r.computeMs) / STEPS));
-    rows.push({
-      what: "W1 c1: per step, (run − compute) / 10",
-      ...allIn,
-      target: `≤ ${TARGET_STEP_MS} ms`,
-      met: allIn.median <= TARGET_STEP_MS,
-      note: `includes the run's fixed cost; compute median ${(computeMedian * 1000).toFixed(1)} µs/run`,
-    });
-    const perStep = stats(d.map((r) => (r.ms - zStats.median) / STEPS));
-    rows.push({
-      what: "W1 c1: per step, (run − 0-step median) / 10",
-      ...perStep,
-      target: `≤ ${TARGET_STEP_MS} ms`,
-      met: perStep.median <= TARGET_STEP_MS,
-      note: "the checkpointed step alone: Worker ⇄ host RPC + durable KV commit",
-    });
+    if (!options.w2Only) {
+      // ---------------------------------------------------------------- W1, c1
+      progress(`W1 c1: warm-up ${N.warmup} runs of each variant`);
+      for (let i = 0; i < N.warmup; i++) {
+        await durable();
+        await pure();
+        await empty();
+      }
+      progress(`W1 c1: ${N.c1} runs each of 10 checkpointed steps, 10 unchecked steps, 0 steps (interleaved)`);
+      const d: Array<{ ms: number; computeMs: number }> = [];
+      const p: number[] = [];
+      const z: number[] = [];
+      const rss1 = rssSampler();
+      for (let i = 0; i < N.c1; i++) {
+        d.push(await durable());
+        p.push((await pure()).ms);
+        z.push((await empty()).ms);
+      }
+      const rssC1 = rss1.stop();
+      const sum = (xs: ReadonlyArray<number>) => xs.reduce((a, b) => a + b, 0);
+      const dMs = d.map((r) => r.ms);
+      const dStats = stats(dMs);
+      const zStats = stats(z);
+      const computeMedian = stats(d.map((r) => r.computeMs)).median;
+      const c1RunsPerSec = N.c1 / (sum(dMs) / 1000);
+      progress(`W1 c1: 10-step run median ${dStats.median.toFixed(3)} ms, 0-step ${zStats.median.toFixed(3)} ms`);
+      rows.push({
+        what: "W1 c1: run of 10 checkpointed steps",
+        ...dStats,
+        runsPerSec: c1RunsPerSec,
+        stepsPerSec: c1RunsPerSec * STEPS,
+        peakRssMb: rssC1,
+        note: "start → succeeded, one run at a time",
+      });
+      rows.push({
+        what: "W1 c1: same 10 steps, no checkpoints",
+        ...stats(p),
+        runsPerSec: N.c1 / (sum(p) / 1000),
+        note: "the workflow's pure compute + the run's fixed cost",
+      });
+      rows.push({
+        what: "W1 c1: run of 0 steps",
+        ...zStats,
+        runsPerSec: N.c1 / (sum(z) / 1000),
+        note: "per-run fixed cost: start, Worker call, finish, audit, wait",
+      });
+      const allIn = stats(d.map((r) => (r.ms - r.computeMs) / STEPS));
+      rows.push({
+        what: "W1 c1: per step, (run − compute) / 10",
+        ...allIn,
+        target: `≤ ${TARGET_STEP_MS} ms`,
+        met: allIn.median <= TARGET_STEP_MS,
+        note: `includes the run's fixed cost; compute median ${(computeMedian * 1000).toFixed(1)} µs/run`,
+      });
+      const perStep = stats(d.map((r) => (r.ms - zStats.median) / STEPS));
+      rows.push({
+        what: "W1 c1: per step, (run − 0-step median) / 10",
+        ...perStep,
+        target: `≤ ${TARGET_STEP_MS} ms`,
+        met: perStep.median <= TARGET_STEP_MS,
+        note: "the checkpointed step alone: Worker ⇄ host RPC + durable KV commit",
+      });
 
-    // --------------------------------------------------------------- W1, c16
-    progress(`W1 c16: warm-up, then ${N.c16} runs of 10 checkpointed steps, 16 in flight`);
-    await inFlight(N.warmup, 16, durable);
-    const c16: number[] = [];
-    const rss16 = rssSampler();
-    let t0 = performance.now();
-    await inFlight(N.c16, 16, async () => c16.push((await durable()).ms));
-    let elapsed = (performance.now() - t0) / 1000;
-    const rssC16 = rss16.stop();
-    const c16RunsPerSec = N.c16 / elapsed;
-    progress(`W1 c16: ${Math.round(c16RunsPerSec * STEPS)} steps/s`);
-    rows.push({
-      what: "W1 c16: run of 10 checkpointed steps",
-      ...stats(c16),
-      runsPerSec: c16RunsPerSec,
-      stepsPerSec: c16RunsPerSec * STEPS,
-      peakRssMb: rssC16,
-      target: `≥ ${TARGET_STEPS_PER_SEC.toLocaleString("en-US")} steps/s`,
-      met: c16RunsPerSec * STEPS >= TARGET_STEPS_PER_SEC,
-      note: `${N.c16} runs, 16 in flight; latency per run includes queueing behind the other 15`,
-    });
-    progress(`W1 c16: ${N.c16} runs of 0 steps, 16 in flight`);
-    const c16z: number[] = [];
-    t0 = performance.now();
-    await inFlight(N.c16, 16, async () => c16z.push((await empty()).ms));
-    elapsed = (performance.now() - t0) / 1000;
-    rows.push({
-      what: "W1 c16: run of 0 steps",
-      ...stats(c16z),
-      runsPerSec: N.c16 / elapsed,
-      note: "ceiling on runs/s from the per-run fixed cost alone",
-    });
+      // --------------------------------------------------------------- W1, c16
+      progress(`W1 c16: warm-up, then ${N.c16} runs of 10 checkpointed steps, 16 in flight`);
+      await inFlight(N.warmup, 16, durable);
+      const c16: number[] = [];
+      const rss16 = rssSampler();
+      let t0 = performance.now();
+      await inFlight(N.c16, 16, async () => c16.push((await durable()).ms));
+      let elapsed = (performance.now() - t0) / 1000;
+      const rssC16 = rss16.stop();
+      const c16RunsPerSec = N.c16 / elapsed;
+      progress(`W1 c16: ${Math.round(c16RunsPerSec * STEPS)} steps/s`);
+      rows.push({
+        what: "W1 c16: run of 10 checkpointed steps",
+        ...stats(c16),
+        runsPerSec: c16RunsPerSec,
+        stepsPerSec: c16RunsPerSec * STEPS,
+        peakRssMb: rssC16,
+        target: `≥ ${TARGET_STEPS_PER_SEC.toLocaleString("en-US")} steps/s`,
+        met: c16RunsPerSec * STEPS >= TARGET_STEPS_PER_SEC,
+        note: `${N.c16} runs, 16 in flight; latency per run includes queueing behind the other 15`,
+      });
+      progress(`W1 c16: ${N.c16} runs of 0 steps, 16 in flight`);
+      const c16z: number[] = [];
+      t0 = performance.now();
+      await inFlight(N.c16, 16, async () => c16z.push((await empty()).ms));
+      elapsed = (performance.now() - t0) / 1000;
+      rows.push({
+        what: "W1 c16: run of 0 steps",
+        ...stats(c16z),
+        runsPerSec: N.c16 / elapsed,
+        note: "ceiling on runs/s from the per-run fixed cost alone",
+      });
+    }
 
     // -------------------------------------------------------------------- W2
     /** Start a W2 run, let it park, then time decide → succeeded. */
@@ -367,5 +373,5 @@ const printTable = (rows: ReadonlyArray<WorkflowBenchRow>, quick: boolean) => {
 };
 
 if (import.meta.main) {
-  await benchWorkflows({ quick: Deno.args.includes("--quick") });
+  await benchWorkflows({ quick: Deno.args.includes("--quick"), w2Only: Deno.args.includes("--w2") });
 }
