@@ -110,11 +110,22 @@ export class Connection {
     {
       resolve: (v: unknown) => void;
       reject: (e: CallFailure) => void;
-      timer: ReturnType<typeof setTimeout>;
+      /** When the plugin is retired if it has not answered (epoch ms; `init` has its own timer). */
+      deadline: number;
+      /** What was asked, for the timeout's message. */
+      what: () => string;
       /** Set for a workflow request: the run it executes. */
       runId?: string;
     }
   >();
+  /**
+   * One timer for every request's deadline, set for the earliest: a request costs no timer of its own (on a
+   * resumed run's path, a timer set after an idle moment costs tens of µs). It is left set when the requests
+   * are answered, and re-set only for an earlier deadline; when it fires it retires the plugin if a request is
+   * overdue, else it is set for the next deadline.
+   */
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timerAt = Infinity;
   readonly #runs = new Map<string, HostCallHandler>();
   #nextId = 1;
   /** Calls to the host in flight, per run: each running workflow gets its own bound. */
@@ -153,6 +164,8 @@ export class Connection {
       this.kill({ tag: "PluginTimeoutError", message: `Plugin "${name}" did not start within ${startTimeoutMs} ms` });
     }, startTimeoutMs);
     this.#pending.set(0, {
+      deadline: Infinity,
+      what: () => "init",
       resolve: (v) => {
         clearTimeout(startTimer);
         this.isReady = true;
@@ -162,7 +175,6 @@ export class Connection {
         clearTimeout(startTimer);
         readyReject(e);
       },
-      timer: startTimer,
     });
     const sink: TransportSink = {
       message: (message, size) => {
@@ -232,18 +244,37 @@ export class Connection {
     const id = this.#nextId++;
     if (message.t === "workflow" && handler) this.#runs.set(message.runId, handler);
     return new Promise<unknown>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        // A plugin that does not answer may be stuck in a loop: retire it.
-        this.kill({
-          tag: "PluginTimeoutError",
-          message: `Plugin did not answer "${describe(message)}" within ${timeoutMs} ms`,
-        }, "timeout");
-      }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer, ...(message.t === "workflow" ? { runId: message.runId } : {}) });
+      const deadline = Date.now() + timeoutMs;
+      this.#pending.set(id, {
+        resolve,
+        reject,
+        deadline,
+        what: () => `Plugin did not answer "${describe(message)}" within ${timeoutMs} ms`,
+        ...(message.t === "workflow" ? { runId: message.runId } : {}),
+      });
+      if (deadline < this.#timerAt) this.#armTimer(deadline);
       this.#post({ ...message, id } as HostMessage);
-    }).finally(() => {
-      if (message.t === "workflow") this.#runs.delete(message.runId);
     });
+  }
+
+  #armTimer(at: number): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#expire(), Math.max(0, at - Date.now()));
+  }
+
+  /** The deadline timer fired: retire a plugin that left a request unanswered past its deadline. */
+  #expire(): void {
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    const now = Date.now();
+    let next = Infinity;
+    for (const [, p] of this.#pending) {
+      // A plugin that does not answer may be stuck in a loop: retire it.
+      if (p.deadline <= now) return this.kill({ tag: "PluginTimeoutError", message: p.what() }, "timeout");
+      next = Math.min(next, p.deadline);
+    }
+    if (next < Infinity) this.#armTimer(next);
   }
 
   /** Stop the plugin and fail everything in flight with `error`. */
@@ -259,10 +290,9 @@ export class Connection {
     } catch {
       // already gone
     }
-    for (const [, p] of this.#pending) {
-      clearTimeout(p.timer);
-      p.reject(new CallFailure(reason, error));
-    }
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    for (const [, p] of this.#pending) p.reject(new CallFailure(reason, error));
     this.#pending.clear();
     this.#runs.clear();
     this.onDeath(error);
@@ -284,7 +314,7 @@ export class Connection {
       return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: an answer to no request" });
     }
     this.#pending.delete(id);
-    clearTimeout(p.timer);
+    if (p.runId !== undefined) this.#runs.delete(p.runId);
     if (ok) {
       this.answered++;
       p.resolve(value);
