@@ -32,7 +32,7 @@
  * stack and opens a span, about a tenth of the host's time per run when
  * measured.
  */
-import { Clock, Context, Effect, Layer } from "effect";
+import { Clock, Context, Effect, Layer, type Result } from "effect";
 import { KeelConfig } from "../config/mod.ts";
 import {
   ConflictError,
@@ -54,12 +54,12 @@ import {
   timeOrderedId,
 } from "../journal/mod.ts";
 import { Gateway, UNDO_SEQ_BASE } from "../gateway/mod.ts";
-import { type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
+import { type CallError, type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
-import { Audit, type AuditDraft } from "../telemetry/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
 
@@ -101,14 +101,22 @@ interface PassState {
   checkpointFailure?: unknown;
   /** Checkpoints that came with the workflow's result: recorded in the commit that ends the run. */
   readonly trailing: StepRecord[];
-  /** The run's own start, not yet written: see `HeldStart`. */
-  readonly held?: HeldStart;
+  /** The run's own start, not yet written: see `HeldStart`. (Set after the call for a resumption begun at once.) */
+  held?: HeldStart;
   /** The pass's view of the journal (what it loaded and the checkpoints it recorded). */
   readonly known?: Map<number, StepRecord>;
   /** Set once the pass answered a call other than a checkpoint or gate: `known` may then miss what it wrote. */
   partial?: boolean;
   /** The workflow's gate the run parked on in this pass, and the run as parked. */
   parkedOn?: { readonly approvalId: string; readonly run: RunRecord };
+}
+
+/** A pass whose workflow call was posted before the pass began (a decided gate's quick resumption). */
+interface BegunPass {
+  readonly agent: InstalledPlugin;
+  readonly state: PassState;
+  /** The call's result; fails with what `PluginHost.runWorkflow` fails with. */
+  readonly outcome: Promise<unknown>;
 }
 
 /** How many parked runs' journals are kept for a quick resume when their gate is decided. */
@@ -770,7 +778,18 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         held: HeldStart | undefined,
         /** The run's journal when this host knows it (a run resumed from `parkedJournals`). */
         given: Map<number, StepRecord> | undefined,
+        /** Its workflow call, when it was posted already (`fresh` is then the run). */
+        begun: BegunPass | undefined,
       ) {
+        if (begun && fresh) {
+          const outcome = yield* Effect.result(
+            Effect.tryPromise({
+              try: () => begun.outcome,
+              catch: (error) => error as CallError | RunSuspendedError,
+            }),
+          );
+          return yield* conclude(fresh, held, begun.state, outcome);
+        }
         // A run this host just created or claimed is known; a run woken again is read back.
         const run = fresh ?? (yield* journal.getRun(runId));
         if (!run || run.status !== "running") return;
@@ -790,12 +809,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           ? []
           : yield* journal.steps(runId);
         const known = given ?? new Map(steps.map((s) => [s.seq, s]));
-        const entries: JournalEntry[] = steps.filter((s) => s.status === "done").map((s) => ({
-          seq: s.seq,
-          kind: s.kind,
-          name: s.name,
-          value: s.value,
-        }));
+        const entries = workflowEntries(steps);
         const state: PassState = { trailing: [], known, ...(held ? { held } : {}) };
         const outcome = yield* Effect.result(
           host.runWorkflow(
@@ -807,6 +821,26 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             handle(run, agent.success, known, state),
           ),
         );
+        yield* conclude(run, held, state, outcome);
+      });
+
+      /** The journal a workflow call carries: its steps that are done. */
+      const workflowEntries = (steps: Iterable<StepRecord>): JournalEntry[] => {
+        const entries: JournalEntry[] = [];
+        for (const s of steps) {
+          if (s.status === "done") entries.push({ seq: s.seq, kind: s.kind, name: s.name, value: s.value });
+        }
+        return entries;
+      };
+
+      /** What a pass does once its workflow call answered: end the run, park it, or try it again later. */
+      const conclude = Effect.fnUntraced(function* (
+        run: RunRecord,
+        held: HeldStart | undefined,
+        state: PassState,
+        outcome: Result.Result<unknown, CallError | RunSuspendedError>,
+      ) {
+        const runId = run.id;
         // A pass that does not end its run leaves it recorded, started (a run that ends shares that commit).
         const ends = !(stopping && outcome._tag === "Failure") && !cancelling.has(runId) &&
           !(outcome._tag === "Failure" && outcome.failure._tag === "RunSuspendedError") &&
@@ -844,11 +878,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           // Parked on its gate, with a journal this pass knows whole: keep it, with the run and the approval
           // read once more and watched, for a quick resume (see `decide`).
           const on = state.parkedOn;
-          const gate = on && !state.partial && !cancelling.has(runId)
+          const known = state.known;
+          const gate = on && known && !state.partial && !cancelling.has(runId)
             ? yield* journal.watchGate(on.approvalId, runId)
             : undefined;
           if (
-            gate?.approval?.status === "pending" && gate.run?.status === "waiting_approval" &&
+            known && gate?.approval?.status === "pending" && gate.run?.status === "waiting_approval" &&
             gate.run.waitingFor?.approvalId === on!.approvalId
           ) {
             forgetParked(runId);
@@ -971,7 +1006,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       });
 
       /** Execute a claimed run until it ends or parks; runs again if it was woken meanwhile. */
-      const execute = (run: RunRecord, held?: HeldStart, given?: Map<number, StepRecord>): void => {
+      const execute = (
+        run: RunRecord,
+        held?: HeldStart,
+        given?: Map<number, StepRecord>,
+        begun?: BegunPass,
+      ): void => {
         const slot = executing.get(run.id);
         if (slot) {
           slot.again = true;
@@ -983,15 +1023,18 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           let fresh: RunRecord | undefined = run;
           let starting = held;
           let knownJournal = given;
+          let call = begun;
           while (mine.again) {
             mine.again = false;
             const known = fresh;
             fresh = undefined;
             const first = starting;
             const journalGiven = knownJournal;
+            const posted = call;
             starting = undefined;
             knownJournal = undefined;
-            yield* pass(run.id, known, first, journalGiven).pipe(
+            call = undefined;
+            yield* pass(run.id, known, first, journalGiven, posted).pipe(
               Effect.catchCause((cause) => Effect.logError(`Run ${run.id} could not proceed`, cause)),
             );
           }
@@ -1382,7 +1425,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             },
           }
           : {};
-        const decidedEvent = {
+        // Made when needed: a quick resumption calls the workflow first.
+        const decidedEvent = () => ({
           type: d.approve ? "approval.approved" : "approval.denied",
           actor: d.actor,
           runId: approval.runId,
@@ -1394,7 +1438,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             ...(d.note ? { note: d.note } : {}),
             ...(decided.resolution ? { resolution: decided.resolution } : {}),
           },
-        };
+        });
         // A workflow's gate whose run can resume at once, with the journal its pass left here: the run goes on
         // now, and the decision rides on its first write (`HeldStart`; the approval is reserved meanwhile).
         const parked = parkedJournals.get(approval.runId);
@@ -1407,7 +1451,6 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           // No cancel began since, none is in flight.
           cancelsBegun === cancelsBefore && cancelsInFlight === 0 && journal.reserveApproval(approvalId)
         ) {
-          forgetParked(approval.runId);
           const resumedRun: RunRecord = {
             ...run!,
             status: "running",
@@ -1417,20 +1460,32 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           };
           const answered = gateStep.step.step;
           const known = new Map(parked.steps).set(answered.seq, answered);
-          // What the decision writes is prepared while the Worker runs the workflow: `execute` posts the call
-          // before it returns when the agent is live (after the Worker's answer this thread would start cold).
-          // Only the decision's place in the audit chain is taken when it is written.
-          let prepared: { writes: ReadonlyArray<GroupWrite>; event: AuditDraft } | undefined;
-          const prepare = () =>
-            prepared ??= {
-              writes: [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered])],
-              event: audit.draft(decidedEvent),
-            };
-          const held = holdStart(resumedRun, run!, () => {
-            const { writes, event } = prepare();
-            return [...writes, audit.seal(event, Date.now()).write];
-          });
-          execute(resumedRun, held, known);
+          // The workflow is called first, when its agent is live: the rest is done while the Worker runs it.
+          // (Nothing below awaits before `execute`, so the pass's state is whole before the Worker can call.)
+          const state: PassState = { trailing: [], known };
+          const call = host.runWorkflowNow(
+            resumedRun.plugin,
+            resumedRun.pluginVersion,
+            resumedRun.workflow,
+            resumedRun.id,
+            resumedRun.input,
+            workflowEntries(known.values()),
+            (agent) => handle(resumedRun, agent, known, state),
+          );
+          forgetParked(approval.runId);
+          // What the decision writes is prepared while the Worker runs the workflow (after the Worker's answer
+          // this thread would start cold), its audit event hashed too. The event's place in the chain is taken
+          // when it is written; its hash is made again then if another event took that place first.
+          let prepared: ReadonlyArray<GroupWrite> | undefined;
+          const prepare = () => {
+            if (prepared) return prepared;
+            const { write } = audit.seal(audit.draft(decidedEvent()), now);
+            write.ahead();
+            return prepared = [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered]), write];
+          };
+          const held = holdStart(resumedRun, run!, prepare);
+          state.held = held;
+          execute(resumedRun, held, known, call && { agent: call.plugin, state, outcome: call.outcome });
           prepare();
           yield* Effect.tryPromise({
             try: () => held.durable.finally(() => journal.releaseApproval(approvalId)),
@@ -1442,7 +1497,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const ok = yield* journal.transitionApproval(decided, "pending", {
           ...runPatch,
           ...gateStep,
-          writes: () => [audit.prepareNow(decidedEvent, now).write],
+          writes: () => [audit.prepareNow(decidedEvent(), now).write],
         });
         if (!ok) {
           const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);

@@ -188,6 +188,20 @@ export class PluginHost extends Context.Service<PluginHost, {
     journal: ReadonlyArray<JournalEntry>,
     handler: HostCallHandler,
   ): Effect.Effect<unknown, CallError | RunSuspendedError>;
+  /**
+   * `runWorkflow` in plain code, for a resumed run's hot path: when `name` `version` is installed and its
+   * plugin is live and ready, the call is posted before this returns, and `outcome` fails with what
+   * `runWorkflow` fails with. Otherwise undefined (nothing was sent): the caller takes `runWorkflow`.
+   */
+  runWorkflowNow(
+    name: string,
+    version: string,
+    workflow: string,
+    runId: string,
+    input: unknown,
+    journal: ReadonlyArray<JournalEntry>,
+    handler: (plugin: InstalledPlugin) => HostCallHandler,
+  ): { readonly plugin: InstalledPlugin; readonly outcome: Promise<unknown> } | undefined;
 }>()("keel/plugins/PluginHost") {
   /** Plugin host with its registry in Deno KV. */
   static readonly layer = Layer.effect(
@@ -380,6 +394,12 @@ export class PluginHost extends Context.Service<PluginHost, {
         });
       };
 
+      /** What a workflow call fails with: its run suspended (parked on a gate), or the call's error. */
+      const workflowError = (plugin: string, error: unknown): CallError | RunSuspendedError =>
+        error instanceof CallFailure && error.reason === "failed" && error.wire.tag === SUSPENDED
+          ? new RunSuspendedError({ message: error.wire.message })
+          : toCallError(plugin, error);
+
       const call = (plugin: InstalledPlugin, f: (conn: Connection) => Promise<unknown>) =>
         Effect.tryPromise({
           try: async () => {
@@ -562,11 +582,18 @@ export class PluginHost extends Context.Service<PluginHost, {
                 return await conn.request(message, 10 * 60_000, handler);
               })();
             },
-            catch: (error): CallError | RunSuspendedError =>
-              error instanceof CallFailure && error.reason === "failed" && error.wire.tag === SUSPENDED
-                ? new RunSuspendedError({ message: error.wire.message })
-                : toCallError(plugin.name, error),
+            catch: (error) => workflowError(plugin.name, error),
           }),
+        runWorkflowNow: (name, version, workflow, runId, input, journal, handler) => {
+          const plugin = registry.get(name, version);
+          const conn = plugin && liveOf(versionKey(plugin)).conn;
+          if (!plugin || !conn?.alive || !conn.isReady) return undefined;
+          const message = { t: "workflow" as const, name: workflow, runId, input, journal };
+          const outcome = conn.request(message, 10 * 60_000, handler(plugin)).catch((error) => {
+            throw workflowError(plugin.name, error);
+          });
+          return { plugin, outcome };
+        },
       });
     }),
   );

@@ -58,6 +58,12 @@ export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 /** An audit event's write: the event exists once the write was applied to a commit. */
 export interface AuditWrite extends GroupWrite {
   readonly event: () => AuditEvent;
+  /**
+   * Hash the event now, as if it were chained next: for a write that waits for something else (a Worker) before
+   * its commit is built. The hash is used if the chain's head is still the same when the write is applied, and
+   * made again otherwise.
+   */
+  readonly ahead: () => void;
 }
 
 /** An event prepared up to its place in the chain (`Audit.draft`). */
@@ -132,17 +138,20 @@ export class Audit extends Context.Service<Audit, {
         const at = new Date(millis).toISOString();
         let event: AuditEvent | undefined;
         let before: { seq: number; hash: string } | undefined;
+        /** The hash made ahead, and the head it was made after (heads are replaced, never changed). */
+        let guess: { after: { seq: number; hash: string }; hash: string } | undefined;
+        // `canonicalJson` of the event without its hash, built directly (keys in sorted order): one short
+        // string to hash. `verify` recomputes it the general way.
+        const hashAfter = (prev: { seq: number; hash: string }) =>
+          createHash("sha256").update(
+            `{"actor":${JSON.stringify(input.actor)},"at":"${at}","data":${data},"prevHash":"${prev.hash}"${
+              input.runId ? `,"runId":${JSON.stringify(input.runId)}` : ""
+            },"seq":${prev.seq + 1},"type":${JSON.stringify(input.type)}}`,
+          ).digest("hex");
         const write: AuditWrite = {
           apply: (op) => {
             before = head;
             const seq = head.seq + 1;
-            // `canonicalJson` of the event without its hash, built directly (keys in sorted order): one short
-            // string to hash. `verify` recomputes it the general way.
-            const canonical = `{"actor":${
-              JSON.stringify(input.actor)
-            },"at":"${at}","data":${data},"prevHash":"${head.hash}"${
-              input.runId ? `,"runId":${JSON.stringify(input.runId)}` : ""
-            },"seq":${seq},"type":${JSON.stringify(input.type)}}`;
             const sealed: AuditEvent = {
               seq,
               at,
@@ -151,7 +160,7 @@ export class Audit extends Context.Service<Audit, {
               ...(input.runId ? { runId: input.runId } : {}),
               data: copy,
               prevHash: head.hash,
-              hash: createHash("sha256").update(canonical).digest("hex"),
+              hash: guess?.after === head ? guess.hash : hashAfter(head),
             };
             event = sealed;
             head = { seq, hash: sealed.hash };
@@ -174,6 +183,9 @@ export class Audit extends Context.Service<Audit, {
           event: () => {
             if (!event) throw new Error("the audit event is chained when its write is applied");
             return event;
+          },
+          ahead: () => {
+            guess = { after: head, hash: hashAfter(head) };
           },
         };
         return { write };
