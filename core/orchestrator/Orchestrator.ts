@@ -1308,7 +1308,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           }
           const current = looked.success;
           const left = deadline - (yield* Clock.currentTimeMillis);
-          if ((current.status !== "running" && current.status !== "queued") || left <= 0) {
+          // A run whose resumption is held (`HeldStart`) executes while the store still shows it parked.
+          if ((current.status !== "running" && current.status !== "queued" && !holding.has(runId)) || left <= 0) {
             set.delete(listener);
             return current;
           }

@@ -143,3 +143,23 @@ Deno.test("a decision that reserves a gate while a checked decision is reading i
     await k.close();
   }
 });
+
+Deno.test("a gate decided after its agent was removed is not resumed in the removed agent: the run fails, naming it", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    const { runId, approvalId } = await parkedW2(k);
+    // `decide` calls a live agent itself (`PluginHost.runWorkflowNow`); a removed one is neither live nor installed.
+    const removed = await k.api("DELETE", "/api/plugins/bench_workflows?force=true");
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    const decided = await run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" }));
+    assert.equal(decided.status, "approved");
+    const view = await run(k, (o) => o.wait(runId, 10));
+    assert.equal(view.status, "failed", JSON.stringify(view));
+    assert.match(view.error?.message ?? "", /bench_workflows.*not installed|No plugin named "bench_workflows"/);
+    // The workflow's last step never ran: the journal ends at the answered gate.
+    assert.deepEqual(view.steps.map((s) => [s.seq, s.kind, s.status]), [[1, "step", "done"], [2, "approval", "done"]]);
+  } finally {
+    await k.close();
+  }
+});
