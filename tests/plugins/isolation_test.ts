@@ -259,6 +259,26 @@ for (const isolation of ["worker", "process"] as const) {
     },
   );
 
+  Deno.test(
+    `a call made after an answered one with an earlier deadline still times out (one deadline timer) (${isolation})`,
+    async () => {
+      const p = await startRunaway(isolation);
+      try {
+        // The answered call leaves the deadline timer set for its own deadline; the spin's is later.
+        assert.deepEqual(await p.call("echo", { value: "quick" }, 300), { value: "quick" });
+        const began = Date.now();
+        const spin = await failure(p.call("spin", {}, 800));
+        assert.equal(spin.tag, "PluginTimeoutError");
+        assert.match(spin.message, /within 800 ms/);
+        // Not retired at the answered call's deadline: the spin had its own 800 ms.
+        assert.ok(Date.now() - began >= 700, `retired after ${Date.now() - began} ms`);
+        assert.ok(!p.conn.alive);
+      } finally {
+        await p.close();
+      }
+    },
+  );
+
   Deno.test(`a plugin that exits fails its calls in flight with a tagged error (${isolation})`, async () => {
     const p = await startRunaway(isolation);
     try {
