@@ -32,7 +32,7 @@
  * stack and opens a span, about a tenth of the host's time per run when
  * measured.
  */
-import { Clock, Context, Effect, Layer, type Result } from "effect";
+import { Clock, Context, Effect, Layer, Result } from "effect";
 import { KeelConfig } from "../config/mod.ts";
 import {
   ConflictError,
@@ -115,8 +115,14 @@ interface PassState {
 interface BegunPass {
   readonly agent: InstalledPlugin;
   readonly state: PassState;
-  /** The call's result; fails with what `PluginHost.runWorkflow` fails with. */
-  readonly outcome: Promise<unknown>;
+  /**
+   * The call's result (`value`), or the run's end when it was recorded on the spot (`ended`, in plain code: a
+   * workflow that returned, with nothing in the way), or the failure of that record (`lost`). Fails with what
+   * `PluginHost.runWorkflow` fails with.
+   */
+  readonly outcome: Promise<
+    { readonly value: unknown } | { readonly ended: RunRecord } | { readonly lost: StoreError }
+  >;
 }
 
 /** How many parked runs' journals are kept for a quick resume when their gate is decided. */
@@ -788,7 +794,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               catch: (error) => error as CallError | RunSuspendedError,
             }),
           );
-          return yield* conclude(fresh, held, begun.state, outcome);
+          if (outcome._tag === "Failure") return yield* conclude(fresh, held, begun.state, outcome);
+          const answer = outcome.success;
+          if ("lost" in answer) return yield* Effect.fail(answer.lost);
+          if ("value" in answer) return yield* conclude(fresh, held, begun.state, Result.succeed(answer.value));
+          // Ended on the spot: what comes after the end.
+          if (answer.ended.parentRunId) yield* resumeParent(answer.ended);
+          notify(runId);
+          return;
         }
         // A run this host just created or claimed is known; a run woken again is read back.
         const run = fresh ?? (yield* journal.getRun(runId));
@@ -833,6 +846,23 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return entries;
       };
 
+      /** How a run whose workflow returned `output` ends. */
+      const returned = (run: RunRecord, output: unknown): Pick<RunRecord, "status" | "output" | "error"> => {
+        // An output too large for the run record would leave the run "running" forever: fail it instead.
+        // (UTF-8 takes at most 3 bytes per UTF-16 unit: encode only when that bound is over the limit.)
+        const json = JSON.stringify([output ?? null, run.input ?? null]);
+        const size = json.length * 3 <= MAX_STEP_BYTES ? json.length : new TextEncoder().encode(json).length;
+        return size <= MAX_STEP_BYTES ? { status: "succeeded", output } : {
+          status: "failed",
+          error: {
+            tag: "PluginFailedError",
+            message:
+              `Workflow "${run.workflow}" returned ${size} bytes with its input; a run records at most ${MAX_STEP_BYTES}`,
+            details: { plugin: run.plugin, size, limit: MAX_STEP_BYTES },
+          },
+        };
+      };
+
       /** What a pass does once its workflow call answered: end the run, park it, or try it again later. */
       const conclude = Effect.fnUntraced(function* (
         run: RunRecord,
@@ -857,23 +887,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         } else if (outcome._tag === "Success" && state.checkpointFailure !== undefined) {
           yield* finish(run, state, { status: "failed", error: toErrorBody(state.checkpointFailure) });
         } else if (outcome._tag === "Success") {
-          // An output too large for the run record would leave the run "running" forever: fail it instead.
-          // (UTF-8 takes at most 3 bytes per UTF-16 unit: encode only when that bound is over the limit.)
-          const json = JSON.stringify([outcome.success ?? null, run.input ?? null]);
-          const size = json.length * 3 <= MAX_STEP_BYTES ? json.length : new TextEncoder().encode(json).length;
-          yield* finish(
-            run,
-            state,
-            size <= MAX_STEP_BYTES ? { status: "succeeded", output: outcome.success } : {
-              status: "failed",
-              error: {
-                tag: "PluginFailedError",
-                message:
-                  `Workflow "${run.workflow}" returned ${size} bytes with its input; a run records at most ${MAX_STEP_BYTES}`,
-                details: { plugin: run.plugin, size, limit: MAX_STEP_BYTES },
-              },
-            },
-          );
+          yield* finish(run, state, returned(run, outcome.success));
         } else if (outcome.failure._tag === "RunSuspendedError") {
           // Parked on its gate, with a journal this pass knows whole: keep it, with the run and the approval
           // read once more and watched, for a quick resume (see `decide`).
@@ -963,10 +977,25 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         state: PassState,
         patch: Pick<RunRecord, "status" | "output" | "error" | "cancelled">,
       ) {
+        const { done, durable } = endRun(run, state, patch);
+        yield* Effect.tryPromise({ try: () => durable, catch: (e) => e as StoreError });
+        if (done.parentRunId) yield* resumeParent(done);
+        notify(run.id);
+      });
+
+      /**
+       * Record a run's end, in plain code (the run's end is on every run's critical path): `durable` resolves
+       * once it is, with the view the next `wait` answers kept. What comes after (a parent's resumption,
+       * waking the waiters) is the caller's.
+       */
+      const endRun = (
+        run: RunRecord,
+        state: PassState,
+        patch: Pick<RunRecord, "status" | "output" | "error" | "cancelled">,
+      ): { done: RunRecord; durable: Promise<void> } => {
         // This host holds the run's lease and is its only writer while it executes: a blind, grouped write.
         // (Parking and cancelling go through compare-and-set and end the pass without coming here.)
         const current = run;
-        // Plain code up to the submit (no Effect per part): the run's end is on every run's critical path.
         const now = Date.now();
         const done: RunRecord = {
           ...current,
@@ -996,14 +1025,13 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const view = state.known && !state.partial
           ? { ...done, steps: [...state.known.values()].sort((a, b) => a.seq - b.seq) }
           : undefined;
-        yield* Effect.tryPromise({ try: () => commit, catch: (e) => e as StoreError });
-        if (view) {
+        const durable = commit.then(() => {
+          if (!view) return;
           if (ended.size >= ENDED_VIEWS) ended.delete(ended.keys().next().value!);
           ended.set(run.id, { view, at: Date.now() });
-        }
-        if (done.parentRunId) yield* resumeParent(done);
-        notify(run.id);
-      });
+        });
+        return { done, durable };
+      };
 
       /** Execute a claimed run until it ends or parks; runs again if it was woken meanwhile. */
       const execute = (
@@ -1486,11 +1514,33 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           };
           const held = holdStart(resumedRun, run!, prepare);
           state.held = held;
-          execute(resumedRun, held, known, call && { agent: call.plugin, state, outcome: call.outcome });
+          execute(
+            resumedRun,
+            held,
+            known,
+            call && {
+              agent: call.plugin,
+              state,
+              // A workflow that returned, with nothing in the way, ends its run here (what `conclude` would do):
+              // the pass's fiber is not woken between the Worker's answer and the commit.
+              outcome: call.outcome.then((value): BegunPass["outcome"] | { value: unknown } => {
+                if (cancelling.has(resumedRun.id) || state.checkpointFailure !== undefined) return { value };
+                const { done, durable } = endRun(resumedRun, state, returned(resumedRun, value));
+                return durable.then(() => ({ ended: done }), (error: StoreError) => ({ lost: error }));
+              }),
+            },
+          );
           prepare();
-          yield* Effect.tryPromise({
-            try: () => held.durable.finally(() => journal.releaseApproval(approvalId)),
-            catch: (e) => e as StoreError,
+          // Answered as soon as the decision is durable: resumed from the commit's own callback, not through
+          // further promise hops (the run's end, finished in the same commit, is handled after it).
+          yield* Effect.callback<void, StoreError>((resume) => {
+            held.durable.then(() => {
+              journal.releaseApproval(approvalId);
+              resume(Effect.void);
+            }, (error: StoreError) => {
+              journal.releaseApproval(approvalId);
+              resume(Effect.fail(error));
+            });
           });
           return decided;
         }

@@ -163,3 +163,32 @@ Deno.test("a gate decided after its agent was removed is not resumed in the remo
     await k.close();
   }
 });
+
+Deno.test("a resumed run whose last step or result is too large to record fails, saying so, like any run", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    for (
+      const [input, message] of [
+        [{ bytes: 10, afterBytes: 70_000 }, /Step 3 "after" is \d+ bytes; a step records at most/],
+        [{ bytes: 10, outBytes: 70_000 }, /Workflow "bench_w2" returned \d+ bytes with its input/],
+      ] as const
+    ) {
+      const started = await run(k, (o) => o.start("bench_w2", input, "test"));
+      const parked = await run(k, (o) => o.wait(started.id, 10));
+      assert.equal(parked.status, "waiting_approval", JSON.stringify(parked));
+      // The quick resumption ends a run on the spot only when nothing is in the way; these go the general way.
+      await run(k, (o) => o.decide(parked.waitingFor!.approvalId!, { approve: true, actor: "ops" }));
+      const view = await run(k, (o) => o.wait(started.id, 10));
+      assert.equal(view.status, "failed", JSON.stringify(view));
+      assert.match(view.error?.message ?? "", message);
+      const stored = await journal(k, (j) => j.getRun(started.id));
+      assert.equal(stored?.status, "failed");
+      const ends = (await k.keel.runtime.runPromise(Audit.use((a) => a.list({ runId: started.id }))))
+        .filter((e) => e.type.startsWith("run.") && e.type !== "run.started");
+      assert.deepEqual(ends.map((e) => e.type), ["run.failed"]);
+    }
+  } finally {
+    await k.close();
+  }
+});
