@@ -27,7 +27,12 @@
  * back to share its first write (`HeldStart`); a run's view at its end is kept
  * briefly for the first `wait`, and a run parked on its gate keeps its journal,
  * run record and approval here, watched (`Journal.watchGate`), so `decide`
- * resumes it without a read. Hot internal steps and the hot API calls (`start`,
+ * resumes it without a read: it posts the workflow call first
+ * (`PluginHost.runWorkflowNow`), prepares the decision's writes (its audit
+ * event hashed ahead) while the Worker runs, and a workflow that then returns
+ * with nothing in the way has its run ended on the spot in plain code
+ * (`endRun`), no fiber woken between the Worker's answer and the commit. Hot
+ * internal steps and the hot API calls (`start`,
  * `get`, `wait`, `decide`) use `Effect.fnUntraced`: a traced call captures a
  * stack and opens a span, about a tenth of the host's time per run when
  * measured.
