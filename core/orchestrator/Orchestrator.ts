@@ -273,20 +273,31 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return body.tag === "RunSuspendedError" ? { tag: SUSPENDED, message: body.message } : body;
       };
 
-      /** What is held, once: the run's record write and the others (an audit event takes its seq now). */
+      /**
+       * What is held, once: the run's record write and the others (an audit event takes its seq now). The
+       * caller submits them, then `dropTimer`s: its timer, firing meanwhile, finds them taken and does nothing.
+       */
       const takeStart = (
         held: HeldStart | undefined,
       ): { run: GroupWrite; rest: ReadonlyArray<GroupWrite> } | undefined => {
         if (!held || held.taken) return undefined;
         held.taken = true;
-        clearTimeout(held.timer);
         return { run: journal.runWrite(held.prev, held.run), rest: held.writes() };
       };
+      /**
+       * Clear a taken start's timer once the commit that carries it is under way: a timer cleared after an idle
+       * moment costs tens of µs, and the main thread waits for the commit anyway (this runs after the grouped
+       * commit's batch is built and sent, which was queued first).
+       */
+      const dropTimer = (held: HeldStart) => queueMicrotask(() => clearTimeout(held.timer));
       /** Write what is held alone (the run is about to do something that must follow it); resolves once durable. */
       const writeStart = (held: HeldStart | undefined): Promise<void> => {
         if (!held) return Promise.resolve();
         const taken = takeStart(held);
-        if (taken) held.carriedBy(journal.submit(held.run.id, [taken.run, ...taken.rest]));
+        if (taken) {
+          held.carriedBy(journal.submit(held.run.id, [taken.run, ...taken.rest]));
+          dropTimer(held);
+        }
         return held.durable;
       };
       const holdStart = (
@@ -401,7 +412,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const start = takeStart(state.held);
         const steps = journal.stepsWrite(run.id, fresh);
         const commit = journal.submit(run.id, start ? [start.run, ...start.rest, steps] : [steps]);
-        if (start) state.held!.carriedBy(commit);
+        if (start) {
+          state.held!.carriedBy(commit);
+          dropTimer(state.held!);
+        }
         return commit.then(() => null, lost);
       };
 
@@ -1025,7 +1039,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           journal.runWrite(start ? state.held!.prev : current, done),
           write,
         ]);
-        if (start) state.held!.carriedBy(commit);
+        if (start) {
+          state.held!.carriedBy(commit);
+          dropTimer(state.held!);
+        }
         // The view `wait` will answer is built while the commit is in flight; it is offered once durable.
         const view = state.known && !state.partial
           ? { ...done, steps: [...state.known.values()].sort((a, b) => a.seq - b.seq) }
