@@ -231,7 +231,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const holding = new Set<string>();
       /**
        * Runs parked on their workflow's gate, with the journal their pass knew and their records, watched
-       * (`Journal.watchGate`): `decide` resumes them without a read.
+       * (`Journal.watchGate`): `decide` resumes them without a read (`decideQuickly`).
        */
       const parkedJournals = new Map<
         string,
@@ -243,8 +243,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           readonly steps: Map<number, StepRecord>;
         }
       >();
-      /** Cancels begun, and in flight: a quick resumption is taken only if none began since its read. */
-      let cancelsBegun = 0;
+      /** Cancels in flight: a quick resumption (`decideQuickly`) is taken only while there are none. */
       let cancelsInFlight = 0;
       /** The run parked on each gate in `parkedJournals`. */
       const parkedGates = new Map<string, string>();
@@ -909,7 +908,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           yield* finish(run, state, returned(run, outcome.success));
         } else if (outcome.failure._tag === "RunSuspendedError") {
           // Parked on its gate, with a journal this pass knows whole: keep it, with the run and the approval
-          // read once more and watched, for a quick resume (see `decide`).
+          // read once more and watched, for a quick resume (see `decideQuickly`).
           const on = state.parkedOn;
           const known = state.known;
           const gate = on && known && !state.partial && !cancelling.has(runId)
@@ -1043,10 +1042,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           state.held!.carriedBy(commit);
           dropTimer(state.held!);
         }
-        // The view `wait` will answer is built while the commit is in flight; it is offered once durable.
-        const view = state.known && !state.partial
-          ? { ...done, steps: [...state.known.values()].sort((a, b) => a.seq - b.seq) }
-          : undefined;
+        // The view `wait` will answer is built while the commit is in flight (after its batch was sent, which was
+        // queued first); it is offered once durable.
+        let view: RunView | undefined;
+        const known = state.partial ? undefined : state.known;
+        if (known) queueMicrotask(() => (view = { ...done, steps: [...known.values()].sort((a, b) => a.seq - b.seq) }));
         const durable = commit.then(() => {
           if (!view) return;
           if (ended.size >= ENDED_VIEWS) ended.delete(ended.keys().next().value!);
@@ -1380,11 +1380,146 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
       });
 
+      /** What a decision records: the decided approval, a workflow gate's answer in its journal, its audit event. */
+      const decisionOf = (approval: ApprovalRecord, d: Decision, now: number) => {
+        const decided: ApprovalRecord = {
+          ...approval,
+          status: d.approve ? "approved" : "denied",
+          decidedBy: d.actor,
+          decidedAt: new Date(now).toISOString(),
+          ...(d.note ? { note: d.note } : {}),
+          ...(approval.kind === "unknown_outcome" && d.resolution ? { resolution: d.resolution } : {}),
+        };
+        // A workflow's own gate is answered in its journal in the same write: the resumed run reads the answer.
+        const answer: StepRecord | undefined = approval.kind === "gate"
+          ? {
+            seq: approval.seq,
+            kind: "approval",
+            name: "approval",
+            status: "done",
+            approvalId: approval.id,
+            value: { approved: d.approve, actor: d.actor, ...(d.note ? { note: d.note } : {}), at: decided.decidedAt },
+            startedAt: approval.createdAt,
+            endedAt: decided.decidedAt,
+          }
+          : undefined;
+        // Made when needed: a quick resumption calls the workflow first.
+        const event = () => ({
+          type: d.approve ? "approval.approved" : "approval.denied",
+          actor: d.actor,
+          runId: approval.runId,
+          data: {
+            approvalId: approval.id,
+            effect: approval.effect,
+            rule: approval.rule,
+            approver: d.actor,
+            ...(d.note ? { note: d.note } : {}),
+            ...(decided.resolution ? { resolution: decided.resolution } : {}),
+          },
+        });
+        return { decided, answer, event };
+      };
+
+      /**
+       * `decide`'s quick path, in plain code: a workflow's own gate whose run parked here, its approval and run
+       * watched and unchanged since (`Journal.watchGate`), pending, not expired, and the run free to execute at
+       * once. The run goes on now from the journal its pass left here, and the decision rides on its first write
+       * (`HeldStart`; the approval is reserved until it is durable). Anything else, or a cancel in flight: undefined,
+       * and `decide` takes its checked path. (Its time is the system clock's.)
+       */
+      const decideQuickly = (
+        approvalId: string,
+        d: Decision,
+      ): { decided: ApprovalRecord; durable: Promise<void> } | undefined => {
+        const runId = parkedGates.get(approvalId);
+        const parked = runId === undefined ? undefined : parkedJournals.get(runId);
+        if (!parked || !parked.watch.unchanged() || cancelsInFlight !== 0 || executing.has(parked.run.id)) {
+          return undefined;
+        }
+        const { approval, run } = parked;
+        const now = Date.now();
+        if (
+          approval.id !== approvalId || approval.status !== "pending" || approval.kind !== "gate" ||
+          Date.parse(approval.expiresAt) <= now || run.status !== "waiting_approval" ||
+          run.waitingFor?.approvalId !== approvalId || queue.size() > 0 || !mayStart(run) ||
+          !journal.reserveApproval(approvalId)
+        ) {
+          return undefined;
+        }
+        const { decided, answer, event } = decisionOf(approval, d, now);
+        const answered = answer!;
+        const resumedRun: RunRecord = {
+          ...run,
+          status: "running",
+          waitingFor: undefined,
+          lease: lease(now),
+          updatedAt: decided.decidedAt!,
+        };
+        const known = new Map(parked.steps).set(answered.seq, answered);
+        // The workflow is called first, when its agent is live: the rest is done while the Worker runs it.
+        // (Nothing here awaits, so the pass's state is whole before the Worker can call.)
+        const state: PassState = { trailing: [], known };
+        const call = host.runWorkflowNow(
+          resumedRun.plugin,
+          resumedRun.pluginVersion,
+          resumedRun.workflow,
+          resumedRun.id,
+          resumedRun.input,
+          workflowEntries(known.values()),
+          (agent) => handle(resumedRun, agent, known, state),
+        );
+        forgetParked(run.id);
+        // What the decision writes is prepared while the Worker runs the workflow (after the Worker's answer
+        // this thread would start cold), its audit event hashed too. The event's place in the chain is taken
+        // when it is written; its hash is made again then if another event took that place first.
+        let prepared: ReadonlyArray<GroupWrite> | undefined;
+        const prepare = () => {
+          if (prepared) return prepared;
+          const { write } = audit.seal(audit.draft(event()), now);
+          write.ahead();
+          return prepared = [journal.approvalWrite(decided), journal.stepsWrite(run.id, [answered]), write];
+        };
+        const held = holdStart(resumedRun, run, prepare);
+        state.held = held;
+        execute(
+          resumedRun,
+          held,
+          known,
+          call && {
+            agent: call.plugin,
+            state,
+            // A workflow that returned, with nothing in the way, ends its run here (what `conclude` would do):
+            // the pass's fiber is not woken between the Worker's answer and the commit.
+            outcome: call.outcome.then((value): BegunPass["outcome"] | { value: unknown } => {
+              if (cancelling.has(resumedRun.id) || state.checkpointFailure !== undefined) return { value };
+              const { done, durable } = endRun(resumedRun, state, returned(resumedRun, value));
+              return durable.then(() => ({ ended: done }), (error: StoreError) => ({ lost: error }));
+            }),
+          },
+        );
+        prepare();
+        return { decided, durable: held.durable };
+      };
+
       const decide = Effect.fnUntraced(function* (approvalId: string, d: Decision) {
+        const quick = decideQuickly(approvalId, d);
+        if (quick) {
+          // Answered as soon as the decision is durable: resumed from the commit's own callback, not through
+          // further promise hops (the run's end, finished in the same commit, is handled after it).
+          yield* Effect.callback<void, StoreError>((resume) => {
+            quick.durable.then(() => {
+              journal.releaseApproval(approvalId);
+              resume(Effect.void);
+            }, (error: StoreError) => {
+              journal.releaseApproval(approvalId);
+              resume(Effect.fail(error));
+            });
+          });
+          return quick.decided;
+        }
         // A gate whose run parked here: its approval and run as watched since (no read), or in one read.
         const parkedRunId = parkedGates.get(approvalId);
         const cached = parkedRunId ? parkedJournals.get(parkedRunId) : undefined;
-        const cancelsBefore = cancelsBegun;
         const both = cached?.watch.unchanged()
           ? { approval: cached.approval, run: cached.run }
           : parkedRunId
@@ -1445,132 +1580,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             message: `Approval "${approvalId}" is about an unknown outcome: say resolution "delivered" or "retry"`,
           });
         }
-        const decided: ApprovalRecord = {
-          ...approval,
-          status: d.approve ? "approved" : "denied",
-          decidedBy: d.actor,
-          decidedAt: new Date(now).toISOString(),
-          ...(d.note ? { note: d.note } : {}),
-          ...(approval.kind === "unknown_outcome" && d.resolution ? { resolution: d.resolution } : {}),
-        };
-        // A workflow's own gate is answered in its journal in the same write: the resumed run reads the answer.
-        const gateStep = approval.kind === "gate"
-          ? {
-            step: {
-              runId: approval.runId,
-              step: {
-                seq: approval.seq,
-                kind: "approval" as const,
-                name: "approval",
-                status: "done" as const,
-                approvalId,
-                value: {
-                  approved: d.approve,
-                  actor: d.actor,
-                  ...(d.note ? { note: d.note } : {}),
-                  at: decided.decidedAt,
-                },
-                startedAt: approval.createdAt,
-                endedAt: decided.decidedAt,
-              },
-            },
-          }
-          : {};
-        // Made when needed: a quick resumption calls the workflow first.
-        const decidedEvent = () => ({
-          type: d.approve ? "approval.approved" : "approval.denied",
-          actor: d.actor,
-          runId: approval.runId,
-          data: {
-            approvalId,
-            effect: approval.effect,
-            rule: approval.rule,
-            approver: d.actor,
-            ...(d.note ? { note: d.note } : {}),
-            ...(decided.resolution ? { resolution: decided.resolution } : {}),
-          },
-        });
-        // A workflow's gate whose run can resume at once, with the journal its pass left here: the run goes on
-        // now, and the decision rides on its first write (`HeldStart`; the approval is reserved meanwhile).
-        const parked = parkedJournals.get(approval.runId);
-        if (
-          direct && gateStep.step && parked === cached && parked?.approval.id === approvalId &&
-          !executing.has(approval.runId) &&
-          // Only from the watched copy, still unchanged: after a read, another decision's commit may be in
-          // flight (it touched the watch before committing), so that decision takes the checked path.
-          parked.watch.unchanged() &&
-          // No cancel began since, none is in flight.
-          cancelsBegun === cancelsBefore && cancelsInFlight === 0 && journal.reserveApproval(approvalId)
-        ) {
-          const resumedRun: RunRecord = {
-            ...run!,
-            status: "running",
-            waitingFor: undefined,
-            lease: lease(now),
-            updatedAt: decided.decidedAt!,
-          };
-          const answered = gateStep.step.step;
-          const known = new Map(parked.steps).set(answered.seq, answered);
-          // The workflow is called first, when its agent is live: the rest is done while the Worker runs it.
-          // (Nothing below awaits before `execute`, so the pass's state is whole before the Worker can call.)
-          const state: PassState = { trailing: [], known };
-          const call = host.runWorkflowNow(
-            resumedRun.plugin,
-            resumedRun.pluginVersion,
-            resumedRun.workflow,
-            resumedRun.id,
-            resumedRun.input,
-            workflowEntries(known.values()),
-            (agent) => handle(resumedRun, agent, known, state),
-          );
-          forgetParked(approval.runId);
-          // What the decision writes is prepared while the Worker runs the workflow (after the Worker's answer
-          // this thread would start cold), its audit event hashed too. The event's place in the chain is taken
-          // when it is written; its hash is made again then if another event took that place first.
-          let prepared: ReadonlyArray<GroupWrite> | undefined;
-          const prepare = () => {
-            if (prepared) return prepared;
-            const { write } = audit.seal(audit.draft(decidedEvent()), now);
-            write.ahead();
-            return prepared = [journal.approvalWrite(decided), journal.stepsWrite(approval.runId, [answered]), write];
-          };
-          const held = holdStart(resumedRun, run!, prepare);
-          state.held = held;
-          execute(
-            resumedRun,
-            held,
-            known,
-            call && {
-              agent: call.plugin,
-              state,
-              // A workflow that returned, with nothing in the way, ends its run here (what `conclude` would do):
-              // the pass's fiber is not woken between the Worker's answer and the commit.
-              outcome: call.outcome.then((value): BegunPass["outcome"] | { value: unknown } => {
-                if (cancelling.has(resumedRun.id) || state.checkpointFailure !== undefined) return { value };
-                const { done, durable } = endRun(resumedRun, state, returned(resumedRun, value));
-                return durable.then(() => ({ ended: done }), (error: StoreError) => ({ lost: error }));
-              }),
-            },
-          );
-          prepare();
-          // Answered as soon as the decision is durable: resumed from the commit's own callback, not through
-          // further promise hops (the run's end, finished in the same commit, is handled after it).
-          yield* Effect.callback<void, StoreError>((resume) => {
-            held.durable.then(() => {
-              journal.releaseApproval(approvalId);
-              resume(Effect.void);
-            }, (error: StoreError) => {
-              journal.releaseApproval(approvalId);
-              resume(Effect.fail(error));
-            });
-          });
-          return decided;
-        }
+        const { decided, answer, event } = decisionOf(approval, d, now);
         // The decision, the resumed run, the workflow's answer and the audit event: one commit.
         const ok = yield* journal.transitionApproval(decided, "pending", {
           ...runPatch,
-          ...gateStep,
-          writes: () => [audit.prepareNow(decidedEvent(), now).write],
+          ...(answer ? { step: { runId: approval.runId, step: answer } } : {}),
+          writes: () => [audit.prepareNow(event(), now).write],
         });
         if (!ok) {
           const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
@@ -1597,8 +1612,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       ): Effect.Effect<RunRecord, NotFoundError | ConflictError | StoreError> =>
         Effect.suspend(() => {
           // A decided gate's quick resumption writes its run blind: it must not start while a cancel reads or
-          // writes that run (see `decide`).
-          cancelsBegun++;
+          // writes that run (see `decideQuickly`).
           cancelsInFlight++;
           return cancelOnce(runId, actor, reason).pipe(Effect.ensuring(Effect.sync(() => cancelsInFlight--)));
         });
