@@ -110,7 +110,10 @@ export class Connection {
     {
       resolve: (v: unknown) => void;
       reject: (e: CallFailure) => void;
-      /** When the plugin is retired if it has not answered (epoch ms; `init` has its own timer). */
+      /**
+       * When the plugin is retired if it has not answered: `performance.now()` ms, which no step of the wall
+       * clock moves (`init` has its own timer).
+       */
       deadline: number;
       /** What was asked, for the timeout's message. */
       what: () => string;
@@ -244,7 +247,7 @@ export class Connection {
     const id = this.#nextId++;
     if (message.t === "workflow" && handler) this.#runs.set(message.runId, handler);
     return new Promise<unknown>((resolve, reject) => {
-      const deadline = Date.now() + timeoutMs;
+      const deadline = performance.now() + timeoutMs;
       this.#pending.set(id, {
         resolve,
         reject,
@@ -260,14 +263,14 @@ export class Connection {
   #armTimer(at: number): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timerAt = at;
-    this.#timer = setTimeout(() => this.#expire(), Math.max(0, at - Date.now()));
+    this.#timer = setTimeout(() => this.#expire(), Math.max(0, at - performance.now()));
   }
 
   /** The deadline timer fired: retire a plugin that left a request unanswered past its deadline. */
   #expire(): void {
     this.#timer = undefined;
     this.#timerAt = Infinity;
-    const now = Date.now();
+    const now = performance.now();
     let next = Infinity;
     for (const [, p] of this.#pending) {
       // A plugin that does not answer may be stuck in a loop: retire it.

@@ -279,6 +279,23 @@ for (const isolation of ["worker", "process"] as const) {
     },
   );
 
+  Deno.test(`a step of the wall clock retires no plugin early (deadlines are monotonic) (${isolation})`, async () => {
+    const p = await startRunaway(isolation);
+    const realNow = Date.now;
+    try {
+      // The answered call leaves the deadline timer set for 100 ms; the sleep's own deadline is a minute away.
+      assert.deepEqual(await p.call("echo", { value: "quick" }, 100), { value: "quick" });
+      const slow = p.call("sleep", { ms: 400 }, 60_000);
+      // What an NTP step or a resumed laptop does to the wall clock while the sleep is in flight.
+      Date.now = () => realNow() + 11 * 60_000;
+      assert.deepEqual(await slow, { slept: 400 });
+      assert.ok(p.conn.alive);
+    } finally {
+      Date.now = realNow;
+      await p.close();
+    }
+  });
+
   Deno.test(`a plugin that exits fails its calls in flight with a tagged error (${isolation})`, async () => {
     const p = await startRunaway(isolation);
     try {
