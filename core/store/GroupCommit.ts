@@ -102,6 +102,8 @@ interface Waiting extends GroupWrite {
   readonly task?: () => Promise<void>;
 }
 
+const refused = (scope: string) => new Error(`an earlier write of "${scope}" failed; refusing later ones`);
+
 /** Make a group committer; `kv` must stay open while writes are submitted. */
 export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   const queue: Waiting[] = [];
@@ -145,6 +147,13 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
         while (queue.length) {
           const next = queue[0];
           if (next.task) break;
+          if (next.scope !== undefined && poisoned.has(next.scope)) {
+            // Submitted before an earlier write of its scope failed (while that one's commit was in flight).
+            queue.shift();
+            next.settled?.(false);
+            next.reject(refused(next.scope));
+            continue;
+          }
           if (batch.length && (mutations + next.mutations > MAX_MUTATIONS / 2 || bytes + next.bytes > MAX_BYTES)) {
             break;
           }
@@ -152,6 +161,7 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
           mutations += next.mutations;
           bytes += next.bytes;
         }
+        if (!batch.length) continue;
         // Riders, oldest first, ride on a commit that is shared anyway (or one made for them): a lone
         // write, which someone is waiting on, goes as small as it is.
         const carried: GroupWrite[] = [];
@@ -235,9 +245,7 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
   return {
     submit: (write) =>
       new Promise<void>((resolve, reject) => {
-        if (write.scope !== undefined && poisoned.has(write.scope)) {
-          return reject(new Error(`an earlier write of "${write.scope}" failed; refusing later ones`));
-        }
+        if (write.scope !== undefined && poisoned.has(write.scope)) return reject(refused(write.scope));
         enqueue({ ...write, resolve, reject });
       }),
     ride: (write) => {
