@@ -728,7 +728,7 @@ export const openApiDocument = {
     "/api/runs/{id}/cancel": {
       post: {
         summary:
-          "Cancel a run that has not ended: a queued, sleeping or waiting run at once, a running one at its next call to Keel; its pending approvals are denied and its child runs cancelled",
+          "Cancel a run that has not ended: a queued, sleeping or waiting run at once, a running one at its next call to Keel; its pending approvals are denied and its child runs cancelled. 409 if the run has ended, or ends before the cancel takes effect (a running workflow that returns without another call to Keel)",
         parameters: [idParam("id")],
         requestBody: json({ type: "object", properties: { reason: { type: "string", maxLength: 1000 } } }),
         responses: { "200": { description: "The run, cancelled", ...json(ref("Run")) }, ...errors(400, 401, 404, 409) },

@@ -243,6 +243,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           readonly steps: Map<number, StepRecord>;
         }
       >();
+      /** Approvals a quick decision holds (reserved) until it is durable, and what it decided. */
+      const deciding = new Map<string, ApprovalRecord["status"]>();
       /** Cancels in flight: a quick resumption (`decideQuickly`) is taken only while there are none. */
       let cancelsInFlight = 0;
       /** The run parked on each gate in `parkedJournals`. */
@@ -1425,11 +1427,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
        * watched and unchanged since (`Journal.watchGate`), pending, not expired, and the run free to execute at
        * once. The run goes on now from the journal its pass left here, and the decision rides on its first write
        * (`HeldStart`; the approval is reserved until it is durable). Anything else, or a cancel in flight: undefined,
-       * and `decide` takes its checked path. (Its time is the system clock's.)
+       * and `decide` takes its checked path. `now` is `decide`'s clock.
        */
       const decideQuickly = (
         approvalId: string,
         d: Decision,
+        now: number,
       ): { decided: ApprovalRecord; durable: Promise<void> } | undefined => {
         const runId = parkedGates.get(approvalId);
         const parked = runId === undefined ? undefined : parkedJournals.get(runId);
@@ -1437,7 +1440,6 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           return undefined;
         }
         const { approval, run } = parked;
-        const now = Date.now();
         if (
           approval.id !== approvalId || approval.status !== "pending" || approval.kind !== "gate" ||
           Date.parse(approval.expiresAt) <= now || run.status !== "waiting_approval" ||
@@ -1498,24 +1500,33 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           },
         );
         prepare();
+        // Released once the decision is durable or lost, whatever becomes of the caller.
+        deciding.set(approvalId, decided.status);
+        const release = () => {
+          deciding.delete(approvalId);
+          journal.releaseApproval(approvalId);
+        };
+        held.durable.then(release, release);
         return { decided, durable: held.durable };
       };
 
       const decide = Effect.fnUntraced(function* (approvalId: string, d: Decision) {
-        const quick = decideQuickly(approvalId, d);
+        const quick = decideQuickly(approvalId, d, yield* Clock.currentTimeMillis);
         if (quick) {
           // Answered as soon as the decision is durable: resumed from the commit's own callback, not through
           // further promise hops (the run's end, finished in the same commit, is handled after it).
           yield* Effect.callback<void, StoreError>((resume) => {
-            quick.durable.then(() => {
-              journal.releaseApproval(approvalId);
-              resume(Effect.void);
-            }, (error: StoreError) => {
-              journal.releaseApproval(approvalId);
-              resume(Effect.fail(error));
-            });
+            quick.durable.then(() => resume(Effect.void), (error: StoreError) => resume(Effect.fail(error)));
           });
           return quick.decided;
+        }
+        // Decided by a quick decision whose write is on its way (the store still says pending).
+        const other = deciding.get(approvalId);
+        if (other) {
+          return yield* new ConflictError({
+            message: `Approval "${approvalId}" is already ${other}`,
+            details: { status: other },
+          });
         }
         // A gate whose run parked here: its approval and run as watched since (no read), or in one read.
         const parkedRunId = parkedGates.get(approvalId);
@@ -1589,8 +1600,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         });
         if (!ok) {
           const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
+          const quick = deciding.get(approvalId);
           return yield* new ConflictError(
-            now.approval?.status === "pending" && now.run
+            quick
+              ? { message: `Approval "${approvalId}" was decided by someone else first`, details: { status: quick } }
+              : now.approval?.status === "pending" && now.run
               ? {
                 message: `Run "${approval.runId}" is ${now.run.status} now: approval "${approvalId}" cannot resume it`,
                 details: { status: "pending", run: now.run.status },
@@ -1631,6 +1645,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           // Its workflow is in a Worker right now: its next call to the host stops it, and the pass records it.
           cancelling.set(runId, cancelled);
           yield* wait(runId, 10);
+          // A workflow that returned without another call ended its run as it was: the cancel came too late.
+          const after = yield* journal.getRun(runId);
+          if (after && TERMINAL.has(after.status) && after.status !== "cancelled") {
+            return yield* new ConflictError({
+              message: `Run "${runId}" ${after.status} before the cancel took effect`,
+              details: { status: after.status },
+            });
+          }
         } else {
           const done = yield* journal.updateRun(runId, {
             status: "cancelled",

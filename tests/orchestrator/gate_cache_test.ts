@@ -192,3 +192,27 @@ Deno.test("a resumed run whose last step or result is too large to record fails,
     await k.close();
   }
 });
+
+Deno.test("two decisions of one parked gate at once: one wins, the other is told who did, whatever its path", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    for (let round = 0; round < 5; round++) {
+      const { runId, approvalId } = await parkedW2(k);
+      const [first, second] = await Promise.allSettled([
+        run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" })),
+        run(k, (o) => o.decide(approvalId, { approve: false, actor: "other" })),
+      ]);
+      assert.equal(first.status, "fulfilled", String((first as PromiseRejectedResult).reason));
+      assert.equal(second.status, "rejected");
+      // Refused as decided (by the quick decision, durable or on its way), not as a run that cannot resume.
+      assert.match(String((second as PromiseRejectedResult).reason), /already approved|decided by someone else first/);
+      const approval = await journal(k, (j) => j.getApproval(approvalId));
+      assert.equal(approval?.status, "approved");
+      assert.equal(approval?.decidedBy, "ops");
+      assert.equal((await run(k, (o) => o.wait(runId, 10))).status, "succeeded");
+    }
+  } finally {
+    await k.close();
+  }
+});

@@ -170,6 +170,14 @@ Deno.test("a cancel racing a decided gate's resumption leaves one end in the sto
       );
       assert.equal(ends.length, 1, JSON.stringify(ends));
       assert.equal(ends[0].type, `run.${record.status}`);
+      // The cancel's answer agrees with the store: it took effect, or it is refused as too late.
+      if (record.status === "cancelled") {
+        assert.equal(cancelled.status, "fulfilled", String((cancelled as PromiseRejectedResult).reason));
+        assert.equal((cancelled as PromiseFulfilledResult<{ status: string }>).value.status, "cancelled");
+      } else {
+        assert.equal(cancelled.status, "rejected", JSON.stringify(cancelled));
+        assert.match(String((cancelled as PromiseRejectedResult).reason), /succeeded/);
+      }
       // The gate is no longer pending either way.
       const approval = await k.keel.runtime.runPromise(Journal.use((j) => j.getApproval(approvalId)));
       assert.notEqual(approval?.status, "pending");
