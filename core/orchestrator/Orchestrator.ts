@@ -118,7 +118,6 @@ interface PassState {
 
 /** A pass whose workflow call was posted before the pass began (a decided gate's quick resumption). */
 interface BegunPass {
-  readonly agent: InstalledPlugin;
   readonly state: PassState;
   /**
    * The call's result (`value`), or the run's end when it was recorded on the spot (`ended`, in plain code: a
@@ -1488,11 +1487,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           held,
           known,
           call && {
-            agent: call.plugin,
             state,
             // A workflow that returned, with nothing in the way, ends its run here (what `conclude` would do):
             // the pass's fiber is not woken between the Worker's answer and the commit.
-            outcome: call.outcome.then((value): BegunPass["outcome"] | { value: unknown } => {
+            outcome: call.then((value): BegunPass["outcome"] | { value: unknown } => {
               if (cancelling.has(resumedRun.id) || state.checkpointFailure !== undefined) return { value };
               const { done, durable } = endRun(resumedRun, state, returned(resumedRun, value));
               return durable.then(() => ({ ended: done }), (error: StoreError) => ({ lost: error }));

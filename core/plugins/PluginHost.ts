@@ -190,7 +190,7 @@ export class PluginHost extends Context.Service<PluginHost, {
   ): Effect.Effect<unknown, CallError | RunSuspendedError>;
   /**
    * `runWorkflow` in plain code, for a resumed run's hot path: when `name` `version` is installed and its
-   * plugin is live and ready, the call is posted before this returns, and `outcome` fails with what
+   * plugin is live and ready, the call is posted before this returns, and the promise fails with what
    * `runWorkflow` fails with. Otherwise undefined (nothing was sent): the caller takes `runWorkflow`.
    */
   runWorkflowNow(
@@ -201,7 +201,7 @@ export class PluginHost extends Context.Service<PluginHost, {
     input: unknown,
     journal: ReadonlyArray<JournalEntry>,
     handler: (plugin: InstalledPlugin) => HostCallHandler,
-  ): { readonly plugin: InstalledPlugin; readonly outcome: Promise<unknown> } | undefined;
+  ): Promise<unknown> | undefined;
 }>()("keel/plugins/PluginHost") {
   /** Plugin host with its registry in Deno KV. */
   static readonly layer = Layer.effect(
@@ -589,10 +589,9 @@ export class PluginHost extends Context.Service<PluginHost, {
           const conn = plugin && liveOf(versionKey(plugin)).conn;
           if (!plugin || !conn?.alive || !conn.isReady) return undefined;
           const message = { t: "workflow" as const, name: workflow, runId, input, journal };
-          const outcome = conn.request(message, 10 * 60_000, handler(plugin)).catch((error) => {
+          return conn.request(message, 10 * 60_000, handler(plugin)).catch((error) => {
             throw workflowError(plugin.name, error);
           });
-          return { plugin, outcome };
         },
       });
     }),
