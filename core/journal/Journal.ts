@@ -241,9 +241,12 @@ export class Journal extends Context.Service<Journal, {
    * the resumed run's first write): until released, `transitionApproval`
    * refuses it, so that blind write cannot race another decision. False if
    * it is reserved already. One host owns a data dir, so this is the lock.
+   * `decided` is what the held decision says (`reservedAs` answers it).
    */
-  reserveApproval(id: string): boolean;
+  reserveApproval(id: string, decided: ApprovalRecord["status"]): boolean;
   releaseApproval(id: string): void;
+  /** What the decision holding this approval's reservation decided, if one does. */
+  reservedAs(id: string): ApprovalRecord["status"] | undefined;
   /** An approval record's write (and its pending index), to carry in a grouped commit. */
   approvalWrite(approval: ApprovalRecord): GroupWrite;
   /**
@@ -411,7 +414,7 @@ export class Journal extends Context.Service<Journal, {
           bytes: sizeOf(approval),
         };
       };
-      const reserved = new Set<string>();
+      const reserved = new Map<string, ApprovalRecord["status"]>();
       /** Delete keys, 500 to a commit (index entries only: nothing checks them). */
       const deleteKeys = async (keys: ReadonlyArray<Deno.KvKey>) => {
         for (let i = 0; i < keys.length; i += 500) {
@@ -421,12 +424,13 @@ export class Journal extends Context.Service<Journal, {
         }
       };
       return Journal.of({
-        reserveApproval: (id) => {
+        reserveApproval: (id, decided) => {
           if (reserved.has(id)) return false;
-          reserved.add(id);
+          reserved.set(id, decided);
           return true;
         },
         releaseApproval: (id) => void reserved.delete(id),
+        reservedAs: (id) => reserved.get(id),
         approvalWrite,
         runWrite,
         stepsWrite,

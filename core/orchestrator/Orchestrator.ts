@@ -242,8 +242,6 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           readonly steps: Map<number, StepRecord>;
         }
       >();
-      /** Approvals a quick decision holds (reserved) until it is durable, and what it decided. */
-      const deciding = new Map<string, ApprovalRecord["status"]>();
       /** Cancels in flight: a quick resumption (`decideQuickly`) is taken only while there are none. */
       let cancelsInFlight = 0;
       /** The run parked on each gate in `parkedJournals`. */
@@ -1443,7 +1441,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           approval.id !== approvalId || approval.status !== "pending" || approval.kind !== "gate" ||
           Date.parse(approval.expiresAt) <= now || run.status !== "waiting_approval" ||
           run.waitingFor?.approvalId !== approvalId || queue.size() > 0 || !mayStart(run) ||
-          !journal.reserveApproval(approvalId)
+          !journal.reserveApproval(approvalId, d.approve ? "approved" : "denied")
         ) {
           return undefined;
         }
@@ -1499,11 +1497,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         );
         prepare();
         // Released once the decision is durable or lost, whatever becomes of the caller.
-        deciding.set(approvalId, decided.status);
-        const release = () => {
-          deciding.delete(approvalId);
-          journal.releaseApproval(approvalId);
-        };
+        const release = () => journal.releaseApproval(approvalId);
         held.durable.then(release, release);
         return { decided, durable: held.durable };
       };
@@ -1519,7 +1513,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           return quick.decided;
         }
         // Decided by a quick decision whose write is on its way (the store still says pending).
-        const other = deciding.get(approvalId);
+        const other = journal.reservedAs(approvalId);
         if (other) {
           return yield* new ConflictError({
             message: `Approval "${approvalId}" is already ${other}`,
@@ -1598,7 +1592,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         });
         if (!ok) {
           const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
-          const quick = deciding.get(approvalId);
+          const quick = journal.reservedAs(approvalId);
           return yield* new ConflictError(
             quick
               ? { message: `Approval "${approvalId}" was decided by someone else first`, details: { status: quick } }

@@ -124,7 +124,7 @@ Deno.test("a decision that reserves a gate while a checked decision is reading i
     proto.getMany = function (this: unknown, ...args: unknown[]) {
       const keys = args[0] as Deno.KvKey[];
       if (reserved === undefined && keys[0]?.[0] === "approval" && keys[0]?.[1] === approvalId) {
-        reserved = j.reserveApproval(approvalId);
+        reserved = j.reserveApproval(approvalId, "approved");
       }
       return getMany.apply(this, args);
     };
