@@ -27,12 +27,21 @@
  * Undo (`core/orchestrator/undo.ts`) sends compensations through here too, as
  * requests with `undo` set: declared by the connector's own `compensate`, not
  * by the agent's `uses`, journaled at `UNDO_SEQ_BASE + seq` as `undo:<effect>`.
+ * A compensation that failed for certain (refused, or the connector said it
+ * failed and did not run) is tried again by a later undo; any other recorded
+ * failure is answered again as recorded, under its own tag.
+ *
+ * A step of the journal answers only the call it recorded: a replayed
+ * workflow that asks another call at that position, or asks again for an
+ * effect whose outcome is unknown with other args, gets a "diverged" error
+ * and the step is left as it was.
  */
 import { Cause, Clock, Context, Effect, Layer, Option, Random } from "effect";
 import {
   ConflictError,
   EffectNotDeclaredError,
   type ErrorBody,
+  fromErrorBody,
   InvalidInputError,
   PluginFailedError,
   PolicyDeniedError,
@@ -736,6 +745,10 @@ export class Gateway extends Context.Service<Gateway, {
 
       /** An intent with no outcome: for irreversible effects, ask the operator instead of guessing. */
       const unknownOutcome = Effect.fn("Gateway.unknownOutcome")(function* (r: EffectRequest, prior: StepRecord) {
+        if (canonicalJson(prior.args ?? null) !== canonicalJson(r.args ?? null)) {
+          // Sent (perhaps) with the recorded args: neither resending nor confirming may stand for other ones.
+          return yield* diverged(r, `effect "${r.effect}" was sent with other args, and its outcome is not known`);
+        }
         const { plugin: connector, decl } = yield* Effect.mapError(
           findConnector(r, r.effect),
           (e) => new EffectNotDeclaredError({ message: e.message }),
@@ -782,6 +795,43 @@ export class Gateway extends Context.Service<Gateway, {
         return yield* askOperator(r, connector, prior, "restart");
       });
 
+      /** A replayed workflow asked another call than its journal holds at `r.seq`: refused, the step left alone. */
+      const diverged = Effect.fn("Gateway.diverged")(function* (r: EffectRequest, what: string) {
+        const error = new InvalidInputError({
+          message: `Workflow diverged from its journal at step ${r.seq}: ${what}`,
+          details: { seq: r.seq },
+        });
+        yield* audit.append({
+          type: "effect.rejected",
+          actor: actorOf(r),
+          runId: r.runId,
+          data: { effect: r.effect, seq: r.seq, error: toErrorBody(error) },
+        });
+        return yield* error;
+      });
+
+      /**
+       * Whether a recorded failure left nothing behind: Keel refused it, or the connector said it failed. Not when
+       * the connector crashed or timed out (it may have acted) or the call ran but its result could not be kept.
+       */
+      const failedForCertain = (prior: StepRecord) => {
+        const e = prior.error;
+        if (!e || isUnknownOutcome({ _tag: e.tag })) return false;
+        const d = e.details as { ran?: unknown } | null | undefined;
+        return !(typeof d === "object" && d !== null && d.ran === true);
+      };
+
+      /** A recorded failure, answered again under its own tag (a denial stays a denial on every replay). */
+      const recordedFailure = (r: EffectRequest, prior: StepRecord) => {
+        const again = prior.error ? fromErrorBody(prior.error) : undefined;
+        return Effect.fail(
+          again && again._tag !== "RunSuspendedError" ? again : new PluginFailedError({
+            message: prior.error?.message ?? `Effect "${r.effect}" failed`,
+            details: prior.error,
+          }),
+        );
+      };
+
       const request = Effect.fn("Gateway.request")(function* (r: EffectRequest) {
         if (!r.undo && r.seq >= UNDO_SEQ_BASE) {
           // Those steps are undo's; a workflow that numbers its calls that high is refused before it touches them.
@@ -797,16 +847,13 @@ export class Gateway extends Context.Service<Gateway, {
           return yield* error;
         }
         const prior = yield* journal.getStep(r.runId, r.seq);
-        if (prior && prior.kind === "effect" && prior.name === stepNameOf(r)) {
-          if (prior.status === "done") return prior.value;
-          if (prior.status === "failed") {
-            return yield* new PluginFailedError({
-              message: prior.error?.message ?? `Effect "${r.effect}" failed`,
-              details: prior.error,
-            });
-          }
-          if (prior.status === "intent" || prior.status === "unknown_outcome") return yield* unknownOutcome(r, prior);
+        if (prior && (prior.kind !== "effect" || prior.name !== stepNameOf(r))) {
+          // Whatever stands there (an intent whose outcome is unknown, a gate) belongs to another call.
+          return yield* diverged(r, `recorded ${prior.kind} "${prior.name}", code asked for effect "${r.effect}"`);
         }
+        if (prior?.status === "done") return prior.value;
+        if (prior?.status === "failed" && !(r.undo && failedForCertain(prior))) return yield* recordedFailure(r, prior);
+        if (prior?.status === "intent" || prior?.status === "unknown_outcome") return yield* unknownOutcome(r, prior);
         const auth = yield* authorize(r, prior);
         return yield* dispatch(auth);
       });

@@ -336,3 +336,98 @@ Deno.test("a workflow's effect request numbered in undo's range is refused befor
     assert.equal(witness.of("forged").length, 0);
   });
 });
+
+/** Start one of the caller's other workflows and wait for it to end or pause. */
+const startWorkflow = async (k: TestKeel, workflow: string, input: unknown) => {
+  const r = await k.api("POST", `/api/workflows/${workflow}/runs?wait=60`, { input });
+  assert.equal(r.status, 202, JSON.stringify(r.body));
+  return r.body;
+};
+
+Deno.test("a 'retry' of an unknown outcome resends only the args that were sent: other args are a divergence, and nothing is sent", async () => {
+  await withRetryKeel(async ({ k, witness, audit }) => {
+    const run = await startWorkflow(k, "stamped_send", { tag: "stamped" });
+    assert.equal(run.status, "waiting_approval", JSON.stringify(run));
+    const sent = witness.of("stamped");
+    assert.equal(sent.length, 1);
+    const approvalId = run.waitingFor.approvalId;
+    const ok = await k.api("POST", `/api/approvals/${approvalId}/approve`, { resolution: "retry" });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    // The replayed workflow asks with a new stamp: not what the operator was shown, not what may have gone out.
+    const done = (await k.api("GET", `/api/runs/${run.runId}?wait=30`)).body;
+    assert.equal(done.status, "failed", JSON.stringify(done));
+    assert.match(
+      done.error.message,
+      /diverged from its journal at step 1: effect "flaky.send" was sent with other args/,
+    );
+    assert.equal(witness.of("stamped").length, 1, "nothing was sent again");
+    const step = effectStep(done);
+    assert.equal(step.status, "unknown_outcome", "the step still says what may have gone out");
+    assert.deepEqual(step.args, sent[0].args);
+    assert.equal((await audit(run.runId, "effect.rejected")).length, 1);
+  }, 1500);
+});
+
+Deno.test("a replayed workflow that asks another effect where an unknown outcome stands fails with a divergence; the other effect is not performed", async () => {
+  await withRetryKeel(async ({ k, witness }) => {
+    const run = await startWorkflow(k, "switch_call", { tag: "switch" });
+    assert.equal(run.status, "waiting_approval", JSON.stringify(run));
+    const ok = await k.api("POST", `/api/approvals/${run.waitingFor.approvalId}/approve`, {
+      resolution: "delivered",
+    });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    const done = (await k.api("GET", `/api/runs/${run.runId}?wait=30`)).body;
+    assert.equal(done.status, "failed", JSON.stringify(done));
+    assert.match(
+      done.error.message,
+      /diverged from its journal at step 1: recorded effect "flaky.send", code asked for effect "flaky.read"/,
+    );
+    assert.deepEqual(witness.calls.map((c) => c.effect), ["flaky.send"]);
+    assert.deepEqual(done.steps.map((s: any) => [s.seq, s.name, s.status]), [[1, "flaky.send", "unknown_outcome"]]);
+  }, 1500);
+});
+
+Deno.test("a recorded failure is answered again under its own tag: a denial stays a PolicyDeniedError", async () => {
+  const denyPost = POLICY + `  - id: no-post
+    match: { effect: flaky.post }
+    decision: deny
+`;
+  const witness = await startWitness();
+  const k = await startTestKeel({ policies: { "p.yaml": denyPost } });
+  try {
+    const flaky = await k.api("POST", "/api/plugins", {
+      path: `${ROOT}/tests/fixtures/retry/flaky`,
+      grant: { net: [`${witness.host}:${witness.port}`] },
+      config: { host: witness.host, port: witness.port },
+    });
+    assert.equal(flaky.status, 201, JSON.stringify(flaky.body));
+    assert.equal(
+      (await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/caller`, grant: {} })).status,
+      201,
+    );
+    const ask = () =>
+      k.keel.runtime.runPromiseExit(Effect.gen(function* () {
+        const agent = yield* PluginHost.use((h) => h.get("caller"));
+        return yield* Gateway.use((g) =>
+          g.request({
+            runId: "run_denied",
+            seq: 1,
+            agent,
+            workflow: "flaky_call",
+            effect: "flaky.post",
+            args: { tag: "d" },
+          })
+        );
+      }));
+    const tags: string[] = [];
+    for (const exit of [await ask(), await ask()]) {
+      assert.equal(exit._tag, "Failure");
+      tags.push((Cause.squash((exit as any).cause) as any)._tag);
+    }
+    assert.deepEqual(tags, ["PolicyDeniedError", "PolicyDeniedError"]);
+    assert.equal(witness.of("d").length, 0);
+  } finally {
+    await k.close();
+    await witness.close();
+  }
+});
