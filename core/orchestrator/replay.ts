@@ -17,11 +17,13 @@
  * parked, as at an approval); different arguments are reported and the
  * replay continues with the recorded answer. A `step` the new code asks for
  * where the journal holds none runs its body inside the plugin's sandbox,
- * as it would in a real run, before it is reported.
+ * as it would in a real run, before it is reported. Compensations an undo
+ * recorded in the run's journal are not the workflow's and are left out.
  */
 import { Effect } from "effect";
 import { ConflictError, type ErrorBody, NotFoundError, toErrorBody } from "../errors/mod.ts";
 import { Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
+import { UNDO_SEQ_BASE } from "../gateway/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
@@ -115,7 +117,8 @@ export const replayRun = Effect.fn("Orchestrator.replay")(function* (
     });
   }
   const agent = yield* host.get(run.plugin, options.version);
-  const steps = yield* journal.steps(runId);
+  // Compensations a later undo recorded (from `UNDO_SEQ_BASE` on) are not calls of the workflow.
+  const steps = (yield* journal.steps(runId)).filter((s) => s.seq < UNDO_SEQ_BASE);
   const bySeq = new Map<number, StepRecord>(steps.map((s) => [s.seq, s]));
   // Recorded step results go to the workflow as in a crash replay; every other call comes to `answer`.
   const given: JournalEntry[] = steps.filter((s) => s.kind === "step" && s.status === "done").map((s) => ({

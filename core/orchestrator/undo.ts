@@ -14,7 +14,11 @@
  * gates waits for its approval (the report lists it under `waiting`); undo it
  * again once approved. Reads change nothing and are skipped; an effect with
  * no compensation is reported as not undoable. Memory and records the run
- * wrote are reverted with `Memory.revertRun`.
+ * wrote are reverted with `Memory.revertRun`. Undos of one run take turns
+ * (two operators, or a client retrying after a timeout): the second finds the
+ * first one's compensations done and sends nothing again. A compensation that
+ * failed for certain (refused, or the connector said so) is tried again by the
+ * next undo.
  */
 import { Clock, Effect } from "effect";
 import { ConflictError, type ErrorBody, NotFoundError, type StoreError, toErrorBody } from "../errors/mod.ts";
@@ -59,8 +63,41 @@ export interface UndoReport {
 
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 
+/** The last undo of each run in flight, per journal (one per Keel): the next one waits for it. */
+const undoing = new WeakMap<object, Map<string, Promise<void>>>();
+
+/** Run `body` after every undo of `runId` begun before it has ended. */
+const inTurn = <A, E, R>(owner: object, runId: string, body: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  let turns = undoing.get(owner);
+  if (!turns) undoing.set(owner, turns = new Map());
+  const line = turns;
+  return Effect.acquireUseRelease(
+    Effect.promise(async () => {
+      let done!: () => void;
+      const mine = new Promise<void>((resolve) => (done = resolve));
+      const before = line.get(runId);
+      line.set(runId, mine);
+      await before;
+      return () => {
+        done();
+        if (line.get(runId) === mine) line.delete(runId);
+      };
+    }),
+    () => body,
+    (release) => Effect.sync(release),
+  );
+};
+
 /** Undo a finished or cancelled run (`ConflictError` otherwise): compensations in reverse order, then memory. */
 export const undoRun = Effect.fn("undoRun")(function* (
+  runId: string,
+  actor: string,
+): Effect.fn.Return<UndoReport, NotFoundError | ConflictError | StoreError, UndoServices> {
+  const journal = yield* Journal;
+  return yield* inTurn(journal, runId, undoNow(runId, actor));
+});
+
+const undoNow = Effect.fnUntraced(function* (
   runId: string,
   actor: string,
 ): Effect.fn.Return<UndoReport, NotFoundError | ConflictError | StoreError, UndoServices> {

@@ -22,13 +22,15 @@ interface Call {
   readonly key: string;
 }
 
-const startWitness = async () => {
+/** The peer every calendar call reaches; `delayMs` holds each answer back (to widen a race). */
+const startWitness = async (delayMs = 0) => {
   const calls: Call[] = [];
   const ready = Promise.withResolvers<number>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
     async (req) => {
       calls.push(await req.json());
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
       return Response.json({ ok: true });
     },
   );
@@ -45,12 +47,16 @@ rules:
     decision: approve
 `;
 
-const withUndoKeel = async (fn: (k: TestKeel, calls: Call[]) => Promise<void>, policy = POLICY) => {
-  const witness = await startWitness();
+const withUndoKeel = async (
+  fn: (k: TestKeel, calls: Call[]) => Promise<void>,
+  policy = POLICY,
+  options: { calendar?: string; delayMs?: number } = {},
+) => {
+  const witness = await startWitness(options.delayMs);
   const k = await startTestKeel({ policies: { "p.yaml": policy } });
   try {
     const cal = await k.api("POST", "/api/plugins", {
-      path: `${ROOT}/tests/fixtures/undo/cal`,
+      path: options.calendar ?? `${ROOT}/tests/fixtures/undo/cal`,
       grant: { net: [`${witness.host}:${witness.port}`] },
       config: { host: witness.host, port: witness.port },
     });
@@ -178,4 +184,95 @@ Deno.test("a compensation the policy gates waits for its approval without touchi
     assert.deepEqual(second.waiting, []);
     assert.deepEqual(calls.slice(4).map((c) => c.effect), ["cal.release", "cal.delete"]);
   }, gated);
+});
+
+/** The undo fixture's calendar with its compensations irreversible (a message to attendees, say): in a temp dir. */
+const irreversibleCalendar = async () => {
+  const dir = await Deno.makeTempDir({ prefix: "keel-cal-irreversible-" });
+  const from = `${ROOT}/tests/fixtures/undo/cal`;
+  const source = await Deno.readTextFile(`${from}/mod.ts`);
+  await Deno.writeTextFile(`${dir}/mod.ts`, source.replace("../../../../core/sdk/mod.ts", `${ROOT}/core/sdk/mod.ts`));
+  const manifest = JSON.parse(await Deno.readTextFile(`${from}/plugin.json`));
+  for (const e of manifest.effects) {
+    if (e.name === "cal.release" || e.name === "cal.delete") {
+      e.class = "irreversible";
+      delete e.idempotency;
+    }
+  }
+  await Deno.writeTextFile(`${dir}/plugin.json`, JSON.stringify(manifest));
+  return { dir, remove: () => Deno.remove(dir, { recursive: true }) };
+};
+
+Deno.test("undos of one run sent at once take turns: an irreversible compensation leaves Keel once", async () => {
+  const calendar = await irreversibleCalendar();
+  try {
+    await withUndoKeel(
+      async (k, calls) => {
+        for (let i = 0; i < 3; i++) {
+          const run = await start(k, "plan_meeting", { title: `sync ${i}`, room: `r${i}` });
+          assert.equal(run.status, "succeeded", JSON.stringify(run));
+          const answers = await Promise.all([1, 2, 3, 4].map(() => k.api("POST", `/api/runs/${run.runId}/undo`)));
+          for (const a of answers) assert.equal(a.status, 200, JSON.stringify(a.body));
+          const sent = (effect: string) =>
+            calls.filter((c) => c.effect === effect && c.args.original?.room === `r${i}`).length;
+          assert.equal(sent("cal.release"), 1, `run ${i}: cal.release left Keel ${sent("cal.release")} times`);
+          // One undo sent the compensations; the others found them done.
+          const fresh = answers.filter((a) => a.body.compensated.some((e: any) => !e.previously));
+          assert.equal(fresh.length, 1, JSON.stringify(answers.map((a) => a.body.compensated)));
+          for (const a of answers) assert.deepEqual(a.body.failed, [], JSON.stringify(a.body));
+        }
+      },
+      POLICY,
+      { calendar: calendar.dir, delayMs: 100 },
+    );
+  } finally {
+    await calendar.remove();
+  }
+});
+
+Deno.test("a compensation the policy refused is sent by the next undo once the policy allows it", async () => {
+  const frozen = POLICY + `  - id: freeze-release
+    match: { effect: cal.release }
+    decision: deny
+`;
+  await withUndoKeel(async (k, calls) => {
+    const run = await start(k, "plan_meeting", { title: "retro", room: "green" });
+    assert.equal(run.status, "succeeded", JSON.stringify(run));
+    const first = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    assert.deepEqual(first.failed.map((e: any) => [e.compensation, e.error.tag]), [[
+      "cal.release",
+      "PolicyDeniedError",
+    ]]);
+    assert.equal(calls.filter((c) => c.effect === "cal.release").length, 0);
+    // Asked again under the same policy, the refusal stands (and keeps its tag).
+    const again = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    assert.deepEqual(again.failed.map((e: any) => e.error.tag), ["PolicyDeniedError"]);
+    // The operator lifts the freeze; policy files reload live.
+    await Deno.writeTextFile(`${k.policiesDir}/p.yaml`, POLICY);
+    for (let i = 0; i < 100; i++) {
+      const explain = await k.api("POST", "/api/policy/explain", { effect: "cal.release", args: {} });
+      if (!JSON.stringify(explain.body).includes("freeze-release")) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const last = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    assert.deepEqual(last.failed, [], JSON.stringify(last));
+    assert.deepEqual(last.compensated.map((e: any) => [e.compensation, e.previously === true]), [
+      ["cal.release", false],
+      ["cal.delete", true],
+    ]);
+    assert.equal(calls.filter((c) => c.effect === "cal.release").length, 1);
+  }, frozen);
+});
+
+Deno.test("replay of an undone run does not count undo's compensations as calls the code no longer makes", async () => {
+  await withUndoKeel(async (k) => {
+    const run = await start(k, "plan_meeting", { title: "demo", room: "amber" });
+    assert.equal(run.status, "succeeded", JSON.stringify(run));
+    const undo = await k.api("POST", `/api/runs/${run.runId}/undo`);
+    assert.equal(undo.body.compensated.length, 2, JSON.stringify(undo.body));
+    const replay = await k.api("POST", `/api/runs/${run.runId}/replay`, {});
+    assert.equal(replay.status, 200, JSON.stringify(replay.body));
+    assert.deepEqual(replay.body.divergences, []);
+    assert.equal(replay.body.steps, run.steps.length, "the report counts the workflow's own steps");
+  });
 });
