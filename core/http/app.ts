@@ -11,7 +11,7 @@ import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { InvalidInputError, UnauthorizedError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
-import { Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
+import { MAX_NOTE_CHARS, Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { Limits, Policy } from "../policy/mod.ts";
@@ -20,6 +20,7 @@ import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
 import { registerTriggerRoutes, startOptions } from "./triggerRoutes.ts";
+import { querySeconds } from "./params.ts";
 import type { Hooks, Scheduler } from "../triggers/mod.ts";
 import type { Memory, Records } from "../memory/mod.ts";
 import {
@@ -45,6 +46,9 @@ export type ApiServices =
   | Hooks
   | UndoServices;
 
+/** The longest `?wait=` of a start or a run read, in seconds. */
+const MAX_WAIT_SECONDS = 300;
+
 /** Keel's version, reported by `/healthz` and the OpenAPI document. */
 export const KEEL_VERSION = "0.1.0";
 
@@ -54,6 +58,20 @@ const equalTokens = (a: string, b: string): boolean => {
   let diff = x.length ^ y.length;
   for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
   return diff === 0;
+};
+
+/** What any run, approval or webhook id looks like (generated ids, and those from webhooks and schedules). */
+const ID = /^[\w.:-]{1,200}$/;
+
+/** The decoded path segment right after `prefix`, if there is one. */
+const pathSegment = (path: string, prefix: string): string | undefined => {
+  const raw = path.slice(prefix.length).split("/")[0];
+  if (!raw) return undefined;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
 };
 
 /** Build the Hono app over a runtime that provides the core services. */
@@ -105,6 +123,18 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     }
     await next();
   });
+  // An id no record can have (Keel's ids are short, of letters, digits and "_.:-") names nothing: 404 before any
+  // store read, where a key that long is an error.
+  for (const [prefix, what] of [["/api/runs/", "run"], ["/api/approvals/", "approval"], ["/api/hooks/", "webhook"]]) {
+    app.use(`${prefix}*`, async (c, next) => {
+      const id = pathSegment(c.req.path, prefix);
+      if (id !== undefined && !ID.test(id)) {
+        const message = `No ${what} with id "${id.length > 80 ? `${id.slice(0, 80)}…` : id}"`;
+        return c.json({ error: { tag: "NotFoundError", message } }, 404);
+      }
+      await next();
+    });
+  }
   registerTriggerRoutes(app, runtime, respond, body);
 
   app.get("/api/plugins", (c) => respond(c, Effect.map(PluginHost.use((h) => h.list), (plugins) => ({ plugins }))));
@@ -156,13 +186,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       c,
       Effect.gen(function* () {
         const b = yield* body(c);
-        const waitRaw = c.req.query("wait");
-        const wait = waitRaw === undefined ? undefined : Number(waitRaw);
-        if (wait !== undefined && (!Number.isFinite(wait) || wait < 0 || wait > 300)) {
-          return yield* new InvalidInputError({
-            message: `Query "wait" must be seconds between 0 and 300: got "${waitRaw}"`,
-          });
-        }
+        const wait = yield* querySeconds(c.req.query("wait"), "wait", MAX_WAIT_SECONDS);
         const orchestrator = yield* Orchestrator;
         const options = yield* startOptions(b, c.req.query());
         const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator", options);
@@ -177,14 +201,8 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       c,
       Effect.gen(function* () {
         const orchestrator = yield* Orchestrator;
-        const waitRaw = c.req.query("wait");
-        const wait = waitRaw === undefined ? 0 : Number(waitRaw);
-        if (!Number.isFinite(wait) || wait < 0 || wait > 300) {
-          return yield* new InvalidInputError({
-            message: `Query "wait" must be seconds between 0 and 300: got "${waitRaw}"`,
-          });
-        }
-        return yield* orchestrator.wait(c.req.param("id"), wait);
+        const wait = yield* querySeconds(c.req.query("wait"), "wait", MAX_WAIT_SECONDS);
+        return yield* orchestrator.wait(c.req.param("id"), wait ?? 0);
       }),
     ));
 
@@ -231,8 +249,10 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         c,
         Effect.gen(function* () {
           const b = yield* body(c);
-          if (b.note !== undefined && typeof b.note !== "string") {
-            return yield* new InvalidInputError({ message: 'Field "note" must be a string' });
+          if (b.note !== undefined && (typeof b.note !== "string" || b.note.length > MAX_NOTE_CHARS)) {
+            return yield* new InvalidInputError({
+              message: `Field "note" must be a string of at most ${MAX_NOTE_CHARS} characters`,
+            });
           }
           if (b.resolution !== undefined && b.resolution !== "retry" && b.resolution !== "delivered") {
             return yield* new InvalidInputError({ message: 'Field "resolution" must be "retry" or "delivered"' });
@@ -263,8 +283,12 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
             message: `Query "limit" must be an integer from 1 to 10000: got "${limitRaw}"`,
           });
         }
+        const runId = c.req.query("runId");
+        if (runId !== undefined && !ID.test(runId)) {
+          return yield* new InvalidInputError({ message: 'Query "runId" must be a run id like "run_0123…"' });
+        }
         const audit = yield* Audit;
-        return { events: yield* audit.list({ runId: c.req.query("runId"), limit }) };
+        return { events: yield* audit.list({ runId, limit }) };
       }),
     ));
   app.get("/api/audit/verify", (c) => respond(c, Audit.use((a) => a.verify)));

@@ -14,8 +14,8 @@ const waitParam = {
   name: "wait",
   in: "query",
   required: false,
-  schema: { type: "number", minimum: 0, maximum: 300 },
-  description: "Seconds to wait for the run to end or pause before answering",
+  schema: { type: "string", pattern: "^\\d{1,12}(\\.\\d{1,6})?$" },
+  description: "Seconds (plain digits, at most 300) to wait for the run to end or pause before answering",
 };
 
 /** The API description. */
@@ -659,8 +659,8 @@ export const openApiDocument = {
             name: "delay",
             in: "query",
             required: false,
-            schema: { type: "number", minimum: 0, maximum: 31536000 },
-            description: "Start no earlier than this many seconds from now",
+            schema: { type: "string", pattern: "^\\d{1,12}(\\.\\d{1,6})?$" },
+            description: "Start no earlier than this many seconds from now (plain digits, at most 31536000)",
           },
           {
             name: "priority",
@@ -673,8 +673,12 @@ export const openApiDocument = {
         requestBody: json({
           type: "object",
           properties: {
-            input: {},
-            startAt: { type: "string", format: "date-time", description: "Start no earlier than this time" },
+            input: { description: "The workflow's input: at most 48 KiB of JSON (413 over)" },
+            startAt: {
+              type: "string",
+              format: "date-time",
+              description: "Start no earlier than this time: ISO 8601 with a zone, a date that exists",
+            },
             priority: { type: "integer", minimum: 0, maximum: 9 },
           },
         }),
@@ -683,7 +687,7 @@ export const openApiDocument = {
             description: "Started; with ?wait the run as it stands when it ended, paused or the wait ran out",
             ...json({ allOf: [ref("Run"), { type: "object", properties: { runId: { type: "string" } } }] }),
           },
-          ...errors(400, 401, 404),
+          ...errors(400, 401, 404, 413),
         },
       },
     },
@@ -721,7 +725,7 @@ export const openApiDocument = {
               },
             }),
           },
-          ...errors(401, 404, 409),
+          ...errors(400, 401, 404, 409),
         },
       },
     },
@@ -758,7 +762,7 @@ export const openApiDocument = {
         requestBody: json({
           type: "object",
           properties: {
-            note: { type: "string" },
+            note: { type: "string", maxLength: 2000 },
             by: { type: "string" },
             resolution: { enum: ["retry", "delivered"], description: "Required for unknown_outcome approvals" },
           },
@@ -773,7 +777,10 @@ export const openApiDocument = {
       post: {
         summary: "Deny a pending action; the effect fails with PolicyDeniedError",
         parameters: [idParam("id")],
-        requestBody: json({ type: "object", properties: { note: { type: "string" }, by: { type: "string" } } }),
+        requestBody: json({
+          type: "object",
+          properties: { note: { type: "string", maxLength: 2000 }, by: { type: "string" } },
+        }),
         responses: {
           "200": { description: "Decided", ...json({ type: "object", properties: { approval: ref("Approval") } }) },
           ...errors(400, 401, 404, 409),
@@ -1047,7 +1054,7 @@ export const openApiDocument = {
             description: "Idempotency: the same delivery id always maps to the same run",
           },
         ],
-        requestBody: json({ type: "object", description: "The workflow's input (at most 256 KiB)" }),
+        requestBody: json({ type: "object", description: "The workflow's input (at most 48 KiB)" }),
         responses: {
           "202": {
             description: "Accepted: the run it started, or the run an earlier delivery with this id started",

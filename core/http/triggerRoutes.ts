@@ -12,6 +12,7 @@ import { InvalidInputError } from "../errors/mod.ts";
 import { replayRun, type StartOptions } from "../orchestrator/mod.ts";
 import { Hooks, MAX_HOOK_BODY_BYTES, Scheduler } from "../triggers/mod.ts";
 import type { ApiServices } from "./app.ts";
+import { parseIsoTime, querySeconds } from "./params.ts";
 
 /** The longest delayed start Keel accepts: one year. */
 const MAX_DELAY_SECONDS = 365 * 24 * 3600;
@@ -26,21 +27,16 @@ export const startOptions = Effect.fn("Http.startOptions")(function* (
   query: Record<string, string>,
 ) {
   const now = yield* Clock.currentTimeMillis;
-  let notBefore: number | undefined;
-  if (query.delay !== undefined) {
-    const delay = Number(query.delay);
-    if (query.delay.trim() === "" || !Number.isFinite(delay) || delay < 0 || delay > MAX_DELAY_SECONDS) {
-      return yield* new InvalidInputError({
-        message: `Query "delay" must be seconds from 0 to ${MAX_DELAY_SECONDS}: got "${query.delay}"`,
-      });
-    }
-    notBefore = now + Math.round(delay * 1000);
-  }
+  const delay = yield* querySeconds(query.delay, "delay", MAX_DELAY_SECONDS);
+  let notBefore = delay === undefined ? undefined : now + Math.round(delay * 1000);
   if (b.startAt !== undefined) {
-    const at = typeof b.startAt === "string" && /^\d{4}-\d\d-\d\dT/.test(b.startAt) ? Date.parse(b.startAt) : NaN;
+    const at = parseIsoTime(b.startAt);
     if (!Number.isFinite(at)) {
       return yield* new InvalidInputError({
-        message: `Field "startAt" must be an ISO time like 2030-01-01T09:00:00Z: got ${JSON.stringify(b.startAt)}`,
+        message:
+          `Field "startAt" must be an ISO time with a zone, like 2030-01-01T09:00:00Z, on a date that exists: got ${
+            JSON.stringify(b.startAt)
+          }`,
       });
     }
     if (notBefore !== undefined) {

@@ -241,6 +241,19 @@ export const schemaErrors = (validator: Validator, value: unknown, limit = 5): s
   return lines.length ? lines : [`${result.errors[0]?.error ?? "invalid"}`];
 };
 
+/**
+ * Whether a parsed cron ever fires: `Cron.parse` accepts "0 0 31 2 *" (31 February), for which `Cron.next` and
+ * `Cron.prev` throw.
+ */
+export const cronMatches = (cron: Cron.Cron): boolean => {
+  try {
+    Cron.next(cron, new Date(0));
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /** Validate a parsed `plugin.json`; `file` is only used in messages. */
 export const validateManifest = (raw: unknown, file: string): Effect.Effect<Manifest, ManifestError> =>
   Effect.gen(function* () {
@@ -347,6 +360,13 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
             `is not a valid ${field === "tz" ? "time zone" : "cron expression"}: "${
               field === "tz" ? w.schedule.tz : w.schedule.cron
             }"`,
+          );
+        }
+        if (!cronMatches(parsed.success)) {
+          return yield* invalid(
+            file,
+            `workflows.${i}.schedule.cron`,
+            `never matches a date (a day the month does not have?): "${w.schedule.cron}"`,
           );
         }
         const wrong = schemaErrors(new Validator(w.input, "2020-12", false), w.schedule.input ?? {}, 1);

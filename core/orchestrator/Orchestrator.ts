@@ -43,6 +43,7 @@ import {
   ConflictError,
   InvalidInputError,
   NotFoundError,
+  PayloadTooLargeError,
   RunSuspendedError,
   type StoreError,
   toErrorBody,
@@ -97,6 +98,13 @@ export interface StartOptions {
 
 /** Largest step result Keel records (Deno KV values are capped at 64 KiB). */
 export const MAX_STEP_BYTES = 60 * 1024;
+/**
+ * Largest run input, in bytes of JSON: the run record holds its input and, once it ends, its output, together at
+ * most `MAX_STEP_BYTES`. A larger input is refused when the run is started (413), not when it is recorded.
+ */
+export const MAX_RUN_INPUT_BYTES = 48 * 1024;
+/** Longest note an approval decision may carry, in characters (it is journaled and audited). */
+export const MAX_NOTE_CHARS = 2000;
 /** Most checkpoints one call (or one workflow result) may carry. */
 const MAX_CHECKPOINTS_PER_CALL = 1000;
 
@@ -1244,6 +1252,17 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           const existing = yield* journal.getRun(options.runId);
           if (existing) return existing;
         }
+        const inputBytes = jsonBytes(input);
+        if (inputBytes === undefined) {
+          return yield* new InvalidInputError({ message: `Input for workflow "${workflow}" must be JSON` });
+        }
+        if (inputBytes > MAX_RUN_INPUT_BYTES) {
+          return yield* new PayloadTooLargeError({
+            message:
+              `Input for workflow "${workflow}" is ${inputBytes} bytes of JSON; a run takes at most ${MAX_RUN_INPUT_BYTES}`,
+            details: { size: inputBytes, limit: MAX_RUN_INPUT_BYTES },
+          });
+        }
         const priority = options.priority ?? 5;
         if (!Number.isInteger(priority) || priority < 0 || priority > 9) {
           return yield* new InvalidInputError({
@@ -1503,6 +1522,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       };
 
       const decide = Effect.fnUntraced(function* (approvalId: string, d: Decision) {
+        if (d.note !== undefined && (typeof d.note !== "string" || d.note.length > MAX_NOTE_CHARS)) {
+          return yield* new InvalidInputError({
+            message: `A decision's note must be a string of at most ${MAX_NOTE_CHARS} characters`,
+          });
+        }
         const quick = decideQuickly(approvalId, d, yield* Clock.currentTimeMillis);
         if (quick) {
           // Answered as soon as the decision is durable: resumed from the commit's own callback, not through
@@ -1714,7 +1738,19 @@ type OrchestratorStart = (
   input: unknown,
   actor: string,
   options?: StartOptions & { parent?: { runId: string; seq: number } },
-) => Effect.Effect<RunRecord, NotFoundError | InvalidInputError | StoreError>;
+) => Effect.Effect<RunRecord, NotFoundError | InvalidInputError | PayloadTooLargeError | StoreError>;
+
+/** Bytes of `value`'s JSON in UTF-8, or undefined if it is not JSON (a cycle, a BigInt). */
+const jsonBytes = (value: unknown): number | undefined => {
+  let json: string;
+  try {
+    json = JSON.stringify(value ?? null);
+  } catch {
+    return undefined;
+  }
+  // UTF-8 takes at most 3 bytes per UTF-16 unit: encode only when that bound is over the limit.
+  return json.length * 3 <= MAX_RUN_INPUT_BYTES ? json.length : new TextEncoder().encode(json).length;
+};
 
 /** SHA-256 (hex) of a value's JSON. */
 const digestOf = async (value: unknown) =>

@@ -26,11 +26,11 @@ import {
 import { Kv, kvTry } from "../store/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
-import { Orchestrator } from "../orchestrator/mod.ts";
+import { MAX_RUN_INPUT_BYTES, Orchestrator } from "../orchestrator/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 
-/** Largest delivery body Keel reads (bytes). */
-export const MAX_HOOK_BODY_BYTES = 256 * 1024;
+/** Largest delivery body Keel reads (bytes): the body is the run's input, which is bounded so. */
+export const MAX_HOOK_BODY_BYTES = MAX_RUN_INPUT_BYTES;
 
 /** A hook as the API lists it: never with its secret. */
 export interface HookView {
@@ -279,7 +279,12 @@ export class Hooks extends Context.Service<Hooks, {
           );
         }
         if (error._tag === "InvalidInputError") {
-          return yield* reject("invalid_input", error, { workflow: hook.workflow, error: error.message });
+          // The sender hears what was wrong; the audit log, which never holds the body, only which fields.
+          const problems = (error.details as { errors?: unknown } | undefined)?.errors;
+          const fields = Array.isArray(problems)
+            ? problems.map((p) => /^field "([^"]{1,200})"/.exec(String(p))?.[1] ?? "(body)")
+            : ["(body)"];
+          return yield* reject("invalid_input", error, { workflow: hook.workflow, fields });
         }
         return yield* error;
       });

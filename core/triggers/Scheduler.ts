@@ -19,6 +19,7 @@ import { Kv, kvTry } from "../store/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { Orchestrator } from "../orchestrator/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
+import { cronMatches } from "../manifest/mod.ts";
 
 /** A schedule as `GET /api/schedules` shows it. */
 export interface ScheduleView {
@@ -93,8 +94,9 @@ export class Scheduler extends Context.Service<Scheduler, {
             if (!w.schedule || out.has(w.name)) continue;
             const tz = w.schedule.tz ?? "UTC";
             const parsed = Cron.parse(w.schedule.cron, tz);
-            // Checked at install; a record from an older Keel that does not parse is skipped, not fatal.
-            if (parsed._tag === "Failure") continue;
+            // Checked at install; one from an older Keel that does not parse, or never fires, is skipped, not fatal:
+            // `Cron.next` would throw for it and stop every schedule.
+            if (parsed._tag === "Failure" || !cronMatches(parsed.success)) continue;
             out.set(w.name, {
               workflow: w.name,
               plugin: p.name,

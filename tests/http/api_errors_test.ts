@@ -117,14 +117,14 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
     );
 
     await t.step("`?wait=abc` (or out of range) is a 400 InvalidInputError and starts no run", async () => {
-      for (const wait of ["abc", "-1", "301", "Infinity", "1e9", "NaN"]) {
+      for (const wait of ["abc", "-1", "301", "Infinity", "1e9", "NaN", "", "%20", "0x10", "1e1"]) {
         await changesNothing(k, async () => {
           const start = await request(k, "POST", `/api/workflows/onboard_client/runs?wait=${wait}`, {
             body: JSON.stringify({ input: ADA }),
           });
           assert.equal(
             isError(start, 400, "InvalidInputError"),
-            `Query "wait" must be seconds between 0 and 300: got "${wait}"`,
+            `Query "wait" must be seconds between 0 and 300: got "${decodeURIComponent(wait)}"`,
           );
           const get = await request(k, "GET", `/api/runs/run_unknown?wait=${wait}`);
           isError(get, 400, "InvalidInputError");
@@ -219,6 +219,45 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
       }
     });
 
+    await t.step(
+      "an id no record can have (3,000 characters, odd characters) is a 404, or a 400 in a query",
+      async () => {
+        for (const id of ["r".repeat(3000), "run%2F..%2Fx", "run%20x"]) {
+          await changesNothing(k, async () => {
+            for (
+              const [method, path] of [
+                ["GET", `/api/runs/${id}`],
+                ["POST", `/api/runs/${id}/cancel`],
+                ["POST", `/api/runs/${id}/undo`],
+                ["POST", `/api/runs/${id}/replay`],
+                ["POST", `/api/approvals/${id}/approve`],
+                ["POST", `/api/approvals/${id}/deny`],
+                ["DELETE", `/api/hooks/${id}`],
+              ]
+            ) {
+              const reply = await request(k, method, path, method === "POST" ? { body: "{}" } : {});
+              assert.match(
+                isError(reply, 404, "NotFoundError"),
+                /^No (run|approval|webhook) with id "/,
+                `${method} ${path}`,
+              );
+            }
+            isError(await request(k, "GET", `/api/audit?runId=${id}`), 400, "InvalidInputError");
+          });
+        }
+      },
+    );
+
+    await t.step("an input over 48 KiB is a 413 PayloadTooLargeError and starts no run", async () => {
+      await changesNothing(k, async () => {
+        const reply = await request(k, "POST", "/api/workflows/onboard_client/runs", {
+          body: JSON.stringify({ input: { ...ADA, name: "A".repeat(49 * 1024) } }),
+        });
+        assert.match(isError(reply, 413, "PayloadTooLargeError"), /is \d+ bytes of JSON; a run takes at most 49152/);
+      });
+      assert.equal(await runsStarted(k), 0);
+    });
+
     await t.step("an unknown route is a 404 NotFoundError in JSON", async () => {
       await changesNothing(k, async () => {
         assert.equal(
@@ -255,7 +294,10 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
     );
 
     await t.step("approving with bad fields is a 400 and leaves the approval pending and the run waiting", async () => {
-      for (const body of [{ note: 5 }, { by: "x".repeat(65) }, { by: "<script>" }, { resolution: "maybe" }]) {
+      const bad = [{ note: 5 }, { note: "n".repeat(2001) }, { by: "x".repeat(65) }, { by: "<script>" }, {
+        resolution: "maybe",
+      }];
+      for (const body of bad) {
         await changesNothing(k, async () => {
           const reply = await request(k, "POST", `/api/approvals/${approvalId}/approve`, {
             body: JSON.stringify(body),

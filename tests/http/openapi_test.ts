@@ -107,6 +107,20 @@ Deno.test("every route the app registers is documented, and every documented ope
       );
     }
 
+    // A malformed body on any documented POST or PUT gets an answer the document lists.
+    for (const { method, path, op } of documented.filter((d) => d.method === "POST" || d.method === "PUT")) {
+      const res = await k.keel.app.request(path.replace(/\{(\w+)\}/g, "nothing_here"), {
+        method,
+        headers: { authorization: `Bearer ${TEST_TOKEN}`, "content-type": "application/json" },
+        body: "{not json",
+      });
+      await res.body?.cancel();
+      assert.ok(
+        Object.keys(op.responses).includes(String(res.status)),
+        `${method} ${path} answered a malformed body with ${res.status}, which the document does not list`,
+      );
+    }
+
     // A bad value for any documented query parameter gets an answer the document lists.
     for (const { method, path, op } of documented) {
       for (const param of (op.parameters ?? []).filter((p) => p.in === "query")) {

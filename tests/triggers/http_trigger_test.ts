@@ -22,6 +22,11 @@ Deno.test("POST /api/workflows/{name}/runs records delay, startAt and priority a
     assert.equal(run.priority, 7);
     assert.deepEqual(run.trigger, { kind: "http" });
 
+    for (const given of ["2031-05-04T11:00:00.250+02:00", "2031-05-04T09:00Z", "2032-02-29T09:00:00Z"]) {
+      const res = await k.api("POST", "/api/workflows/tr_ping/runs", { input: {}, startAt: given });
+      assert.equal(res.status, 202, `${given}: ${JSON.stringify(res.body)}`);
+      assert.equal((await k.api("GET", `/api/runs/${res.body.runId}`)).body.notBefore, Date.parse(given));
+    }
     const at = "2031-05-04T09:00:00Z";
     const later = await k.api("POST", "/api/workflows/tr_ping/runs", { input: {}, startAt: at, priority: 2 });
     assert.equal(later.status, 202, JSON.stringify(later.body));
@@ -46,6 +51,13 @@ Deno.test("POST /api/workflows/{name}/runs refuses a bad delay, startAt or prior
       ["?delay=-1", { input: {} }, /"delay"/],
       ["?delay=soon", { input: {} }, /"delay"/],
       ["?delay=", { input: {} }, /"delay"/],
+      ["?delay=0x10", { input: {} }, /"delay"/],
+      ["?delay=%20", { input: {} }, /"delay"/],
+      ["?delay=1e3", { input: {} }, /"delay"/],
+      ["", { input: {}, startAt: "2030-02-30T09:00:00Z" }, /"startAt"/],
+      ["", { input: {}, startAt: "2031-13-01T09:00:00Z" }, /"startAt"/],
+      ["", { input: {}, startAt: "2031-01-01T24:30:00Z" }, /"startAt"/],
+      ["", { input: {}, startAt: "2031-01-01T09:00:00" }, /"startAt"/],
       ["", { input: {}, startAt: "tomorrow" }, /"startAt"/],
       ["", { input: {}, startAt: 1700000000000 }, /"startAt"/],
       ["?delay=5", { input: {}, startAt: "2031-01-01T00:00:00Z" }, /either/],

@@ -43,6 +43,17 @@ Deno.test("validateManifest() refuses a bad cron expression, time zone or input,
     await manifestError({ cron: "0 9 * * 1", tz: "Mars/Olympus", input: { n: 1 } }),
     /field "workflows\.0\.schedule\.tz" is not a valid time zone: "Mars\/Olympus"/,
   );
+  // Parses, but no month has a 31 February (or a 31 April): the scheduler could never compute its next fire.
+  for (const cron of ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4 *"]) {
+    assert.match(
+      await manifestError({ cron, input: { n: 1 } }),
+      /field "workflows\.0\.schedule\.cron" never matches a date/,
+    );
+  }
+  const leap = await Effect.runPromise(
+    validateManifest(manifest({ cron: "0 0 29 2 *", input: { n: 1 } }), "plugin.json"),
+  );
+  assert.equal(leap.workflows[0].schedule?.cron, "0 0 29 2 *", "29 February comes every four years");
   assert.match(await manifestError({ cron: "0 9 * * 1", input: { n: "x" } }), /workflows\.0\.schedule\.input/);
   assert.match(await manifestError({ cron: "0 9 * * 1" }), /workflows\.0\.schedule\.input.*"n"/);
   assert.match(await manifestError({ cron: "0 9 * * 1", every: 5, input: { n: 1 } }), /schedule/);
@@ -186,6 +197,43 @@ Deno.test("after downtime only the most recent missed slot runs, and a restart b
       assert.equal(starts.length, 1, "the slot's run was started once");
       const [s] = (await k.api("GET", "/api/schedules")).body.schedules;
       assert.equal(s.lastRunId, runId);
+    } finally {
+      await k.close();
+    }
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("a stored schedule that never fires (from before install refused it) is skipped: other schedules fire, the list answers", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "keel-feb31-" });
+  try {
+    let k = await startTestKeel({ dataDir });
+    try {
+      assert.equal((await k.api("POST", "/api/plugins", { path: DAILY, grant: {} })).status, 201);
+    } finally {
+      await k.close();
+    }
+    // As an older Keel, which checked only that the expression parses, would have stored it.
+    const kv = await Deno.openKv(`${dataDir}/keel.kv`);
+    try {
+      for await (const e of kv.list<any>({ prefix: ["plugin", "tr_daily"] })) {
+        e.value.manifest.workflows[0].schedule.cron = "0 0 31 2 *";
+        await kv.set(e.key, e.value);
+      }
+    } finally {
+      kv.close();
+    }
+    k = await startTestKeel({ dataDir });
+    try {
+      assert.equal((await k.api("POST", "/api/plugins", { path: TICK, grant: {} })).status, 201);
+      await until("tr_tick fires twice", 10, async () => {
+        const tick = (await fired(k)).filter((e) => e.data.workflow === "tr_tick");
+        return tick.length >= 2 ? tick : undefined;
+      });
+      const listed = await k.api("GET", "/api/schedules");
+      assert.equal(listed.status, 200, JSON.stringify(listed.body));
+      assert.deepEqual(listed.body.schedules.map((s: any) => s.workflow), ["tr_tick"]);
     } finally {
       await k.close();
     }

@@ -157,6 +157,10 @@ Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are 
     const tooLarge = await deliver(k, hook.id, big, await signed(secret, big));
     assert.equal(tooLarge.status, 413, JSON.stringify(tooLarge.body));
     assert.equal(tooLarge.body.error.tag, "PayloadTooLargeError");
+    // Over what a run's input may be (48 KiB): refused as it arrives, not when the run is recorded.
+    const mid = JSON.stringify({ count: 1, note: "x".repeat(60 * 1024) });
+    const overInput = await deliver(k, hook.id, mid, await signed(secret, mid));
+    assert.equal(overInput.status, 413, JSON.stringify(overInput.body));
     // A body streamed without a length is cut off at the cap too.
     const stream = new ReadableStream<Uint8Array>({
       start(c) {
@@ -176,6 +180,11 @@ Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are 
     const invalid = await deliver(k, hook.id, wrongType, await signed(secret, wrongType));
     assert.equal(invalid.status, 400);
     assert.match(invalid.body.error.message, /"count"/);
+    // The sender is told the value it sent; the audit log is not (a card number in the wrong field, say).
+    const leaky = JSON.stringify({ count: -4111111111111111 });
+    const refused = await deliver(k, hook.id, leaky, await signed(secret, leaky));
+    assert.equal(refused.status, 400);
+    assert.match(refused.body.error.message, /"count" -4111111111111111/);
     const notJson = "{count: 1";
     assert.equal((await deliver(k, hook.id, notJson, await signed(secret, notJson))).status, 400);
     const array = "[1,2]";
@@ -199,6 +208,8 @@ Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are 
         "unknown_hook",
         "too_large",
         "too_large",
+        "too_large",
+        "invalid_input",
         "invalid_input",
         "invalid_json",
         "invalid_json",
@@ -208,6 +219,8 @@ Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are 
     );
     assert.equal(rejected[1].data.hookId, null, "a malformed id is not copied into the audit log");
     assert.ok(!JSON.stringify(rejected).includes(MARKER), "no rejected body reaches the audit log");
+    assert.ok(!JSON.stringify(rejected).includes("4111111111111111"), "nor a value the schema refused");
+    assert.deepEqual(rejected[6].data.fields, ["count"], "only which field was refused");
     assert.equal((await audit(k, "run.started")).length, 0);
   } finally {
     await k.close();
