@@ -256,6 +256,11 @@ export class Journal extends Context.Service<Journal, {
    * with a `StoreError`.
    */
   submit(scope: string, writes: ReadonlyArray<GroupWrite>): Promise<void>;
+  /**
+   * A pass of run `runId` starts from the journal it read back from the store: its writes are accepted again
+   * after one of an earlier pass failed (which refuses the rest of that pass's writes; see `GroupCommit`).
+   */
+  startOver(runId: string): void;
   /** Runs that have not ended (queued, running, waiting or sleeping); drops index entries of ended runs. */
   readonly activeRuns: Effect.Effect<RunRecord[], StoreError>;
   /**
@@ -435,6 +440,7 @@ export class Journal extends Context.Service<Journal, {
         runWrite,
         stepsWrite,
         submit,
+        startOver: (runId) => group.forgive(runId),
         createRun: (run) =>
           kvTry("Cannot record run", async () => {
             const op = kv.atomic().check({ key: runKey(run.id), versionstamp: null });

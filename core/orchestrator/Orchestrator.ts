@@ -840,12 +840,13 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           });
           return;
         }
-        // A run that never ran has no journal yet: no need to read one.
+        // A run that never ran has no journal yet: no need to read one. One read back is this pass's own: a write
+        // an earlier pass lost (which refused that pass's later ones) no longer stands in its way.
         const steps = given
           ? [...given.values()]
           : fresh?.status === "running" && isNew.delete(runId)
           ? []
-          : yield* journal.steps(runId);
+          : yield* Effect.tap(journal.steps(runId), () => Effect.sync(() => journal.startOver(runId)));
         const known = given ?? new Map(steps.map((s) => [s.seq, s]));
         const entries = workflowEntries(steps);
         const state: PassState = { trailing: [], known, ...(held ? { held } : {}) };

@@ -21,7 +21,9 @@
  * it indexes, and it is dropped if that commit fails.
  *
  * Each write may ask to be told whether its commit succeeded (`settled`: the
- * audit chain goes back after a failed one). `close` (after the last
+ * audit chain goes back after a failed one). Once a batch carrying a scope
+ * (a run) fails, later writes of that scope are refused until `forgive`: the
+ * run's next pass, which reads its journal back, is its new writer. `close` (after the last
  * `flushRiders`, when the store closes) refuses later writes and stops riders.
  */
 
@@ -80,6 +82,11 @@ export interface GroupCommitter {
   ride(write: GroupWrite): boolean;
   /** Commit the riders now; resolves once they (and everything submitted before) are durable. */
   flushRiders(): Promise<void>;
+  /**
+   * A new writer of `scope` starts from what the store holds (a run's next pass read its journal back): writes
+   * of the scope are accepted again. Any still queued from before are refused: they belong to the old writer.
+   */
+  forgive(scope: string): void;
   /** Riders waiting (for diagnostics and tests). */
   readonly riders: () => number;
   /** Stop: later writes are refused and riders no longer retry (after `flushRiders`, when the store closes). */
@@ -254,6 +261,16 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
       return true;
     },
     flushRiders,
+    forgive: (scope) => {
+      if (!poisoned.delete(scope)) return;
+      for (let i = queue.length - 1; i >= 0; i--) {
+        const w = queue[i];
+        if (w.scope !== scope) continue;
+        queue.splice(i, 1);
+        w.settled?.(false);
+        w.reject(refused(scope));
+      }
+    },
     riders: () => riders.length,
     close: () => {
       closed = true;

@@ -216,3 +216,40 @@ Deno.test("two decisions of one parked gate at once: one wins, the other is told
     await k.close();
   }
 });
+
+Deno.test("a decision whose commit fails leaves the gate pending; deciding it again resumes the run to its end", async () => {
+  const k = await startTestKeel();
+  const proto = Deno.AtomicOperation.prototype as unknown as { commit: (...args: unknown[]) => Promise<unknown> };
+  const commit = proto.commit;
+  try {
+    await install(k);
+    const { runId, approvalId } = await parkedW2(k);
+    // The next commit fails (a full disk, a value over a limit): it carries the decision and the run's end.
+    let failed = 0;
+    proto.commit = function (this: unknown, ...args: unknown[]) {
+      if (failed++ === 0) return Promise.reject(new TypeError("disk full (test)"));
+      return commit.apply(this, args);
+    };
+    await assert.rejects(
+      run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" })),
+      (e: unknown) => String(e).includes("disk full (test)"),
+    );
+    proto.commit = commit;
+    assert.equal((await journal(k, (j) => j.getApproval(approvalId)))?.status, "pending", "the decision was lost");
+    assert.equal((await run(k, (o) => o.get(runId))).status, "waiting_approval");
+    // The run's writes were refused after the lost one; its next pass reads the journal back and may write again.
+    const decided = await run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" }));
+    assert.equal(decided.status, "approved");
+    const view = await run(k, (o) => o.wait(runId, 10));
+    assert.equal(view.status, "succeeded", JSON.stringify(view));
+    assert.deepEqual(view.steps.map((s) => [s.seq, s.kind, s.status]), [
+      [1, "step", "done"],
+      [2, "approval", "done"],
+      [3, "step", "done"],
+    ]);
+    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify))).ok, true);
+  } finally {
+    proto.commit = commit;
+    await k.close();
+  }
+});

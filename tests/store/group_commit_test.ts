@@ -44,3 +44,39 @@ Deno.test("a write of a scope queued behind that scope's failing commit is refus
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("forgive: a scope's new writer is accepted again; writes of the old one still queued are refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "keel-group-" });
+  const kv = await Deno.openKv(`${dir}/kv`);
+  try {
+    const group = makeGroupCommitter(kv);
+    const set = (key: string, value: unknown) => ({
+      apply: (op: Deno.AtomicOperation) => void op.set(["run", key], value),
+      mutations: 1,
+      bytes: 64,
+      scope: "r",
+    });
+    const lost = group.submit(set("huge", "x".repeat(70 * 1024)));
+    await Promise.resolve();
+    // While that commit is in flight: an exclusive task, and behind it another write of the same (old) writer.
+    let release: (() => void) | undefined;
+    const task = group.exclusive(() => new Promise<void>((r) => (release = r)));
+    const old = group.submit(set("old", 1));
+    await assert.rejects(lost);
+    while (!release) await new Promise((r) => setTimeout(r, 1));
+    await assert.rejects(group.submit(set("refused", 1)), /an earlier write of "r" failed/);
+    // The run's next pass read its journal back: it writes again; what the old pass queued does not land.
+    group.forgive("r");
+    await assert.rejects(old, /an earlier write of "r" failed/);
+    const fresh = group.submit(set("fresh", 2));
+    release();
+    await task;
+    await fresh;
+    assert.equal((await kv.get(["run", "fresh"])).value, 2);
+    assert.equal((await kv.get(["run", "old"])).value, null);
+    assert.equal((await kv.get(["run", "refused"])).value, null);
+  } finally {
+    kv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
