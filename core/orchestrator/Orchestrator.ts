@@ -493,6 +493,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               });
             case "memory.remember": {
               const prior = yield* journal.getStep(run.id, call.seq);
+              if (prior && (prior.kind !== "memory" || prior.name !== call.name)) {
+                return yield* diverged(prior, call, "memory");
+              }
               if (prior?.status === "done") return prior.value;
               const item = call.item;
               if (typeof item?.text !== "string" || typeof item.kind !== "string") {
@@ -550,11 +553,25 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return yield* new RunSuspendedError({ message: parked?.waitingFor?.reason ?? `Run is ${patch.status}` });
       });
 
+      /**
+       * A call asked where the journal holds another one (an effect whose outcome is unknown, say): refused, and
+       * what is recorded there is left as it is.
+       */
+      const diverged = (prior: StepRecord, call: { seq: number; name: string }, kind: StepRecord["kind"]) =>
+        Effect.fail(
+          new InvalidInputError({
+            message:
+              `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for ${kind} "${call.name}"`,
+            details: { seq: call.seq },
+          }),
+        );
+
       const sleepCall = Effect.fn("Orchestrator.sleep")(function* (
         run: RunRecord,
         call: Extract<HostCall, { op: "sleep" }>,
         prior: StepRecord | undefined,
       ) {
+        if (prior && (prior.kind !== "timer" || prior.name !== call.name)) return yield* diverged(prior, call, "timer");
         if (prior?.status === "done") return null;
         const now = yield* Clock.currentTimeMillis;
         const recordedWake = (prior?.value as { wakeAt?: number } | undefined)?.wakeAt;
@@ -600,6 +617,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         state: PassState,
       ) {
         const prior = known.get(call.seq);
+        if (prior && (prior.kind !== "approval" || prior.name !== call.name)) {
+          return yield* diverged(prior, call, "approval");
+        }
         if (prior?.status === "done") return prior.value;
         const request = call.request;
         if (typeof request?.message !== "string" || !request.message.trim() || request.message.length > 2000) {
@@ -670,6 +690,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         call: Extract<HostCall, { op: "child" }>,
         prior: StepRecord | undefined,
       ) {
+        if (prior && (prior.kind !== "child" || prior.name !== call.name)) return yield* diverged(prior, call, "child");
         if (prior?.status === "done") return prior.value;
         const childId = `${run.id}.c${call.seq}`;
         let child = yield* journal.getRun(childId);

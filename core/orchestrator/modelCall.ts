@@ -95,16 +95,15 @@ export const answerModelCall = Effect.fn("Orchestrator.modelCall")(function* (
 ) {
   const { journal, host, models, audit, taint } = deps;
   const prior = yield* journal.getStep(run.id, call.seq);
-  if (prior?.status === "done") {
-    if (prior.kind !== "model" || prior.name !== call.name) {
-      return yield* new InvalidInputError({
-        message:
-          `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for model "${call.name}"`,
-        details: { seq: call.seq },
-      });
-    }
-    return prior.value as ModelResult;
+  // Whatever another call recorded here (an effect whose outcome is unknown, say) is not overwritten.
+  if (prior && (prior.kind !== "model" || prior.name !== call.name)) {
+    return yield* new InvalidInputError({
+      message:
+        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for model "${call.name}"`,
+      details: { seq: call.seq },
+    });
   }
+  if (prior?.status === "done") return prior.value as ModelResult;
   const request = call.request;
   const tools: ResolvedTool[] = [];
   for (const t of Array.isArray(request?.tools) ? request.tools : []) {

@@ -368,22 +368,38 @@ Deno.test("a 'retry' of an unknown outcome resends only the args that were sent:
   }, 1500);
 });
 
-Deno.test("a replayed workflow that asks another effect where an unknown outcome stands fails with a divergence; the other effect is not performed", async () => {
-  await withRetryKeel(async ({ k, witness }) => {
-    const run = await startWorkflow(k, "switch_call", { tag: "switch" });
-    assert.equal(run.status, "waiting_approval", JSON.stringify(run));
-    const ok = await k.api("POST", `/api/approvals/${run.waitingFor.approvalId}/approve`, {
-      resolution: "delivered",
-    });
-    assert.equal(ok.status, 200, JSON.stringify(ok.body));
-    const done = (await k.api("GET", `/api/runs/${run.runId}?wait=30`)).body;
-    assert.equal(done.status, "failed", JSON.stringify(done));
-    assert.match(
-      done.error.message,
-      /diverged from its journal at step 1: recorded effect "flaky.send", code asked for effect "flaky.read"/,
-    );
-    assert.deepEqual(witness.calls.map((c) => c.effect), ["flaky.send"]);
-    assert.deepEqual(done.steps.map((s: any) => [s.seq, s.name, s.status]), [[1, "flaky.send", "unknown_outcome"]]);
+Deno.test("a replayed workflow that asks another call where an unknown outcome stands fails with a divergence; the other call is not made", async () => {
+  await withRetryKeel(async ({ k, witness, audit }) => {
+    const asks = {
+      read: 'effect "flaky.read"',
+      model: 'model "model:switch"',
+      sleep: 'timer "sleep"',
+      approval: 'approval "approval"',
+      child: 'child "child:flaky_call"',
+      remember: 'memory "remember"',
+    };
+    for (const [then, asked] of Object.entries(asks)) {
+      const tag = `switch-${then}`;
+      const run = await startWorkflow(k, "switch_call", { tag, then });
+      assert.equal(run.status, "waiting_approval", JSON.stringify(run));
+      const ok = await k.api("POST", `/api/approvals/${run.waitingFor.approvalId}/approve`, {
+        resolution: "delivered",
+      });
+      assert.equal(ok.status, 200, JSON.stringify(ok.body));
+      const done = (await k.api("GET", `/api/runs/${run.runId}?wait=30`)).body;
+      assert.equal(done.status, "failed", JSON.stringify(done));
+      assert.ok(
+        done.error.message.includes(
+          `diverged from its journal at step 1: recorded effect "flaky.send", code asked for ${asked}`,
+        ),
+        done.error.message,
+      );
+      assert.deepEqual(witness.calls.filter((c) => c.args.tag.startsWith(tag)).map((c) => c.effect), ["flaky.send"]);
+      assert.deepEqual(done.steps.map((s: any) => [s.seq, s.name, s.status]), [[1, "flaky.send", "unknown_outcome"]]);
+      assert.equal((await audit(run.runId, "model.called")).length, 0, "no model was asked");
+      assert.equal((await audit(run.runId, "approval.requested")).length, 0, "no gate was opened");
+      assert.equal((await k.api("GET", `/api/runs/${run.runId}.c1`)).status, 404, "no child was started");
+    }
   }, 1500);
 });
 
