@@ -9,7 +9,7 @@
 import { Effect } from "effect";
 import { keelRoot } from "../config/mod.ts";
 import { EFFECT_CLASSES } from "../manifest/mod.ts";
-import { checkPolicyFiles, type InstalledEffect, TRANSITIONS } from "../policy/mod.ts";
+import { checkPolicyFiles, type InstalledEffect, policyFileNames, TRANSITIONS } from "../policy/mod.ts";
 import { api, type Command, env, flagsOf, parseJson, print, UsageError } from "./client.ts";
 
 const POLICY_FILE = /\.ya?ml$/;
@@ -31,8 +31,12 @@ const readPolicyFiles = (path: string, what: string): Array<{ file: string; name
     }
   };
   if (info.isFile) return [{ file: path, name: path.split("/").pop()!, text: read(path) }];
-  const names = [...Deno.readDirSync(path)].filter((e) => e.isFile && POLICY_FILE.test(e.name)).map((e) => e.name)
-    .sort();
+  let names: string[];
+  try {
+    names = policyFileNames(path);
+  } catch (error) {
+    throw new UsageError(`Cannot read ${what} "${path}": ${(error as Error).message}`);
+  }
   if (!names.length) throw new UsageError(`No policy files (*.yaml, *.yml) in "${path}"`);
   const dir = path.replace(/\/+$/, "");
   return names.map((name) => ({ file: `${dir}/${name}`, name, text: read(`${dir}/${name}`) }));
@@ -186,6 +190,12 @@ const simulate = async (path: string | undefined, flags: { all?: boolean }, json
     const were = s.limitedBefore === 1 ? "was" : "were";
     console.log(`\n${plural(s.limitedBefore, "request")} ${were} refused by a rate or budget limit at the time`);
     console.log("(rate and budget counters are not replayed)");
+  }
+  if (s.failedClosedBefore) {
+    const were = s.failedClosedBefore === 1 ? "was" : "were";
+    console.log(
+      `\n${plural(s.failedClosedBefore, "request")} ${were} refused as fail-closed at the time (not replayed)`,
+    );
   }
   if (!listed.length) return console.log("\nNo decision would change");
   console.log(`\n${flags.all ? "Requests" : "Changed requests"} (${listed.length}):`);

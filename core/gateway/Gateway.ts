@@ -52,9 +52,11 @@ import {
 import { canonicalJson, type EffectDecl, sha256Hex } from "../manifest/mod.ts";
 import {
   type AppliedLimit,
+  argsDepth,
   failClosed,
   Limits,
   manifestRateLimit,
+  MAX_ARGS_DEPTH,
   Policy,
   policyContext,
   type PolicyDecision,
@@ -102,23 +104,6 @@ export const stepNameOf = (r: Pick<EffectRequest, "effect" | "undo">): string =>
 
 /** How long the policy engine may take to decide before the request is denied. */
 export const POLICY_TIMEOUT_MS = 1000;
-/** Deepest args the Gateway inspects; deeper args are refused before any schema or policy sees them. */
-export const MAX_ARGS_DEPTH = 64;
-
-/** How deep a JSON value nests (iteratively, so hostile input cannot exhaust the stack). */
-const depthOf = (value: unknown, limit: number): number => {
-  let deepest = 0;
-  const stack: Array<[unknown, number]> = [[value, 1]];
-  while (stack.length) {
-    const [v, d] = stack.pop()!;
-    if (v === null || typeof v !== "object") continue;
-    deepest = Math.max(deepest, d);
-    if (deepest > limit) return deepest;
-    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, d + 1]);
-  }
-  return deepest;
-};
-
 const DECISIONS = new Set(["allow", "approve", "deny"]);
 
 /** Everything the Gateway can answer besides a result. */
@@ -283,7 +268,13 @@ export class Gateway extends Context.Service<Gateway, {
         } satisfies PolicyDecision;
       });
 
-      const record = (r: EffectRequest, req: PolicyRequest, d: PolicyDecision, args: unknown = r.args) =>
+      const record = (
+        r: EffectRequest,
+        req: PolicyRequest,
+        d: PolicyDecision,
+        args: unknown = r.args,
+        approval?: { id: string; status: "denied" },
+      ) =>
         Effect.flatMap(now, (at) =>
           journal.recordDecision({
             at,
@@ -300,6 +291,7 @@ export class Gateway extends Context.Service<Gateway, {
             policyHash: d.policyHash,
             ...(d.limit ? { limit: d.limit } : {}),
             ...(req.context ? { context: req.context } : {}),
+            ...(approval ? { approval } : {}),
           }));
 
       const denied = (r: EffectRequest, d: PolicyDecision) =>
@@ -411,7 +403,7 @@ export class Gateway extends Context.Service<Gateway, {
           );
         }
         const { plugin: connector, decl } = found.success;
-        if (depthOf(r.args, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH) {
+        if (argsDepth(r.args, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH) {
           // Malformed input fails closed before any validator or condition has to walk it.
           const hash = (yield* policy.current).hash;
           const d = failClosed(hash, `malformed input: args nest deeper than ${MAX_ARGS_DEPTH} levels`);
@@ -463,7 +455,8 @@ export class Gateway extends Context.Service<Gateway, {
             }
           }
           if (approval && approval.digest === digest && approval.status === "denied") {
-            yield* record(r, req, { ...decision, decision: "deny" });
+            // The rule gated it; the approver refused it (the log keeps the rule's decision, for `simulate`).
+            yield* record(r, req, decision, r.args, { id: approval.id, status: "denied" });
             return yield* reject(
               r,
               new PolicyDeniedError({

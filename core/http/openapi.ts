@@ -463,6 +463,10 @@ export const openApiDocument = {
                 type: "integer",
                 description: "Requests a rate or budget counter refused at the time (counters are not replayed)",
               },
+              failedClosedBefore: {
+                type: "integer",
+                description: "Requests the gate refused as fail-closed at the time: not replayed, counted as unchanged",
+              },
             },
           },
           pastPolicies: { type: "array", items: { type: "string" } },

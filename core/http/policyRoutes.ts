@@ -12,10 +12,12 @@ import { Clock, Effect } from "effect";
 import { InvalidInputError, NotFoundError } from "../errors/mod.ts";
 import { EFFECT_CLASSES, type EffectClass } from "../manifest/mod.ts";
 import {
+  argsDepth,
   explainPolicy,
   limitName,
   Limits,
   manifestRateLimit,
+  MAX_ARGS_DEPTH,
   Policy,
   policyContext,
   type PolicyExplanation,
@@ -68,6 +70,7 @@ export const explainRoute = Effect.fn("Http.policyExplain")(function* (b: Record
     return yield* new InvalidInputError({ message: `Field "at" must be a date and time, e.g. 2025-06-01T23:30:00Z` });
   }
   const args = b.args === undefined ? {} : b.args;
+  const tooDeep = argsDepth(args, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH;
 
   const host = yield* PluginHost;
   const notes: string[] = [];
@@ -76,7 +79,7 @@ export const explainRoute = Effect.fn("Http.policyExplain")(function* (b: Record
   if (found._tag === "Success") {
     const { plugin: connector, decl } = found.success;
     installed = { plugin: connector.name, class: decl.class };
-    const problems = host.validate(connector, `in:${decl.name}`, decl.input, args);
+    const problems = tooDeep ? [] : host.validate(connector, `in:${decl.name}`, decl.input, args);
     if (problems.length) notes.push(`The Gateway would refuse these args before the policy: ${problems[0]}`);
     if (cls !== undefined && cls !== decl.class) {
       notes.push(`Effect "${effect}" is ${decl.class} in its manifest; explained as ${cls}, as asked`);
@@ -102,6 +105,11 @@ export const explainRoute = Effect.fn("Http.policyExplain")(function* (b: Record
     }
   }
 
+  if (tooDeep) {
+    notes.push(
+      `The Gateway would refuse these args before the policy: they nest deeper than ${MAX_ARGS_DEPTH} levels (a deny with rule fail-closed)`,
+    );
+  }
   const set = yield* Policy.use((p) => p.current);
   // The context the Gateway would give (the time, in the host's zone), with the caller's own facts on top.
   const request: PolicyRequest = {

@@ -14,7 +14,7 @@
  * a file in the policy folder changes: the whole new set or, if any file does
  * not parse, the old one, audited either way.
  */
-import { Context, Effect, Layer, Option, Queue, Ref, Semaphore } from "effect";
+import { Cause, Context, Effect, Layer, Option, Queue, Ref, Semaphore } from "effect";
 import type { PolicyFileError } from "../errors/mod.ts";
 import { KeelConfig } from "../config/mod.ts";
 import { EFFECT_CLASSES, type EffectClass } from "../manifest/mod.ts";
@@ -336,6 +336,23 @@ export const failClosed = (policyHash: string, reason: string): PolicyDecision =
 /** How long after the last change in the policy folder a reload starts. */
 export const RELOAD_DEBOUNCE_MS = 100;
 
+/** Deepest args the Gateway inspects; deeper args are refused before any schema or policy sees them. */
+export const MAX_ARGS_DEPTH = 64;
+
+/** How deep a JSON value nests (iteratively, so hostile input cannot exhaust the stack). */
+export const argsDepth = (value: unknown, limit: number): number => {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    deepest = Math.max(deepest, d);
+    if (deepest > limit) return deepest;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, d + 1]);
+  }
+  return deepest;
+};
+
 /** Ways to break the engine on purpose, for tests of fail-closed behaviour. */
 export interface PolicyFaults {
   /** Replaces `evaluate` (e.g. one that throws). */
@@ -394,7 +411,17 @@ const make = (options: { readonly watch: boolean; readonly faults?: PolicyFaults
         }),
       );
 
-    if (options.watch) yield* watchFolder(dir, reloadFrom("watch").pipe(Effect.ignore));
+    // A failed reload is audited above; nothing a reload does may stop the watcher (later edits must still load).
+    if (options.watch) {
+      yield* watchFolder(
+        dir,
+        reloadFrom("watch").pipe(
+          Effect.catchCause((cause) =>
+            Cause.hasFails(cause) ? Effect.void : Effect.logError("Policy reload failed unexpectedly", cause)
+          ),
+        ),
+      );
+    }
 
     const decide = options.faults?.decide;
     return Policy.of({

@@ -95,12 +95,27 @@ const MATCH_KEYS = ["effect", "plugin", "agent", "workflow", "class"] as const;
 export const DEFAULT_APPROVAL_MS = 7 * 24 * 3600_000;
 const BUDGET_KEYS = ["usdPerDay", "usdPerMonth", "tokensPerDay", "tokensPerMonth"] as const;
 
+/** The longest duration a policy may give (an approval's expiry, a rate's window): a year. */
+export const MAX_DURATION_MS = 366 * 86_400_000;
+
 /** Parse a duration like `90s`, `15m`, `72h`, `7d`. */
 export const parseDuration = (text: string): number | undefined => {
   const m = /^(\d+)(s|m|h|d)$/.exec(text.trim());
   if (!m) return undefined;
-  return Number(m[1]) * { s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 }[m[2] as "s"];
+  const ms = Number(m[1]) * { s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 }[m[2] as "s"];
+  return ms > 0 && ms <= MAX_DURATION_MS ? ms : undefined;
 };
+
+/** A YAML scalar as text (`72h`, `22:00`, a zone), or undefined for a mapping, a list or null. */
+const scalarText = (v: unknown): string | undefined =>
+  typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : undefined;
+
+/** The policy files of a folder, in the order they load: `*.yaml`/`*.yml` files, and links to files. */
+export const policyFileNames = (dir: string): string[] =>
+  [...Deno.readDirSync(dir)]
+    .filter((e) => /\.ya?ml$/.test(e.name) && (e.isFile || (e.isSymlink && Deno.statSync(`${dir}/${e.name}`).isFile)))
+    .map((e) => e.name)
+    .sort();
 
 /** Parse one policy file's text; `file` names it in errors. */
 export const parsePolicyFile = (
@@ -146,7 +161,19 @@ export const parsePolicyFile = (
       }
     }
     return { rules, defaultDecision };
-  });
+  }).pipe(
+    // Whatever a file holds, it is refused with its name, never thrown: a throw would stop the reloads after it.
+    Effect.catchDefect((defect) =>
+      Effect.fail(
+        new PolicyFileError({
+          message: `Policy file "${file}" cannot be read as a policy: ${
+            defect instanceof Error ? defect.message : "unexpected value"
+          }`,
+          details: { file },
+        }),
+      )
+    ),
+  );
 
 const parseRule = (
   file: string,
@@ -210,11 +237,11 @@ const parseRule = (
       if (typeof a !== "object" || Array.isArray(a)) {
         return yield* fail(at("approval"), `rule "${value.id}": "approval" must be a mapping`);
       }
-      const expires = a.expires === undefined ? DEFAULT_APPROVAL_MS : parseDuration(String(a.expires));
+      const expires = a.expires === undefined ? DEFAULT_APPROVAL_MS : parseDuration(scalarText(a.expires) ?? "");
       if (expires === undefined) {
         return yield* fail(
           atIn("approval", "expires"),
-          `rule "${value.id}": approval "expires" must look like 30m, 72h or 7d`,
+          `rule "${value.id}": approval "expires" must look like 30m, 72h or 7d (at most 366d)`,
         );
       }
       approval = {
@@ -280,7 +307,7 @@ const parseRule = (
           r === null || typeof r !== "object" || !Number.isInteger(r.count) || (r.count as number) < 1 ||
           !perMs || Object.keys(r).some((k) => k !== "count" && k !== "per")
         ) {
-          return yield* problem("rate", `"rate" must look like { count: 10, per: 1h }`);
+          return yield* problem("rate", `"rate" must look like { count: 10, per: 1h } (per at most 366d)`);
         }
         rate = { count: r.count as number, per: r.per as string, perMs };
       }
@@ -301,7 +328,7 @@ const parseRule = (
         if (!caps.length) return yield* problem("budget", `"budget" needs at least one of ${BUDGET_KEYS.join(", ")}`);
         const notNumber = caps.find((k) => typeof b[k] !== "number" || !Number.isFinite(b[k]) || (b[k] as number) < 0);
         if (notNumber) return yield* problem("budget", `"budget.${notNumber}" must be a number of at least 0`);
-        const timezone = b.timezone === undefined ? "UTC" : String(b.timezone);
+        const timezone = b.timezone === undefined ? "UTC" : scalarText(b.timezone) ?? "";
         if (!isTimeZone(timezone)) {
           return yield* problem("budget", `"budget.timezone" "${timezone}" is not a time zone`);
         }
@@ -318,10 +345,10 @@ const parseRule = (
         if (q === null || typeof q !== "object" || Array.isArray(q)) return yield* problem("quietHours", shape);
         const bad = Object.keys(q).find((k) => !["from", "to", "timezone", "decision"].includes(k));
         if (bad) return yield* problem("quietHours", `"quietHours" has an unknown key "${bad}"`);
-        const from = parseClock(String(q.from ?? ""));
-        const to = parseClock(String(q.to ?? ""));
+        const from = parseClock(scalarText(q.from) ?? "");
+        const to = parseClock(scalarText(q.to) ?? "");
         if (from === undefined || to === undefined) return yield* problem("quietHours", shape);
-        const timezone = q.timezone === undefined ? "UTC" : String(q.timezone);
+        const timezone = q.timezone === undefined ? "UTC" : scalarText(q.timezone) ?? "";
         if (!isTimeZone(timezone)) {
           return yield* problem("quietHours", `"quietHours.timezone" "${timezone}" is not a time zone`);
         }
@@ -350,8 +377,7 @@ const parseRule = (
 export const loadPolicySet = (dir: string): Effect.Effect<PolicySet, PolicyFileError> =>
   Effect.gen(function* () {
     const names = yield* Effect.try({
-      try: () =>
-        [...Deno.readDirSync(dir)].filter((e) => e.isFile && /\.ya?ml$/.test(e.name)).map((e) => e.name).sort(),
+      try: () => policyFileNames(dir),
       catch: (cause) =>
         new PolicyFileError({ message: `Cannot read policy folder "${dir}": ${String(cause)}`, details: { dir } }),
     });

@@ -318,7 +318,8 @@ export const checkPolicyFiles = (
     const findings: PolicyFinding[] = [];
     const rules: Rule[] = [];
     let defaultOf: { decision: Decision; file: string } | undefined;
-    const sorted = [...files].sort((a, b) => a.file.localeCompare(b.file));
+    // In the engine's order (code units, as `policyFileNames`), so "first rule wins" means the same rule.
+    const sorted = [...files].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
     for (const { file, text } of sorted) {
       const parsed = yield* Effect.result(parsePolicyFile(file, text));
       if (parsed._tag === "Failure") {

@@ -16,7 +16,7 @@ import { InvalidInputError, PolicyFileError } from "../errors/mod.ts";
 import { createHash } from "node:crypto";
 import { canonicalJson, type EffectClass } from "../manifest/mod.ts";
 import { evaluateSafely } from "./explain.ts";
-import { limitName, type PolicyRequest } from "./Policy.ts";
+import { limitName, type PolicyDecision, type PolicyRequest } from "./Policy.ts";
 import { type Decision, loadPolicySet, type PolicySet } from "./PolicySet.ts";
 
 /**
@@ -40,6 +40,11 @@ export interface DecisionRecord {
   readonly limit?: string;
   /** The request context the policy saw (`now`, `hour`, `weekday`, `runId` …), so a replay can see it too. */
   readonly context?: Readonly<Record<string, unknown>>;
+  /**
+   * Set when the rule's gate was answered with a denial: `decision` stays the rule's (`approve`); the approver,
+   * not the policy, refused the effect.
+   */
+  readonly approval?: { readonly id: string; readonly status: "denied" };
 }
 
 /** A past effect request to replay: a decision-log record. */
@@ -107,6 +112,11 @@ export interface SimulationResult {
     readonly transitions: Readonly<Record<Transition, number>>;
     /** Requests a rate or budget counter refused at the time; their "after" ignores counters. */
     readonly limitedBefore: number;
+    /**
+     * Requests the gate refused as `fail-closed` at the time (an engine failure, args too deep to inspect): no rule
+     * decided them, and their args may not be kept, so they are not replayed and count as unchanged.
+     */
+    readonly failedClosedBefore: number;
   };
   /** The policy hashes that were in force across the replayed requests. */
   readonly pastPolicies: ReadonlyArray<string>;
@@ -117,6 +127,8 @@ export interface SimulationResult {
 /** Largest candidate the API accepts: 100 files, 1 MB of text. */
 export const CANDIDATE_LIMITS = { files: 100, bytes: 1024 * 1024 } as const;
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$/;
+/** The rule of a deny the gate made because it could not decide. */
+const FAIL_CLOSED = "fail-closed";
 /** Limit names of counters (as opposed to quiet hours, which replay). */
 const COUNTED = /^(rate|budget) /;
 
@@ -195,6 +207,7 @@ export const simulatePolicy = (
     const pastPolicies = new Set<string>();
     let unchanged = 0;
     let limitedBefore = 0;
+    let failedClosedBefore = 0;
     for (const past of history) {
       pastPolicies.add(past.policyHash);
       // The args go along, so `when:` conditions judge the request as the Gateway did.
@@ -207,7 +220,11 @@ export const simulatePolicy = (
         args: past.args,
         ...(past.context ? { context: past.context } : {}),
       };
-      const after = evaluateSafely(candidate, request);
+      const failedClosed = past.rule === FAIL_CLOSED;
+      if (failedClosed) failedClosedBefore++;
+      const after: Pick<PolicyDecision, "decision" | "rule"> & Partial<PolicyDecision> = failedClosed
+        ? { decision: past.decision, rule: past.rule }
+        : evaluateSafely(candidate, request);
       if (past.limit && COUNTED.test(past.limit)) limitedBefore++;
       const from = OUTCOME[past.decision] ?? "denied";
       const to = OUTCOME[after.decision];
@@ -246,7 +263,14 @@ export const simulatePolicy = (
       policyHash: candidate.hash,
       files: candidate.files,
       rules: candidate.rules.length,
-      summary: { total: history.length, unchanged, changed: history.length - unchanged, transitions, limitedBefore },
+      summary: {
+        total: history.length,
+        unchanged,
+        changed: history.length - unchanged,
+        transitions,
+        limitedBefore,
+        failedClosedBefore,
+      },
       pastPolicies: [...pastPolicies],
       requests,
     };

@@ -86,8 +86,47 @@ Deno.test("durations are seconds, minutes, hours or days and nothing else", () =
   assert.equal(parseDuration("15m"), 900_000);
   assert.equal(parseDuration(" 72h "), 72 * 3600_000);
   assert.equal(parseDuration("7d"), 7 * 86_400_000);
-  for (const bad of ["7", "1w", "1.5h", "-1h", "h", "next tuesday", ""]) {
+  assert.equal(parseDuration("366d"), 366 * 86_400_000);
+  // Zero, or longer than a year (an approval's expiry must stay a date: 200000000d is not one).
+  for (
+    const bad of ["7", "1w", "1.5h", "-1h", "h", "next tuesday", "", "0h", "367d", "200000000d", "9".repeat(400) + "s"]
+  ) {
     assert.equal(parseDuration(bad), undefined, bad);
+  }
+});
+
+Deno.test("a policy refuses an approval expiry or rate window over a year, naming the field", async () => {
+  const refused = async (rule: string) =>
+    (await Effect.runPromise(Effect.flip(parsePolicyFile("p.yaml", `rules:\n  - id: r\n${rule}`)))).message;
+  assert.match(
+    await refused("    match: { effect: a.b }\n    decision: approve\n    approval: { expires: 200000000d }\n"),
+    /line 5: rule "r": approval "expires" must look like 30m, 72h or 7d \(at most 366d\)/,
+  );
+  assert.match(
+    await refused("    match: { effect: a.b }\n    decision: allow\n    limits: { rate: { count: 1, per: 400d } }\n"),
+    /rule "r": limits "rate" must look like/,
+  );
+});
+
+Deno.test("a policy file that is a link to a file is loaded like any other; a broken link fails the load", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "keel-policy-link-" });
+  const elsewhere = await Deno.makeTempDir({ prefix: "keel-policy-link-src-" });
+  try {
+    await Deno.writeTextFile(`${dir}/a.yaml`, "default: allow\nrules: []\n");
+    await Deno.writeTextFile(
+      `${elsewhere}/deny.yaml`,
+      `rules:\n  - { id: no-deletes, match: { effect: db.delete }, decision: deny }\n`,
+    );
+    await Deno.symlink(`${elsewhere}/deny.yaml`, `${dir}/deny.yaml`);
+    const set = await Effect.runPromise(loadPolicySet(dir));
+    assert.deepEqual(set.files, ["a.yaml", "deny.yaml"]);
+    assert.equal(evaluate(set, { effect: "db.delete", effectClass: "write", plugin: "db" }).rule, "no-deletes");
+    await Deno.symlink(`${elsewhere}/gone.yaml`, `${dir}/gone.yaml`);
+    const error = await Effect.runPromise(Effect.flip(loadPolicySet(dir)));
+    assert.match(error.message, /Cannot read policy folder/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(elsewhere, { recursive: true });
   }
 });
 

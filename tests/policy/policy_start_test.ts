@@ -103,7 +103,7 @@ Deno.test("`main.ts serve` with a policy type error exits non-zero, naming file 
   assert.notEqual(code, 0);
   assert.equal(
     stderr.trim(),
-    `Keel cannot start: Policy file "${FIXTURES}/bad-expires/policy.yaml" line 9: rule "gate-email": approval "expires" must look like 30m, 72h or 7d`,
+    `Keel cannot start: Policy file "${FIXTURES}/bad-expires/policy.yaml" line 9: rule "gate-email": approval "expires" must look like 30m, 72h or 7d (at most 366d)`,
   );
   assert.doesNotMatch(stderr, /^\s+at /m, "no stack frames");
   assert.doesNotMatch(stdout, /listening/);

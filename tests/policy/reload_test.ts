@@ -132,6 +132,25 @@ Deno.test("a file that fails to parse keeps the old set in force, and the failur
   );
 });
 
+Deno.test("an edit the loader cannot read (a mapping where a duration goes, with its own toString) is audited, and later edits still load", async () => {
+  await withPolicy({ "p.yaml": `rules:\n${rule("v1", "x.y", "allow")}` }, async ({ policy, events, write, run }) => {
+    for (
+      const broken of [
+        "    decision: approve\n    approval: { expires: { toString: 1 } }\n",
+        "    decision: approve\n    limits: { quietHours: { from: { toString: 1 }, to: '07:00' } }\n",
+        "    decision: approve\n    limits: { budget: { usdPerDay: 5, timezone: { valueOf: 1, toString: 1 } } }\n",
+      ]
+    ) {
+      const before = (await events("policy.reload_failed")).length;
+      await write("p.yaml", `rules:\n  - id: v2\n    match: { effect: x.y }\n${broken}`);
+      await eventually("the failure is audited", async () => (await events("policy.reload_failed")).length > before);
+      assert.equal((await run(policy.decide(req("x.y")))).rule, "v1", "the set in force stays");
+    }
+    await write("p.yaml", `rules:\n${rule("v3", "x.y", "deny")}`);
+    await eventually("the fixed file is loaded", async () => (await run(policy.decide(req("x.y")))).rule === "v3");
+  });
+});
+
 Deno.test("a reload is atomic across files: one bad file among several changes applies none of them", async () => {
   await withPolicy({
     "a.yaml": `rules:\n${rule("a", "a.b", "allow")}`,

@@ -11,15 +11,19 @@ import assert from "node:assert/strict";
 import { Effect } from "effect";
 import {
   checkPolicyFiles,
+  evaluate,
   globContains,
   type InstalledEffect,
   lintPolicySet,
+  loadPolicySet,
   parsePolicyFile,
   type PolicyFinding,
   policySetFromFiles,
   type Rule,
 } from "../../core/policy/mod.ts";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { withLedgerKeel } from "../gateway/_ledger.ts";
+import { Journal } from "../../core/journal/mod.ts";
 import {
   HISTORY_POLICY,
   historyCounts,
@@ -111,6 +115,37 @@ Deno.test("lint: an equally restrictive rule shadows only when it comes first; n
     [],
     "a broader allow never hides a deny, and a rule that needs an agent, workflow or class does not cover one that does not",
   );
+});
+
+Deno.test("checkPolicyFiles() orders files as the engine does (code units: B.yaml before a.yaml): it never calls the deciding rule shadowed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "keel-lint-order-" });
+  try {
+    const files = {
+      "a.yaml":
+        "rules:\n  - { id: ops-gate, match: { effect: bank.pay }, decision: approve, approval: { approver: ops } }\n",
+      "B.yaml":
+        "rules:\n  - { id: cfo-gate, match: { effect: bank.pay }, decision: approve, approval: { approver: cfo } }\n",
+    };
+    for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dir}/${name}`, text);
+    const set = await Effect.runPromise(loadPolicySet(dir));
+    assert.equal(evaluate(set, { effect: "bank.pay", effectClass: "financial", plugin: "bank" }).rule, "cfo-gate");
+    const check = await Effect.runPromise(
+      checkPolicyFiles(Object.entries(files).map(([name, text]) => ({ file: `${dir}/${name}`, text }))),
+    );
+    assert.deepEqual(brief(check.findings), ["shadowed ops-gate by cfo-gate"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("checkPolicyFiles() reports a file the loader cannot read as a finding, not a crash", async () => {
+  const check = await Effect.runPromise(checkPolicyFiles([{
+    file: "p.yaml",
+    text:
+      "rules:\n  - id: v\n    match: { effect: a.b }\n    decision: approve\n    approval: { expires: { toString: 1 } }\n",
+  }]));
+  assert.equal(check.findings.length, 1, JSON.stringify(check.findings));
+  assert.match(check.findings[0].message, /approval "expires" must look like/);
 });
 
 Deno.test("lint against installed manifests: a class rule shadows a rule naming only effects of that class", async () => {
@@ -355,6 +390,7 @@ Deno.test("`POST /api/policy/simulate` replays 120 real past requests against a 
           denied_to_gated: 20, // crm.delete
         },
         limitedBefore: 0,
+        failedClosedBefore: 0,
       });
       assert.deepEqual(sim.body.files, ["candidate.yaml"]);
       assert.equal(sim.body.rules, 4);
@@ -655,6 +691,16 @@ Deno.test("`POST /api/policy/explain` says when the Gateway would refuse first, 
     assert.equal(hypothetical.body.decision.rule, "default");
     assert.match(hypothetical.body.notes[0], /No installed connector provides effect "fax\.send"/);
 
+    // Args too deep to inspect: the Gateway refuses them before any rule (fail-closed), and explain says so.
+    let nested: unknown = "bottom";
+    for (let i = 0; i < 70; i++) nested = { n: nested };
+    const deep = await k.api("POST", "/api/policy/explain", { effect: "crm.lookup", args: { nested } });
+    assert.equal(deep.status, 200, JSON.stringify(deep.body));
+    assert.ok(
+      deep.body.notes.some((n: string) => /nest deeper than 64 levels \(a deny with rule fail-closed\)/.test(n)),
+      JSON.stringify(deep.body.notes),
+    );
+
     const cases: Array<[unknown, RegExp]> = [
       [{}, /Field "effect" must be an effect name/],
       [{ effect: 42 }, /Field "effect" must be an effect name/],
@@ -670,5 +716,45 @@ Deno.test("`POST /api/policy/explain` says when the Gateway would refuse first, 
       assert.equal(r.status, 400, JSON.stringify(body));
       assert.match(r.body.error.message, message);
     }
+  });
+});
+
+const GATED = `rules:
+  - id: gate-charges
+    match: { effect: ledger.charge }
+    decision: approve
+    approval: { approver: cfo, expires: 1h }
+  - id: allow-rest
+    match: { effect: "ledger.*" }
+    decision: allow
+`;
+
+Deno.test("`POST /api/policy/simulate` of the files in force changes nothing after an approver's denial or a fail-closed refusal", async () => {
+  await withLedgerKeel({ policies: { "p.yaml": GATED } }, async (k) => {
+    const gated = await k.start("charge", { amount: 5 }, 30);
+    assert.equal(gated.status, "waiting_approval");
+    const denied = await k.api("POST", `/api/approvals/${gated.waitingFor.approvalId}/deny`, { note: "no" });
+    assert.equal(denied.status, 200);
+    assert.equal((await k.run(gated.runId)).status, "failed");
+    // Args nested past what the Gateway inspects: refused before any rule, and not kept in the log.
+    const deep = await k.run((await k.start("deep", { depth: 70 })).runId);
+    assert.equal(deep.error.details.rule, "fail-closed");
+    const sim = await k.api("POST", "/api/policy/simulate", { files: { "p.yaml": GATED } });
+    assert.equal(sim.status, 200, JSON.stringify(sim.body));
+    assert.deepEqual(
+      sim.body.requests.map((r: any) =>
+        `${r.before.decision}/${r.before.rule} -> ${r.after.decision}: ${r.transition}`
+      ),
+      [
+        "approve/gate-charges -> approve: unchanged",
+        "approve/gate-charges -> approve: unchanged",
+        "deny/fail-closed -> deny: unchanged",
+      ],
+    );
+    assert.equal(sim.body.summary.changed, 0);
+    assert.equal(sim.body.summary.failedClosedBefore, 1);
+    // The log still says the approver refused the second request.
+    const log = await k.keel.runtime.runPromise(Journal.use((j) => j.listDecisions({})));
+    assert.deepEqual(log.map((d) => d.approval?.status ?? "-"), ["-", "denied", "-"]);
   });
 });
