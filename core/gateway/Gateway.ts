@@ -104,6 +104,9 @@ export const stepNameOf = (r: Pick<EffectRequest, "effect" | "undo">): string =>
 
 /** How long the policy engine may take to decide before the request is denied. */
 export const POLICY_TIMEOUT_MS = 1000;
+/** How deep a JSON value nests, and the most the Gateway inspects (re-exported for the layers above). */
+export { argsDepth, MAX_ARGS_DEPTH };
+
 const DECISIONS = new Set(["allow", "approve", "deny"]);
 
 /** Everything the Gateway can answer besides a result. */

@@ -59,7 +59,7 @@ import {
   TERMINAL,
   timeOrderedId,
 } from "../journal/mod.ts";
-import { Gateway, UNDO_SEQ_BASE } from "../gateway/mod.ts";
+import { argsDepth, Gateway, MAX_ARGS_DEPTH, UNDO_SEQ_BASE } from "../gateway/mod.ts";
 import { type CallError, type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
@@ -1273,6 +1273,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           }
           const existing = yield* journal.getRun(options.runId);
           if (existing) return existing;
+        }
+        // Checked before anything walks it: JSON of a value nested thousands deep overflows the stack.
+        if (argsDepth(input, MAX_ARGS_DEPTH) > MAX_ARGS_DEPTH) {
+          return yield* new InvalidInputError({
+            message: `Input for workflow "${workflow}" nests deeper than ${MAX_ARGS_DEPTH} levels`,
+          });
         }
         const inputBytes = jsonBytes(input);
         if (inputBytes === undefined) {

@@ -6,7 +6,7 @@
  * field. The delayed-start test checks that the queue honours `notBefore`.
  */
 import assert from "node:assert/strict";
-import { ROOT, startTestKeel } from "../_support/keel.ts";
+import { ROOT, startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
 
 const AGENT = `${ROOT}/tests/fixtures/triggers/tr_hooks`;
 
@@ -89,6 +89,30 @@ Deno.test("a run started with ?delay= waits in the queue and does not start befo
     assert.equal(done.status, "succeeded", JSON.stringify(done));
     const first = Date.parse(done.steps[0].startedAt);
     assert.ok(first >= queued.notBefore, `its first step ran at ${first}, not before ${queued.notBefore}`);
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("an input nested thousands deep (12 KB, under the size limit) is a 400, and Keel keeps serving", async () => {
+  const k = await startTestKeel();
+  try {
+    assert.equal((await k.api("POST", "/api/plugins", { path: AGENT, grant: {} })).status, 201);
+    const depth = 6000;
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${k.url}/api/workflows/tr_ping/runs?wait=5`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TEST_TOKEN}`, "content-type": "application/json" },
+        body: `{"input":{"deep":${"[".repeat(depth)}${"]".repeat(depth)}}}`,
+      });
+      const body = await res.json();
+      assert.equal(res.status, 400, JSON.stringify(body).slice(0, 300));
+      assert.match(body.error.message, /nests deeper than 64 levels/);
+    }
+    // A little later (a run's held start would have been written by a timer by now), Keel still answers.
+    await new Promise((r) => setTimeout(r, 100));
+    const ok = await k.api("POST", "/api/workflows/tr_ping/runs?wait=30", { input: {} });
+    assert.equal(ok.body.status, "succeeded");
   } finally {
     await k.close();
   }
