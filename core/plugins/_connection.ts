@@ -36,6 +36,10 @@ export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 /** Calls the host may have waiting on one plugin at once; more fail at once with `PluginBusyError`. */
 export const MAX_IN_FLIGHT = 64;
 
+/** Calls for runs a plugin is not executing that it may make in `STRAY_WINDOW_MS`; more retire it (a flood). */
+const MAX_STRAY_CALLS = 64;
+const STRAY_WINDOW_MS = 10_000;
+
 /** How a plugin is isolated from the host. */
 export type Isolation = "worker" | "process";
 
@@ -134,6 +138,9 @@ export class Connection {
   /** Calls to the host in flight, per run: each running workflow gets its own bound. */
   #hostCalls = new Map<string, number>();
   #dead: WireError | undefined;
+  /** Calls for runs this plugin is not executing, in the window that began at `#strayWindow`. */
+  #strays = 0;
+  #strayWindow = 0;
   /** Calls answered successfully: a plugin that answers is healthy enough to reset its restart backoff. */
   answered = 0;
   /** When it was started and when it died (epoch ms), for the restart backoff. */
@@ -364,6 +371,18 @@ export class Connection {
         const { id, t: _t, ...call } = m;
         const handler = this.#runs.get((call as HostCall).runId);
         if (!handler) {
+          // A straggler of a run that just ended is answered; a stream of them is a flood: the plugin is retired.
+          const now = performance.now();
+          if (now - this.#strayWindow > STRAY_WINDOW_MS) {
+            this.#strayWindow = now;
+            this.#strays = 0;
+          }
+          if (++this.#strays > MAX_STRAY_CALLS) {
+            return this.kill({
+              tag: "PluginCrashedError",
+              message: `Plugin broke the protocol: more than ${MAX_STRAY_CALLS} calls for runs it is not executing`,
+            });
+          }
           return this.#post({
             t: "reply",
             id,

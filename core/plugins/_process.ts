@@ -381,6 +381,8 @@ const LOG_LINES_PER_MINUTE = 120;
 const LOG_LINE_CHARS = 1000;
 /** How much of a plugin's last stderr is kept to explain its death. */
 const STDERR_TAIL = 8 * 1024;
+/** Most bytes sent to a plugin process and not yet read by it; past this it is retired (it stopped reading). */
+const MAX_UNREAD_BYTES = 64 * 1024 * 1024;
 
 /**
  * Start `spec` as a sandboxed child process and speak the protocol over its
@@ -407,9 +409,16 @@ export const processTransport = (spec: PluginSpec, sink: TransportSink): Transpo
     if (!closing) sink.fail({ tag: "PluginCrashedError", message });
   };
 
+  /** Bytes handed to the process's stdin and not yet taken by it. */
+  let unread = 0;
   const write = (bytes: Uint8Array) => {
+    // A plugin that does not read what it is sent (while it writes) must not make the host buffer without bound.
+    if (unread > 0 && unread + bytes.length > MAX_UNREAD_BYTES) {
+      return fail(`Plugin does not read its input: ${unread} bytes sent to it are still unread`);
+    }
+    unread += bytes.length;
     // A failed write means the process is gone or closed its stdin: its exit (or the call's timeout) says why.
-    writer!.write(bytes).catch(() => {});
+    writer!.write(bytes).then(() => (unread -= bytes.length), () => {});
   };
 
   const readMessages = async (stream: ReadableStream<Uint8Array>) => {

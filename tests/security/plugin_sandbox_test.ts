@@ -414,6 +414,18 @@ Deno.test("a hostile connector cannot escape its grant, and the host keeps servi
       },
     );
     await t.step(
+      "a flood of calls for a run the plugin is not executing retires it (each would be answered, without bound)",
+      async () => {
+        const o = await drive(k, "rogue.call_flood", { count: 100_000 });
+        assertRefused(o, "rogue.call_flood", "PluginCrashedError");
+        assert.match(
+          o.run.steps.find((s: any) => s.name === "rogue.call_flood").error.message,
+          /more than 64 calls for runs it is not executing/,
+        );
+        await stillServes();
+      },
+    );
+    await t.step(
       "an answer that breaks the protocol fails the call with a tagged error and the host stays up",
       async () => {
         for (const shape of ["no-error", "null-error", "odd-error", "string-error"]) {

@@ -201,6 +201,16 @@ Deno.test("a hostile plugin in its own process cannot exhaust, flood or escape t
       assert.match(error.message, /answer to no request/);
       await assertKilledAndRestarted(before, /answer to no request/);
     });
+    await t.step("a flood of calls for a run it is not executing kills the process", async () => {
+      const before = await snapshot();
+      const error = assertRefused(
+        await drive(k, "runaway.call_flood", { count: 100_000 }),
+        "runaway.call_flood",
+        "PluginCrashedError",
+      );
+      assert.match(error.message, /more than 64 calls for runs it is not executing/);
+      await assertKilledAndRestarted(before, /calls for runs it is not executing/);
+    });
     await t.step("a plugin printing to stdout behind the SDK's back is killed for breaking the protocol", async () => {
       const before = await snapshot();
       const error = assertRefused(
