@@ -97,10 +97,12 @@ export const requestedPermissions = (manifest: Manifest, config: Record<string, 
     for (const [key, list] of [["read", read], ["write", write]] as const) {
       for (const path of list) if (pathProblem(path)) needsOverride.push(`${key}:${path}`);
     }
+    // Deno reads `*` in an env name as a wildcard: `*` is the whole environment (Keel's token, API keys).
+    for (const name of p.env) if (name.includes("*")) needsOverride.push(`env:${name}`);
     const ordinary = (list: string[], key: string) => list.filter((e) => !needsOverride.includes(`${key}:${e}`));
     const requested: Permissions = {
       net: ordinary(net, "net"),
-      env: p.env,
+      env: ordinary([...p.env], "env"),
       read: ordinary(read, "read"),
       write: ordinary(write, "write"),
       ...(needsOverride.length ? { needsOverride: [...new Set(needsOverride)] } : {}),
@@ -134,6 +136,11 @@ export const overrideReason = (item: string): string => {
   if (key === "run") return value ? `runs program "${value}" outside any sandbox Keel controls` : "runs any program";
   if (key === "ffi") return value ? `loads native library "${value}"` : "loads any native library";
   if (key === "sys") return value ? `reads system information "${value}"` : "reads any system information";
+  if (key === "env") {
+    return value === "*"
+      ? "reads every environment variable, Keel's token and API keys included"
+      : `reads every environment variable whose name matches "${value}"`;
+  }
   if (key === "net") {
     const problem = netProblem(value);
     return value === "*"
@@ -253,7 +260,7 @@ export const workerPermissions = (grant: Grant, pluginDataDir: string): WorkerPe
   const paths = (granted: ReadonlyArray<string>, key: string) =>
     list([...granted.map((p) => `${pluginDataDir}/${p}`.replace(/\/\.?$/, "")), ...of(key).map(inData)]);
   return {
-    env: grant.env.length ? [...grant.env] : false,
+    env: grant.env.length || of("env").length ? [...grant.env, ...of("env")] : false,
     net: list([...grant.net, ...of("net")]),
     read: paths(grant.read, "read"),
     write: paths(grant.write, "write"),

@@ -365,6 +365,10 @@ export class Connection {
       case "ready":
         return this.#settle(0, true, { effects: names(m.effects), workflows: names(m.workflows) });
       case "result":
+        // `init` is answered by "ready" only: a result for it would settle it with whatever the plugin sent.
+        if (m.id === 0) {
+          return this.kill({ tag: "PluginCrashedError", message: "Plugin broke the protocol: a result for init" });
+        }
         if (m.checkpoints !== undefined && !this.#trailing(m.id, m.checkpoints)) return;
         return m.ok ? this.#settle(m.id, true, m.value) : this.#settle(m.id, false, undefined, m.error);
       case "call": {

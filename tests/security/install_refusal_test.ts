@@ -240,3 +240,39 @@ Deno.test("hostile installs are refused with the right tag, audited, and leave t
     await Deno.remove(k.dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("a plugin answering init with a forged result (not ready) is refused with a tag and leaves nothing behind", async () => {
+  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-forged-ready-" }));
+  await Deno.writeTextFile(
+    `${dir}/plugin.json`,
+    JSON.stringify({
+      name: "fakeready",
+      version: "0.1.0",
+      kind: "connector",
+      description: "answers init with a forged result",
+      effects: [{ name: "fakeready.x", class: "read", description: "x", input: {} }],
+    }),
+  );
+  await Deno.writeTextFile(
+    `${dir}/mod.ts`,
+    `import "file://${ROOT}/core/sdk/mod.ts";
+self.addEventListener("message", (e) => {
+  if (e.data?.t === "init") self.postMessage({ t: "result", id: 0, ok: true, value: null });
+});
+`,
+  );
+  const k = await startTestKeel();
+  try {
+    for (const isolation of ["worker", "process"]) {
+      const res = await k.api("POST", "/api/plugins", { path: dir, grant: {}, isolation });
+      assert.equal(res.status, 502, `${isolation}: ${JSON.stringify(res.body)}`);
+      assert.equal(res.body.error.tag, "PluginCrashedError");
+      assert.match(res.body.error.message, /a result for init/);
+      assert.deepEqual((await k.api("GET", "/api/plugins")).body.plugins, []);
+      assert.throws(() => Deno.statSync(`${k.dataDir}/plugins/fakeready/0.1.0`), Deno.errors.NotFound);
+    }
+  } finally {
+    await k.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

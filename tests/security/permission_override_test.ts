@@ -14,6 +14,7 @@ import assert from "node:assert/strict";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
 import { processCommand, type SandboxTools } from "../../core/plugins/_process.ts";
 import { workerPermissions } from "../../core/manifest/mod.ts";
+import { callEffect } from "../_support/plugins.ts";
 
 const SDK = `file://${ROOT}/core/sdk/mod.ts`;
 const SSH_KEY = `-----BEGIN OPENSSH PRIVATE KEY----- canary-${crypto.randomUUID()}`;
@@ -345,4 +346,50 @@ Deno.test("under bwrap an override binds only what it names: outside paths, and 
   assert.match(args, /--ro-bind-try \/usr \/usr/);
   const none = processCommand(spec(noGrant), { ...tools, bwrap: "/usr/bin/bwrap" }, limits, {}).args.join(" ");
   assert.doesNotMatch(none, /\/usr \/usr|\/srv/);
+});
+
+Deno.test("an env wildcard (Deno reads * in a name as any run of characters) needs the operator's override by name", async () => {
+  const secret = `host-secret-${crypto.randomUUID()}`;
+  Deno.env.set("KEEL_TEST_WILDCARD_SECRET", secret);
+  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-env-wildcard-" }));
+  await Deno.writeTextFile(
+    `${dir}/plugin.json`,
+    JSON.stringify({
+      name: "envthief",
+      version: "0.1.0",
+      kind: "connector",
+      description: "asks for an env entry that is a wildcard",
+      permissions: { env: ["*", "SMTP_PASSWORD"] },
+      effects: [{ name: "envthief.get", class: "read", description: "read", input: {} }],
+    }),
+  );
+  await Deno.writeTextFile(
+    `${dir}/mod.ts`,
+    `import { definePlugin } from "${SDK}";
+definePlugin({ effects: { "envthief.get": () => Promise.resolve({ value: Deno.env.get("KEEL_TEST_WILDCARD_SECRET") ?? null }) } });
+`,
+  );
+  const k = await startTestKeel({ policies: { "p.yaml": "default: allow\nrules: []\n" } });
+  try {
+    const install = (extra: Record<string, unknown>) =>
+      k.api("POST", "/api/plugins", { path: dir, grant: { env: ["SMTP_PASSWORD"] }, isolation: "worker", ...extra });
+    const refused = await install({});
+    assert.equal(refused.status, 400, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.tag, "GrantError");
+    assert.match(refused.body.error.message, /requests "env:\*" \(reads every environment variable, Keel's token/);
+    // Granting "*" as an ordinary name is beyond what may be granted without the override.
+    const asName = await k.api("POST", "/api/plugins", { path: dir, grant: { env: ["*"] }, override: ["env:*"] });
+    assert.equal(asName.status, 400, JSON.stringify(asName.body));
+    const granted = await install({ override: ["env:*"] });
+    assert.equal(granted.status, 201, JSON.stringify(granted.body));
+    assert.deepEqual(granted.body.plugin.requested.needsOverride, ["env:*"]);
+    assert.deepEqual(workerPermissions(granted.body.plugin.grant, "/d").env, ["SMTP_PASSWORD", "*"]);
+    assert.equal((await callEffect(k, "envthief.get", {})).value, secret, "what the operator overrode, it gets");
+    const events = (await k.api("GET", "/api/audit")).body.events as any[];
+    assert.ok(events.some((e) => e.type === "plugin.permission_override" && JSON.stringify(e.data).includes("env:*")));
+  } finally {
+    await k.close();
+    Deno.env.delete("KEEL_TEST_WILDCARD_SECRET");
+    await Deno.remove(dir, { recursive: true });
+  }
 });
