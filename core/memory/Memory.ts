@@ -302,16 +302,27 @@ const makeMemory = Effect.gen(function* () {
             created = res.rows.length === 1;
             if (created) vectorOf.delete(id);
           }
+          const tags = [...(item.tags ?? [])];
           await tx.query(
-            `insert into memory_writes (item_id, run_id, seq, plugin, source) values ($1,$2,$3,$4,$5) on conflict do nothing`,
+            `insert into memory_writes (item_id, run_id, seq, plugin, source, tags) values ($1,$2,$3,$4,$5,$6)
+             on conflict do nothing`,
             [
               id,
               item.provenance.runId ?? null,
               item.provenance.seq ?? null,
               item.provenance.plugin ?? null,
               item.provenance.source,
+              tags,
             ],
           );
+          // The same text written again keeps one item, which carries every write's tags.
+          if (!created && tags.length) {
+            await tx.query(
+              `update memory_items set tags = array(select distinct unnest(tags || $2::text[]) order by 1)
+               where id = $1 and not tags @> $2::text[]`,
+              [id, tags],
+            );
+          }
           out.push({ id, created });
         }
         return out;
@@ -522,6 +533,13 @@ const makeMemory = Effect.gen(function* () {
           [touched],
         )).rows.map((r) => r.id).sort();
         const kept = touched.filter((id) => !removed.includes(id));
+        // A kept item keeps the tags its other writes gave it, not this run's.
+        await tx.query(
+          `update memory_items m set tags = array(
+             select distinct t from memory_writes w, unnest(w.tags) t where w.item_id = m.id order by 1)
+           where m.id = any($1::text[])`,
+          [kept],
+        );
         // A kept item that this run created now names its earliest other writer as its provenance.
         await tx.query(
           `update memory_items m set run_id = w.run_id, seq = w.seq, plugin = w.plugin, source = w.source

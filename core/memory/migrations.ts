@@ -115,6 +115,14 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       create index record_versions_run on record_versions (run_id);
     `,
   },
+  {
+    // Each write's tags: a second write of the same text adds its tags to the item, and undoing it takes them back.
+    version: 5,
+    sql: `
+      alter table memory_writes add column tags text[] not null default '{}';
+      update memory_writes w set tags = m.tags from memory_items m where m.id = w.item_id;
+    `,
+  },
 ];
 
 /** Run pending migrations on a PGlite database; returns how many ran. */

@@ -532,7 +532,7 @@ Deno.test("records are validated against their collection's schema on every writ
   });
 });
 
-Deno.test("a memory database made before migrations 2–4 is upgraded in place, and one from a newer Keel is refused", async () => {
+Deno.test("a memory database made before migrations 2–5 is upgraded in place, and one from a newer Keel is refused", async () => {
   await withDir(async (open, dir) => {
     const old = await PGlite.create(`${dir}/pg`, { extensions: { vector } });
     await old.exec(
@@ -573,7 +573,7 @@ Deno.test("a memory database made before migrations 2–4 is upgraded in place, 
     assert.equal(exit._tag, "Failure");
     assert.match(
       String(exit._tag === "Failure" && exit.cause),
-      /schema version 99; this Keel understands up to 4: upgrade Keel/,
+      /schema version 99; this Keel understands up to 5: upgrade Keel/,
     );
   }, { empty: true });
 });
@@ -585,4 +585,33 @@ Deno.test("`embedOffline()` is deterministic, unit length, and closer for overla
   const dot = (x: number[], y: number[]) => x.reduce((s, v, i) => s + v * y[i], 0);
   assert.ok(Math.abs(dot(a, a) - 1) < 1e-3);
   assert.ok(dot(a, embedOffline("invoice for Ada")) > dot(a, embedOffline("walk the dog at noon")));
+});
+
+Deno.test("the same text written again keeps one item with every write's tags; undoing a write takes its tags back", async () => {
+  await withDir(async (open) => {
+    const out = await open().runPromise(Effect.gen(function* () {
+      const m = yield* Memory;
+      const text = "Ada Lovelace is a client";
+      const write = (runId: string, tags: string[]) =>
+        m.remember({ scope: "agent:crm", kind: "fact", text, tags, provenance: run(runId, 1) });
+      const first = yield* write("run_a", ["client"]);
+      const second = yield* write("run_b", ["vip"]);
+      const vip = yield* m.recall("Ada Lovelace", { scope: "agent:crm", tags: ["vip"] }, { actor: "operator" });
+      const both = yield* m.recall("Ada Lovelace", { scope: "agent:crm" }, { actor: "operator" });
+      yield* m.revertRun("run_a");
+      const after = yield* m.recall("Ada Lovelace", { scope: "agent:crm" }, { actor: "operator" });
+      return {
+        created: [first.created, second.created],
+        same: first.id === second.id,
+        vip: vip.items.map((i) => i.id),
+        both: both.items.map((i) => i.tags),
+        after: after.items.map((i) => ({ run: i.provenance.runId, tags: i.tags })),
+      };
+    }));
+    assert.deepEqual(out.created, [true, false]);
+    assert.equal(out.same, true);
+    assert.equal(out.vip.length, 1, "run_b's tag finds the item");
+    assert.deepEqual(out.both, [["client", "vip"]]);
+    assert.deepEqual(out.after, [{ run: "run_b", tags: ["vip"] }], "run_a's write is undone, with its tag");
+  });
 });
