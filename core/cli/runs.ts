@@ -15,9 +15,9 @@ until the run ends or pauses (for an approval, a timer or a child run), and
 print it. --delay starts it no earlier than SECONDS from now (it waits in the
 run queue); --priority (default 5) orders it among queued runs, 9 first.`,
   async run(args) {
-    // `--wait` may stand alone (30 s) or take a number.
+    // `--wait` may stand alone (30 s) or take a number of seconds: a word after it is the next argument.
     const i = args.indexOf("--wait");
-    if (i >= 0 && (args[i + 1] === undefined || args[i + 1].startsWith("-"))) {
+    if (i >= 0 && !/^\d+(\.\d+)?$/.test(args[i + 1] ?? "")) {
       args = [...args.slice(0, i + 1), "30", ...args.slice(i + 1)];
     }
     const { values, positionals } = flagsOf(args, {
@@ -28,9 +28,17 @@ run queue); --priority (default 5) orders it among queued runs, 9 first.`,
     });
     const workflow = positionals[0];
     if (!workflow) throw new UsageError("run needs a WORKFLOW name");
+    if (positionals.length > 1) {
+      throw new UsageError(`run takes one WORKFLOW name: got ${positionals.map((p) => `"${p}"`).join(", ")}`);
+    }
     const input = parseJson("input", values.input) ?? {};
     const query = new URLSearchParams();
-    if (values.wait !== undefined) query.set("wait", String(Number(values.wait) || 30));
+    if (values.wait !== undefined) {
+      if (!/^\d+(\.\d+)?$/.test(values.wait) || Number(values.wait) <= 0 || Number(values.wait) > 300) {
+        throw new UsageError(`--wait takes seconds from 1 to 300: got "${values.wait}"`);
+      }
+      query.set("wait", values.wait);
+    }
     // The API checks the values and says what is wrong with them.
     if (values.delay !== undefined) query.set("delay", values.delay);
     if (values.priority !== undefined) query.set("priority", values.priority);

@@ -88,6 +88,28 @@ Deno.test("bad JSON in --input, --config or --grant is a clear error before anyt
   cleanError(grant, /^error: --grant must be JSON: /);
 });
 
+Deno.test("`run --wait` takes seconds or stands alone before the workflow name; a bad value is a clear error", async () => {
+  const k = await startTestKeel();
+  try {
+    const inst = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/triggers/tr_hooks`, grant: {} });
+    assert.equal(inst.status, 201, JSON.stringify(inst.body));
+    const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
+    for (const args of [["--wait", "tr_ping"], ["--wait", "20", "tr_ping"], ["tr_ping", "--wait"]]) {
+      const r = await keel(["run", ...args, "--input", "{}"], env);
+      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, /"status": "succeeded"/);
+    }
+    const [zero, words] = await keelAll([
+      [["run", "tr_ping", "--wait", "0", "--input", "{}"], env],
+      [["run", "tr_ping", "--wait", "soon", "--input", "{}"], env],
+    ]);
+    cleanError(zero, /^error: --wait takes seconds from 1 to 300: got "0"/);
+    cleanError(words, /^error: run takes one WORKFLOW name|^error: --wait takes seconds/);
+  } finally {
+    await k.close();
+  }
+});
+
 Deno.test("`plugin install` of a bad manifest names the file and field and never contacts Keel", async () => {
   const [version, run] = await keelAll([
     [["plugin", "install", `${ROOT}/tests/fixtures/bad/bad-version`, "--yes"]],
