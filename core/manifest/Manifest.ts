@@ -399,6 +399,82 @@ export const schemaProblem = (schema: JsonSchema): string | undefined => {
   }
 };
 
+/**
+ * Why a schema pattern could take exponential time to match, or undefined. Keel checks values against a plugin's
+ * schemas on its main thread with JavaScript's backtracking regular expressions, so a plugin could stall the host
+ * with a pattern such as `^(a+)+$` and a value it sends. Refused, conservatively: a backreference, and a group
+ * repeated more than once (`*`, `+`, `{2,}` …) whose body itself repeats or has alternatives. A pattern with neither
+ * can still backtrack polynomially on a long string (see the README's "Not yet").
+ */
+export const patternRisk = (pattern: string): string | undefined => {
+  /** Per open group: does its body repeat something, or alternate? */
+  const groups: Array<{ repeats: boolean; alternates: boolean }> = [{ repeats: false, alternates: false }];
+  /** What the next quantifier applies to: a closed group's findings, or a single atom. */
+  let last: { repeats: boolean; alternates: boolean } | "atom" | undefined;
+  const quantifierAt = (i: number): { max: number; end: number } | undefined => {
+    const c = pattern[i];
+    if (c === "*" || c === "+") return { max: Infinity, end: i + 1 };
+    if (c === "?") return { max: 1, end: i + 1 };
+    const m = c === "{" ? /^\{(\d+)(,(\d*))?\}/.exec(pattern.slice(i)) : null;
+    if (!m) return undefined;
+    return { max: m[2] === undefined ? Number(m[1]) : m[3] === "" ? Infinity : Number(m[3]), end: i + m[0].length };
+  };
+  for (let i = 0; i < pattern.length;) {
+    const c = pattern[i];
+    const top = groups[groups.length - 1];
+    const q = quantifierAt(i);
+    if (q && last !== undefined) {
+      let end = q.end;
+      if (pattern[end] === "?") end++; // lazy: the same backtracking
+      if (q.max > 1) {
+        if (last !== "atom" && (last.repeats || last.alternates)) {
+          return "repeats a group that itself repeats or has alternatives: matching it can take exponential time";
+        }
+        top.repeats = true;
+      }
+      last = undefined;
+      i = end;
+      continue;
+    }
+    if (c === "\\") {
+      if (/[1-9k]/.test(pattern[i + 1] ?? "")) return "uses a backreference: matching it can take exponential time";
+      last = "atom";
+      i += 2;
+      continue;
+    }
+    if (c === "[") {
+      // A character class is one atom: skip to its closing bracket (escapes included).
+      let j = i + 1;
+      if (pattern[j] === "^") j++;
+      if (pattern[j] === "]") j++;
+      while (j < pattern.length && pattern[j] !== "]") j += pattern[j] === "\\" ? 2 : 1;
+      last = "atom";
+      i = j + 1;
+      continue;
+    }
+    if (c === "(") {
+      groups.push({ repeats: false, alternates: false });
+      last = undefined;
+      // `(?:`, `(?=`, `(?!`, `(?<name>` open a group as `(` does; `(?<=`, `(?<!` are one longer.
+      i += pattern[i + 1] !== "?" ? 1 : pattern[i + 2] === "<" && "=!".includes(pattern[i + 3]) ? 4 : 3;
+      continue;
+    }
+    if (c === ")") {
+      const closed = groups.length > 1 ? groups.pop()! : top;
+      // What the group's body does counts for the groups around it too.
+      const outer = groups[groups.length - 1];
+      outer.repeats ||= closed.repeats;
+      last = closed;
+      i++;
+      continue;
+    }
+    if (c === "|") top.alternates = true;
+    last = c === "|" || c === "^" || c === "$" ? undefined : "atom";
+    i++;
+  }
+  return undefined;
+};
+
 // cfworker accepts these silently, then rejects every value (`type: "objekt"`)
 // or throws while validating one (`pattern: "(["`, a nested `$ref` to nowhere),
 // so check them up front.
@@ -427,6 +503,8 @@ const shapeProblem = (schema: unknown, at: string, root: JsonSchema): string | u
     } catch {
       return `"${at}/pattern" ${JSON.stringify(p)} is not a valid regular expression`;
     }
+    const risk = patternRisk(p as string);
+    if (risk) return `"${at}/pattern" ${JSON.stringify(p)} ${risk}`;
   }
   for (const k of [...SUB_SCHEMA, ...SUB_SCHEMAS, ...SCHEMA_MAPS]) {
     const v = s[k];

@@ -6,7 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { Cause, Effect } from "effect";
-import { canonicalJson, type Manifest, manifestHash, readManifest, validateManifest } from "../../core/manifest/mod.ts";
+import {
+  canonicalJson,
+  type Manifest,
+  manifestHash,
+  patternRisk,
+  readManifest,
+  validateManifest,
+} from "../../core/manifest/mod.ts";
 import { ROOT } from "../_support/keel.ts";
 
 const BAD = `${ROOT}/tests/fixtures/bad`;
@@ -140,4 +147,26 @@ Deno.test("validateManifest accepts the JSON Schema forms plugins really use", a
 Deno.test("validateManifest reports a forbidden permission even when other fields are also wrong", async () => {
   // run/ffi/sys/all parse (an operator override may grant them, Grant.ts); import and hrtime never do.
   await refuses({ ...smtpJson(), version: "1.0", permissions: { net: [], import: ["x:443"] } }, "permissions.import");
+});
+
+Deno.test("patternRisk() refuses patterns whose matching can take exponential time, and lets ordinary ones through", () => {
+  for (
+    const risky of ["^(a+)+$", "(a|a)*", "^([a-z]+)*$", "^(a*)*$", "((ab)*)+", "^(\\w+\\s?)*$", "(x+){2,}", "(.)\\1"]
+  ) {
+    assert.ok(patternRisk(risky), risky);
+  }
+  for (
+    const ordinary of [
+      "^[^@\\s<>]+@[^@\\s<>]+$",
+      "^\\d{3}-\\d{4}$",
+      "^(\\+|-)?\\d+$",
+      "^[a-z]([a-z0-9-]*[a-z0-9])?$",
+      "^[A-Za-z0-9_.:-]{1,100}$",
+      "a{2,}b+",
+      "^(?:https?)://[^/]+$",
+      "[(+)*]+",
+    ]
+  ) {
+    assert.equal(patternRisk(ordinary), undefined, ordinary);
+  }
 });

@@ -276,3 +276,40 @@ self.addEventListener("message", (e) => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a connector whose schema pattern could backtrack for ever (^(a+)+$) is refused at install, naming the pattern", async () => {
+  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-redos-" }));
+  await Deno.writeTextFile(
+    `${dir}/plugin.json`,
+    JSON.stringify({
+      name: "redos",
+      version: "0.1.0",
+      kind: "connector",
+      description: "returns what its own output pattern backtracks on",
+      effects: [{
+        name: "redos.echo",
+        class: "read",
+        description: "echo",
+        input: {},
+        output: { type: "object", properties: { s: { type: "string", pattern: "^(a+)+$" } } },
+      }],
+    }),
+  );
+  await Deno.writeTextFile(
+    `${dir}/mod.ts`,
+    `import { definePlugin } from "file://${ROOT}/core/sdk/mod.ts";
+definePlugin({ effects: { "redos.echo": () => Promise.resolve({ s: "a".repeat(27) + "!" }) } });
+`,
+  );
+  const k = await startTestKeel();
+  try {
+    const res = await k.api("POST", "/api/plugins", { path: dir, grant: {} });
+    assert.equal(res.status, 400, JSON.stringify(res.body));
+    assert.equal(res.body.error.tag, "ManifestError");
+    assert.match(res.body.error.message, /"\^\(a\+\)\+\$" repeats a group that itself repeats/);
+    assert.deepEqual((await k.api("GET", "/api/plugins")).body.plugins, []);
+  } finally {
+    await k.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
