@@ -22,7 +22,7 @@ import { canonicalJson, sha256Hex } from "../manifest/mod.ts";
 import { Embedder, embedderFromSetting } from "./Embedder.ts";
 import { MemoryDb } from "./MemoryDb.ts";
 import { Records } from "./Records.ts";
-import { contentWords } from "./_text.ts";
+import { contentWords, storableProblem } from "./_text.ts";
 import { fuseRanks } from "./fuse.ts";
 import { MEMORY_KINDS, type MemoryKind, type RecallFilters, type RecallOptions, tagProblem } from "./recallOptions.ts";
 import { type ContextEntry, summarizeContext, SUMMARY_DEFAULT_CHARS } from "./summarize.ts";
@@ -245,7 +245,9 @@ const makeMemory = Effect.gen(function* () {
       return bad(`A memory item is ${item.text.length} characters; at most ${MAX_ITEM_CHARS}`);
     }
     const problem = item.tags === undefined ? undefined : tagProblem(item.tags);
-    return problem ? bad(problem) : undefined;
+    if (problem) return bad(problem);
+    const unstorable = storableProblem([item.text, item.tags ?? [], item.cites ?? []]);
+    return unstorable ? bad(`A memory item ${unstorable}`) : undefined;
   };
 
   const rememberAll = Effect.fn("Memory.rememberAll")(function* (items: ReadonlyArray<RememberInput>) {
@@ -342,6 +344,9 @@ const makeMemory = Effect.gen(function* () {
     if (typeof query !== "string" || query.trim() === "") {
       return yield* new InvalidInputError({ message: 'A recall needs a non-empty "query" string' });
     }
+    // Recalls are logged (`recall_log`): a query Postgres cannot store is refused before it runs.
+    const unstorable = storableProblem(query);
+    if (unstorable) return yield* new InvalidInputError({ message: `A recall's query ${unstorable}` });
     const limit = options.limit ?? 10;
     const depth = Math.min(200, Math.max(50, limit * 5));
     const [vector] = yield* embedder.embed([query]);

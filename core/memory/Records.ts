@@ -15,6 +15,7 @@ import { InvalidInputError, NotFoundError, type StoreError } from "../errors/mod
 import { canonicalJson, type JsonSchema, schemaErrors, schemaProblem, sha256Hex } from "../manifest/mod.ts";
 import { MemoryDb } from "./MemoryDb.ts";
 import type { Provenance } from "./Memory.ts";
+import { storableProblem } from "./_text.ts";
 
 /** A collection and its schema. */
 export interface CollectionInfo {
@@ -164,6 +165,8 @@ export class Records extends Context.Service<Records, {
         if ((schema as JsonSchema).type !== "object") {
           return yield* invalid(`The schema of collection "${name}" must have "type": "object" (records are objects)`);
         }
+        const unstorable = storableProblem(schema);
+        if (unstorable) return yield* invalid(`The schema of collection "${name}" ${unstorable}`);
         const why = schemaProblem(schema as JsonSchema);
         if (why) return yield* invalid(`The schema of collection "${name}" is not a usable JSON Schema: ${why}`);
         const schemaHash = yield* Effect.promise(() => sha256Hex(canonicalJson(schema)));
@@ -200,6 +203,9 @@ export class Records extends Context.Service<Records, {
             `A record id is 1 to 200 letters, digits or _.@:+-: got ${JSON.stringify(id)?.slice(0, 80)}`,
           );
         }
+        // Checked before anything walks it: JSON of a value nested thousands deep overflows the stack.
+        const unstorable = storableProblem(data);
+        if (unstorable) return yield* invalid(`Record "${collection}/${id}" ${unstorable}`);
         const json = JSON.stringify(data ?? null);
         const bytes = new TextEncoder().encode(json).length;
         if (bytes > MAX_RECORD_BYTES) {
@@ -287,6 +293,8 @@ export class Records extends Context.Service<Records, {
         if (q.after !== undefined && typeof q.after !== "string") {
           return yield* invalid('Option "after" must be a record id');
         }
+        const unstorable = storableProblem([q.where ?? {}, q.after ?? ""]);
+        if (unstorable) return yield* invalid(`A records query ${unstorable}`);
         const rows = yield* db.run("Cannot query records", async (pg) =>
           (await pg.query<Record<string, unknown>>(
             `select ${RECORD_COLUMNS} from records where collection = $1 and data @> $2::jsonb

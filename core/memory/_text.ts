@@ -18,3 +18,32 @@ export const words = (text: string): string[] => text.normalize("NFKC").toLowerC
 
 /** The distinct content words of a text (stopwords dropped), first occurrence first. */
 export const contentWords = (text: string): string[] => [...new Set(words(text).filter((w) => !STOPWORDS.has(w)))];
+
+/** How deep a JSON value Keel stores in Postgres may nest (deeper is refused, not walked). */
+export const MAX_STORED_DEPTH = 64;
+
+/**
+ * Why Postgres cannot store `value` as text or jsonb as it is, or undefined: a NUL character or a lone surrogate in
+ * a string or key (Postgres refuses both), or nesting deeper than `MAX_STORED_DEPTH`. Walked iteratively.
+ */
+export const storableProblem = (value: unknown): string | undefined => {
+  const stack: Array<[unknown, number]> = [[value, 0]];
+  const badText = (s: string) =>
+    s.includes("\u0000") ? "holds a NUL character" : s.isWellFormed() ? undefined : "holds a lone UTF-16 surrogate";
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v === "string") {
+      const bad = badText(v);
+      if (bad) return bad;
+      continue;
+    }
+    if (v === null || typeof v !== "object") continue;
+    if (depth >= MAX_STORED_DEPTH) return `nests deeper than ${MAX_STORED_DEPTH} levels`;
+    for (const [key, child] of Object.entries(v)) {
+      const bad = Array.isArray(v) ? undefined : badText(key);
+      if (bad) return bad;
+      stack.push([child, depth + 1]);
+    }
+  }
+  return undefined;
+};

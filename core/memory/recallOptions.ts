@@ -7,6 +7,10 @@
 import { Effect } from "effect";
 import { InvalidInputError } from "../errors/mod.ts";
 
+/** The first and last instants of the years 1 to 9999, what Postgres timestamps hold here. */
+const FIRST_STORABLE_MS = Date.parse("0001-01-01T00:00:00Z");
+const LAST_STORABLE_MS = Date.parse("9999-12-31T23:59:59.999Z");
+
 /** The kinds of memory item. */
 export const MEMORY_KINDS = ["fact", "preference", "note", "summary", "record-ref"] as const;
 /** One kind of memory item. */
@@ -94,7 +98,8 @@ export const parseRecallOptions = (
   for (const key of ["since", "until"] as const) {
     if (raw[key] === undefined) continue;
     const at = typeof raw[key] === "string" ? Date.parse(raw[key] as string) : NaN;
-    if (!Number.isFinite(at)) {
+    // Postgres keeps years 1 to 9999 here; JavaScript parses more.
+    if (!Number.isFinite(at) || at < FIRST_STORABLE_MS || at > LAST_STORABLE_MS) {
       return fail(
         `Option "${key}" must be an ISO 8601 time such as 2025-01-31T00:00:00Z: got ${JSON.stringify(raw[key])}`,
       );

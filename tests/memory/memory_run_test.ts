@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { Memory } from "../../core/memory/mod.ts";
-import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
 import { runCli } from "../_support/process.ts";
 import { freshDataDir } from "./_pg_template.ts";
 
@@ -317,4 +317,70 @@ Deno.test("`keel memory search` prints items with their provenance, and says how
     const help = await runCli(["memory", "--help"], { url: k.url });
     assert.match(help.stdout, /Usage: deno task keel memory search QUERY/);
   });
+});
+
+Deno.test("the memory and records routes answer what Postgres cannot store with a 400 naming it, and store nothing", async (t) => {
+  const k = await start(await freshDataDir());
+  try {
+    const put = await k.api("PUT", "/api/collections/contacts", { schema: { type: "object" } });
+    assert.equal(put.status, 200, JSON.stringify(put.body));
+    const deep = 5000;
+    const cases: Array<[string, () => Promise<{ status: number; body: any }>, RegExp]> = [
+      ["a recall query with a NUL", () => k.api("GET", "/api/memory?q=ada%00lovelace"), /NUL character/],
+      [
+        "a since year Postgres cannot hold",
+        () => k.api("GET", "/api/memory?q=ada&since=-010000-01-01T00:00:00Z"),
+        /Option "since" must be an ISO 8601 time/,
+      ],
+      [
+        "a record with a NUL",
+        () => k.api("PUT", "/api/collections/contacts/records/a", { data: { name: "x\u0000y" } }),
+        /NUL character/,
+      ],
+      [
+        "a record with a lone surrogate",
+        () => k.api("PUT", "/api/collections/contacts/records/b", { data: { name: "\ud800" } }),
+        /lone UTF-16 surrogate/,
+      ],
+      [
+        "a record key with a NUL",
+        () => k.api("PUT", "/api/collections/contacts/records/c", { data: { "na\u0000me": "x" } }),
+        /NUL character/,
+      ],
+      [
+        "a schema with a NUL",
+        () => k.api("PUT", "/api/collections/other", { schema: { type: "object", description: "a\u0000b" } }),
+        /NUL character/,
+      ],
+      [
+        "a where with a NUL",
+        () => k.api("GET", `/api/collections/contacts/records?where=${encodeURIComponent('{"name":"\\u0000"}')}`),
+        /NUL character/,
+      ],
+      ["an after with a NUL", () => k.api("GET", "/api/collections/contacts/records?after=%00"), /NUL character/],
+      [
+        "a record nested 5,000 deep (10 KB)",
+        async () => {
+          const res = await fetch(`${k.url}/api/collections/contacts/records/deep`, {
+            method: "PUT",
+            headers: { authorization: `Bearer ${TEST_TOKEN}`, "content-type": "application/json" },
+            body: `{"data":{"a":${"[".repeat(deep)}${"]".repeat(deep)}}}`,
+          });
+          return { status: res.status, body: await res.json() };
+        },
+        /nests deeper than 64 levels/,
+      ],
+    ];
+    for (const [name, call, message] of cases) {
+      await t.step(name, async () => {
+        const r = await call();
+        assert.equal(r.status, 400, `${r.status} ${JSON.stringify(r.body).slice(0, 300)}`);
+        assert.equal(r.body.error.tag, "InvalidInputError");
+        assert.match(r.body.error.message, message);
+      });
+    }
+    assert.deepEqual((await k.api("GET", "/api/collections/contacts/records")).body.records, []);
+  } finally {
+    await k.close();
+  }
 });
