@@ -15,13 +15,17 @@ completed effects, last first, through the Gateway: each is checked by policy,
 journaled and audited like any effect. Then removes what the run wrote to
 memory. Reads are skipped; an effect with no compensation is reported as not
 undoable. Running it again sends nothing new; a compensation that needs an
-approval waits for it: approve it, then run undo again.
-Only a finished (succeeded, failed) or cancelled run can be undone.`,
+approval waits for it: approve it, then run undo again; one that failed (the
+policy refused it, the connector said it failed) is tried again.
+Only a finished (succeeded, failed) or cancelled run can be undone.
+Exits 1 when a compensation failed, 2 when one waits for an approval.`,
   async run(args) {
     const { values, positionals } = flagsOf(args, { json: { type: "boolean" } });
     const runId = positionals[0];
     if (!runId) throw new UsageError("undo needs a RUN_ID");
     const report = await api("POST", `/api/runs/${encodeURIComponent(runId)}/undo`);
+    // An undo that is not complete says so in its exit code too (scripts check it).
+    Deno.exitCode = report.failed.length ? 1 : report.waiting.length ? 2 : 0;
     if (values.json) return print(report);
     for (const e of report.compensated) {
       console.log(

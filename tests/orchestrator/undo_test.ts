@@ -171,6 +171,9 @@ Deno.test("a compensation the policy gates waits for its approval without touchi
     assert.deepEqual(first.waiting.map((e: any) => [e.effect, e.compensation]), [["cal.book", "cal.release"]]);
     const approvalId = first.waiting[0].approvalId;
     assert.match(approvalId, /^apr_/);
+    const waiting = await cli(["undo", run.runId], { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN });
+    assert.equal(waiting.code, 2, "an undo that waits for an approval exits 2");
+    assert.match(waiting.stdout, new RegExp(`waiting  step 3 cal\\.book: approve ${approvalId}, then run undo again`));
     assert.equal(calls.length, 4, "nothing was undone past the gate, so the order holds");
     const view = (await k.api("GET", `/api/runs/${run.runId}`)).body;
     assert.equal(view.status, "succeeded", "the run stays as it ended");
@@ -247,6 +250,9 @@ Deno.test("a compensation the policy refused is sent by the next undo once the p
     // Asked again under the same policy, the refusal stands (and keeps its tag).
     const again = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
     assert.deepEqual(again.failed.map((e: any) => e.error.tag), ["PolicyDeniedError"]);
+    const out = await cli(["undo", run.runId], { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN });
+    assert.equal(out.code, 1, "an undo with a failed compensation exits 1");
+    assert.match(out.stdout, /failed {3}step 3 cal\.book: Policy denied effect "cal\.release"/);
     // The operator lifts the freeze; policy files reload live.
     await Deno.writeTextFile(`${k.policiesDir}/p.yaml`, POLICY);
     for (let i = 0; i < 100; i++) {
