@@ -792,11 +792,17 @@ export class Gateway extends Context.Service<Gateway, {
       });
 
       /** A replayed workflow asked another call than its journal holds at `r.seq`: refused, the step left alone. */
-      const diverged = Effect.fn("Gateway.diverged")(function* (r: EffectRequest, what: string) {
-        const error = new InvalidInputError({
-          message: `Workflow diverged from its journal at step ${r.seq}: ${what}`,
-          details: { seq: r.seq },
-        });
+      const diverged = (r: EffectRequest, what: string) =>
+        refuse(
+          r,
+          new InvalidInputError({
+            message: `Workflow diverged from its journal at step ${r.seq}: ${what}`,
+            details: { seq: r.seq },
+          }),
+        );
+
+      /** Refuse a request without touching its step (it is not this request's to write): audited. */
+      const refuse = Effect.fn("Gateway.refuse")(function* (r: EffectRequest, error: InvalidInputError) {
         yield* audit.append({
           type: "effect.rejected",
           actor: actorOf(r),
@@ -831,16 +837,12 @@ export class Gateway extends Context.Service<Gateway, {
       const request = Effect.fn("Gateway.request")(function* (r: EffectRequest) {
         if (!r.undo && r.seq >= UNDO_SEQ_BASE) {
           // Those steps are undo's; a workflow that numbers its calls that high is refused before it touches them.
-          const error = new InvalidInputError({
-            message: `Step ${r.seq} is reserved for undo: a workflow's steps are numbered below ${UNDO_SEQ_BASE}`,
-          });
-          yield* audit.append({
-            type: "effect.rejected",
-            actor: actorOf(r),
-            runId: r.runId,
-            data: { effect: r.effect, seq: r.seq, error: toErrorBody(error) },
-          });
-          return yield* error;
+          return yield* refuse(
+            r,
+            new InvalidInputError({
+              message: `Step ${r.seq} is reserved for undo: a workflow's steps are numbered below ${UNDO_SEQ_BASE}`,
+            }),
+          );
         }
         const prior = yield* journal.getStep(r.runId, r.seq);
         if (prior && (prior.kind !== "effect" || prior.name !== stepNameOf(r))) {

@@ -90,9 +90,9 @@ interface RetryKeel {
   audit(runId: string, type: string): Promise<any[]>;
 }
 
-const withRetryKeel = async (fn: (t: RetryKeel) => Promise<void>, rpcTimeoutMs = 10_000) => {
+const withRetryKeel = async (fn: (t: RetryKeel) => Promise<void>, rpcTimeoutMs = 10_000, policy = POLICY) => {
   const witness = await startWitness();
-  const k = await startTestKeel({ policies: { "p.yaml": POLICY }, rpcTimeoutMs });
+  const k = await startTestKeel({ policies: { "p.yaml": policy }, rpcTimeoutMs });
   try {
     const flaky = await k.api("POST", "/api/plugins", {
       path: `${ROOT}/tests/fixtures/retry/flaky`,
@@ -408,42 +408,31 @@ Deno.test("a recorded failure is answered again under its own tag: a denial stay
     match: { effect: flaky.post }
     decision: deny
 `;
-  const witness = await startWitness();
-  const k = await startTestKeel({ policies: { "p.yaml": denyPost } });
-  try {
-    const flaky = await k.api("POST", "/api/plugins", {
-      path: `${ROOT}/tests/fixtures/retry/flaky`,
-      grant: { net: [`${witness.host}:${witness.port}`] },
-      config: { host: witness.host, port: witness.port },
-    });
-    assert.equal(flaky.status, 201, JSON.stringify(flaky.body));
-    assert.equal(
-      (await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/caller`, grant: {} })).status,
-      201,
-    );
-    const ask = () =>
-      k.keel.runtime.runPromiseExit(Effect.gen(function* () {
-        const agent = yield* PluginHost.use((h) => h.get("caller"));
-        return yield* Gateway.use((g) =>
-          g.request({
-            runId: "run_denied",
-            seq: 1,
-            agent,
-            workflow: "flaky_call",
-            effect: "flaky.post",
-            args: { tag: "d" },
-          })
-        );
-      }));
-    const tags: string[] = [];
-    for (const exit of [await ask(), await ask()]) {
-      assert.equal(exit._tag, "Failure");
-      tags.push((Cause.squash((exit as any).cause) as any)._tag);
-    }
-    assert.deepEqual(tags, ["PolicyDeniedError", "PolicyDeniedError"]);
-    assert.equal(witness.of("d").length, 0);
-  } finally {
-    await k.close();
-    await witness.close();
-  }
+  await withRetryKeel(
+    async ({ k, witness }) => {
+      const ask = () =>
+        k.keel.runtime.runPromiseExit(Effect.gen(function* () {
+          const agent = yield* PluginHost.use((h) => h.get("caller"));
+          return yield* Gateway.use((g) =>
+            g.request({
+              runId: "run_denied",
+              seq: 1,
+              agent,
+              workflow: "flaky_call",
+              effect: "flaky.post",
+              args: { tag: "d" },
+            })
+          );
+        }));
+      const tags: string[] = [];
+      for (const exit of [await ask(), await ask()]) {
+        assert.equal(exit._tag, "Failure");
+        tags.push((Cause.squash((exit as any).cause) as any)._tag);
+      }
+      assert.deepEqual(tags, ["PolicyDeniedError", "PolicyDeniedError"]);
+      assert.equal(witness.of("d").length, 0);
+    },
+    10_000,
+    denyPost,
+  );
 });
