@@ -112,7 +112,12 @@ interface Waiting extends GroupWrite {
 const refused = (scope: string) => new Error(`an earlier write of "${scope}" failed; refusing later ones`);
 
 /** Make a group committer; `kv` must stay open while writes are submitted. */
-export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
+export const makeGroupCommitter = (
+  kv: Deno.Kv,
+  /** How long riders wait for a shared commit before they go alone (`RIDE_MS`; tests set it far off). */
+  options: { readonly rideMs?: number } = {},
+): GroupCommitter => {
+  const rideMs = options.rideMs ?? RIDE_MS;
   const queue: Waiting[] = [];
   let running = false;
   let commits = 0;
@@ -135,7 +140,7 @@ export const makeGroupCommitter = (kv: Deno.Kv): GroupCommitter => {
     rideTimer = setTimeout(() => {
       rideTimer = undefined;
       if (riders.length) flushRiders().catch(() => {});
-    }, RIDE_MS);
+    }, rideMs);
     Deno.unrefTimer(rideTimer);
   };
 
