@@ -11,6 +11,7 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import {
+  cappedFetch,
   kindOfStatus,
   type ModelProvider,
   type ProviderAnswer,
@@ -76,6 +77,7 @@ export const anthropicProvider = (settings: AnthropicSettings): ModelProvider =>
     baseURL: settings.baseURL,
     maxRetries: 0,
     timeout: settings.timeoutMs,
+    fetch: cappedFetch(),
   });
   return {
     name: settings.name,

@@ -143,10 +143,10 @@ const makeRouter = (
     );
 
   /** Policy and budget for a paid call: the decision whose limits to charge, or a denial. */
-  const authorize = Effect.fn("ModelRouter.authorize")(function* (
+  /** The policy's word on a paid call (deny and approve both refuse); limits are counted by `authorize`. */
+  const permitted = Effect.fn("ModelRouter.permitted")(function* (
     provider: ModelProvider,
     call: ProviderCall,
-    price: Price,
     ctx: ModelCallContext,
     tainted: boolean,
   ) {
@@ -180,6 +180,19 @@ const makeRouter = (
       // A model call cannot park the run for a human yet: fail closed rather than call unapproved.
       return yield* deny(`rule "${decision.rule}" asks for approval, which model calls do not support yet`);
     }
+    return { decision, deny };
+  });
+
+  const authorize = Effect.fn("ModelRouter.authorize")(function* (
+    provider: ModelProvider,
+    call: ProviderCall,
+    price: Price,
+    ctx: ModelCallContext,
+    tainted: boolean,
+  ) {
+    const allowed = yield* permitted(provider, call, ctx, tainted);
+    if ("denied" in allowed) return allowed;
+    const { decision, deny } = allowed;
     const inputTokens = estimateTokens(call.system + JSON.stringify(call.messages) + JSON.stringify(call.tools));
     const worstTokens = inputTokens + call.maxTokens;
     const worstUsd = toUsd(costMicroUsd(price, { inputTokens, outputTokens: call.maxTokens }));
@@ -204,6 +217,13 @@ const makeRouter = (
     const key = config.cache.enabled && deterministic ? yield* cacheKey(provider.name, call) : undefined;
     if (key) {
       const hit = yield* cache.get(key);
+      // A paid answer is served from the cache only to a caller the policy would let call for it (it costs nothing,
+      // so no limit counts it).
+      const refused = hit && provider.paid ? yield* permitted(provider, call, ctx, tainted) : undefined;
+      if (refused && "denied" in refused) {
+        note({ outcome: "denied", message: refused.denied.message });
+        return refused;
+      }
       if (hit) {
         note({ outcome: "cached" });
         return { answer: hit, cached: true, costMicro: 0 } satisfies Answered;

@@ -9,6 +9,7 @@
  */
 import { Ollama } from "ollama";
 import {
+  cappedFetch,
   kindOfStatus,
   type ModelProvider,
   type ProviderAnswer,
@@ -67,7 +68,7 @@ export const ollamaProvider = (settings: OllamaSettings): ModelProvider => ({
       host: settings.host,
       fetch: async (input: RequestInfo | URL, init?: RequestInit) => {
         const signals = init?.signal ? [init.signal, signal] : [signal];
-        const res = await fetch(input, { ...init, signal: AbortSignal.any(signals) });
+        const res = await cappedFetch()(input, { ...init, signal: AbortSignal.any(signals) });
         lastHeaders = res.headers;
         return res;
       },

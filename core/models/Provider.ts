@@ -114,3 +114,26 @@ export const retryAfterMs = (headers: Headers | undefined, nowMs: number): numbe
 /** The failure kind for an HTTP status. */
 export const kindOfStatus = (status: number): FailureKind =>
   status === 429 ? "rate_limited" : status >= 500 ? "server" : status === 408 ? "timeout" : "rejected";
+
+/** Most bytes Keel reads of one provider answer, on the wire (a whole answer is journaled in at most 60 KB). */
+export const MAX_ANSWER_WIRE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * `fetch`, with the answer's body cut off with an error past `limit` bytes: a provider (or whatever answers at its
+ * address) that streams without end must not fill the host's memory before the call's timeout.
+ */
+export const cappedFetch = (limit = MAX_ANSWER_WIRE_BYTES) => async (input: RequestInfo | URL, init?: RequestInit) => {
+  const res = await fetch(input, init);
+  if (!res.body) return res;
+  let read = 0;
+  const counted = res.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        read += chunk.length;
+        if (read > limit) controller.error(new Error(`the answer is over ${limit} bytes; Keel stops reading it`));
+        else controller.enqueue(chunk);
+      },
+    }),
+  );
+  return new Response(counted, { status: res.status, statusText: res.statusText, headers: res.headers });
+};

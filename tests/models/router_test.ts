@@ -536,3 +536,61 @@ Deno.test("Keel refuses to start with a models.json that does not validate, nami
     });
   }
 });
+
+Deno.test("ModelRouter serves a cached paid answer only to a caller the policy lets call for it", async () => {
+  await withPeers(async (p, start) => {
+    const router = await start(undefined, {
+      "models.yaml": `default: allow
+rules:
+  - id: no-cloud-for-intruder
+    match: { effect: model.generate, agent: intruder }
+    decision: deny
+`,
+    });
+    p.claude.fallback = () => ({ content: [{ type: "text", text: "paid answer" }], usage: { input: 10, output: 10 } });
+    const trusted = await router.generate(ask("claude-only", "Same question"), { agent: "trusted" });
+    assert.equal(trusted.text, "paid answer");
+    const refused = await router.fail(ask("claude-only", "Same question"), { agent: "intruder" });
+    assert.equal(refused._tag, "PolicyDeniedError");
+    assert.match(refused.message, /rule "no-cloud-for-intruder"/);
+    assert.equal((await router.generate(ask("claude-only", "Same question"), { agent: "trusted" })).cached, true);
+    assert.equal(p.claude.requests.length, 1);
+  });
+});
+
+Deno.test("ModelRouter stops reading an answer that streams without end: the attempt fails, the host's memory stays bounded", async () => {
+  let sent = 0;
+  const chunk = new TextEncoder().encode(
+    JSON.stringify({
+      model: "m",
+      created_at: "2026-01-01T00:00:00Z",
+      message: { role: "assistant", content: "x".repeat(64 * 1024) },
+      done: false,
+    }) + "\n",
+  );
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    await req.text();
+    const body = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (sent >= 64 * 1024 * 1024) return c.close();
+        sent += chunk.length;
+        c.enqueue(chunk);
+      },
+    });
+    return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
+  });
+  const router = await startRouter({
+    providers: { local: { type: "ollama", host: `http://127.0.0.1:${server.addr.port}`, timeoutMs: 60_000 } },
+    routes: [{ purpose: "draft", use: [{ provider: "local", model: "m" }, { provider: "offline" }] }],
+    retry: { maxAttempts: 1, baseDelayMs: 5, maxDelayMs: 50 },
+  });
+  try {
+    const answer = await router.generate(ask("draft", "hi", { maxTokens: 100 }));
+    assert.equal(answer.provider, "offline", "the endless answer failed and the next provider answered");
+    assert.match(answer.attempts[0].message ?? "", /Ollama/);
+    assert.ok(sent < 16 * 1024 * 1024, `Keel read ${sent} bytes of one answer`);
+  } finally {
+    await router.close();
+    await server.shutdown();
+  }
+});
