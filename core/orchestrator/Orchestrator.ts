@@ -1741,6 +1741,15 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           } else if (run.status === "queued" || run.status === "sleeping") {
             queue.add(run);
             if (run.status === "queued") n++;
+          } else if (run.status === "waiting_child") {
+            // A child's end and its parent's wake-up are two commits: a crash between them left the parent
+            // waiting for a child that has ended. Wake it now, as the child's end would have.
+            for (const step of yield* journal.steps(run.id)) {
+              const childId = (step.args as { runId?: unknown } | undefined)?.runId;
+              if (step.kind !== "child" || step.status === "done" || typeof childId !== "string") continue;
+              const child = yield* journal.getRun(childId);
+              if (child && TERMINAL.has(child.status)) yield* resumeParent(child);
+            }
           }
         }
         pump();

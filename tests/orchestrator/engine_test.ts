@@ -434,3 +434,40 @@ Deno.test("a connector's concurrency limit makes its calls wait their turn at th
     await k.close();
   }
 });
+
+Deno.test("a parent whose child ended just before a crash (two commits) resumes after the restart", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "keel-child-crash-" });
+  try {
+    let parentId: string;
+    let childId: string;
+    const first = await startTestKeel({ dataDir });
+    try {
+      await install(first);
+      parentId = (await start(first, "parent", { n: 1, child: "gate" })).id;
+      const parked = await until(first, parentId, ["waiting_child"]);
+      const step = parked.steps.find((s: { kind: string }) => s.kind === "child") as { args: { runId: string } };
+      childId = step.args.runId;
+      assert.equal((await until(first, childId, ["waiting_approval"])).status, "waiting_approval");
+      // Only the first of the two commits happens (the child's end); then the host stops.
+      const ended = await first.keel.runtime.runPromise(
+        Journal.use((j) =>
+          j.updateRun(childId, { status: "succeeded", output: { ok: 1 }, waitingFor: undefined }, ["waiting_approval"])
+        ),
+      );
+      assert.equal(ended?.status, "succeeded");
+    } finally {
+      await first.close();
+    }
+    const second = await startTestKeel({ dataDir });
+    try {
+      const parent = await until(second, parentId, ["succeeded", "failed", "cancelled"]);
+      assert.equal(parent.status, "succeeded", JSON.stringify(parent));
+      const child = parent.steps.find((s: { kind: string }) => s.kind === "child")!;
+      assert.equal(child.status, "done");
+    } finally {
+      await second.close();
+    }
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
