@@ -63,6 +63,7 @@ import { argsDepth, Gateway, MAX_ARGS_DEPTH, UNDO_SEQ_BASE } from "../gateway/mo
 import { type CallError, type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
 import { answerMemoryCall } from "./memoryCall.ts";
+import { divergence } from "./_diverged.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
 import { Audit } from "../telemetry/mod.ts";
@@ -385,15 +386,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (fresh.some((f) => f.seq === seq)) return refuse(`Step ${seq} is checkpointed twice in one batch`);
           const prior = known.get(seq);
           if (prior) {
-            if (prior.name !== item.name || prior.kind !== "step") {
-              return lost(
-                new InvalidInputError({
-                  message:
-                    `Workflow diverged from its journal at step ${seq}: recorded ${prior.kind} "${prior.name}", code asked for step "${item.name}"`,
-                  details: { seq },
-                }),
-              );
-            }
+            const diverged = divergence(prior, seq, "step", item.name);
+            if (diverged) return lost(diverged);
             continue;
           }
           const step: StepRecord = {
@@ -493,9 +487,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               });
             case "memory.remember": {
               const prior = yield* journal.getStep(run.id, call.seq);
-              if (prior && (prior.kind !== "memory" || prior.name !== call.name)) {
-                return yield* diverged(prior, call, "memory");
-              }
+              const diverged = divergence(prior, call.seq, "memory", call.name);
+              if (diverged) return yield* diverged;
               if (prior?.status === "done") return prior.value;
               const item = call.item;
               if (typeof item?.text !== "string" || typeof item.kind !== "string") {
@@ -553,25 +546,13 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return yield* new RunSuspendedError({ message: parked?.waitingFor?.reason ?? `Run is ${patch.status}` });
       });
 
-      /**
-       * A call asked where the journal holds another one (an effect whose outcome is unknown, say): refused, and
-       * what is recorded there is left as it is.
-       */
-      const diverged = (prior: StepRecord, call: { seq: number; name: string }, kind: StepRecord["kind"]) =>
-        Effect.fail(
-          new InvalidInputError({
-            message:
-              `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for ${kind} "${call.name}"`,
-            details: { seq: call.seq },
-          }),
-        );
-
       const sleepCall = Effect.fn("Orchestrator.sleep")(function* (
         run: RunRecord,
         call: Extract<HostCall, { op: "sleep" }>,
         prior: StepRecord | undefined,
       ) {
-        if (prior && (prior.kind !== "timer" || prior.name !== call.name)) return yield* diverged(prior, call, "timer");
+        const diverged = divergence(prior, call.seq, "timer", call.name);
+        if (diverged) return yield* diverged;
         if (prior?.status === "done") return null;
         const now = yield* Clock.currentTimeMillis;
         const recordedWake = (prior?.value as { wakeAt?: number } | undefined)?.wakeAt;
@@ -617,9 +598,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         state: PassState,
       ) {
         const prior = known.get(call.seq);
-        if (prior && (prior.kind !== "approval" || prior.name !== call.name)) {
-          return yield* diverged(prior, call, "approval");
-        }
+        const diverged = divergence(prior, call.seq, "approval", call.name);
+        if (diverged) return yield* diverged;
         if (prior?.status === "done") return prior.value;
         const request = call.request;
         if (typeof request?.message !== "string" || !request.message.trim() || request.message.length > 2000) {
@@ -690,7 +670,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         call: Extract<HostCall, { op: "child" }>,
         prior: StepRecord | undefined,
       ) {
-        if (prior && (prior.kind !== "child" || prior.name !== call.name)) return yield* diverged(prior, call, "child");
+        const diverged = divergence(prior, call.seq, "child", call.name);
+        if (diverged) return yield* diverged;
         if (prior?.status === "done") return prior.value;
         const childId = `${run.id}.c${call.seq}`;
         let child = yield* journal.getRun(childId);

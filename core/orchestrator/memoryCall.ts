@@ -15,6 +15,7 @@ import type { Journal, RunRecord } from "../journal/mod.ts";
 import type { InstalledPlugin } from "../plugins/mod.ts";
 import { type Memory, parseRecallOptions, type Records } from "../memory/mod.ts";
 import { MEMORY_OPS, type MemoryOp } from "../sdk/mod.ts";
+import { divergence } from "./_diverged.ts";
 
 /** The services a memory call needs. */
 export interface MemoryCallServices {
@@ -57,13 +58,8 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   const name = MEMORY_OPS[call.op];
   if (call.name !== name) return yield* bad(`Workflow call "${call.op}" must be recorded as "${name}"`);
   const prior = yield* journal.getStep(run.id, call.seq);
-  if (prior && (prior.kind !== "memory" || prior.name !== name)) {
-    return yield* new InvalidInputError({
-      message:
-        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for memory "${name}"`,
-      details: { seq: call.seq },
-    });
-  }
+  const diverged = divergence(prior, call.seq, "memory", name);
+  if (diverged) return yield* diverged;
   if (prior?.status === "done") return prior.value;
   const args = call.args;
   if (args === null || typeof args !== "object" || Array.isArray(args)) {

@@ -11,12 +11,13 @@
  * and audited with its provider, tokens, cost and taint.
  */
 import { Clock, Context, Effect } from "effect";
-import { EffectNotDeclaredError, InvalidInputError, ModelOutputError, toErrorBody } from "../errors/mod.ts";
+import { EffectNotDeclaredError, ModelOutputError, toErrorBody } from "../errors/mod.ts";
 import { Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { ModelRouter, type ResolvedTool, snippetsOf, type TaintSnippet } from "../models/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, ModelResult } from "../sdk/mod.ts";
+import { divergence } from "./_diverged.ts";
 
 /** A workflow's model call, as it arrives from the plugin. */
 export type ModelCall = Extract<HostCall, { op: "model.generate" }>;
@@ -96,13 +97,8 @@ export const answerModelCall = Effect.fn("Orchestrator.modelCall")(function* (
   const { journal, host, models, audit, taint } = deps;
   const prior = yield* journal.getStep(run.id, call.seq);
   // Whatever another call recorded here (an effect whose outcome is unknown, say) is not overwritten.
-  if (prior && (prior.kind !== "model" || prior.name !== call.name)) {
-    return yield* new InvalidInputError({
-      message:
-        `Workflow diverged from its journal at step ${call.seq}: recorded ${prior.kind} "${prior.name}", code asked for model "${call.name}"`,
-      details: { seq: call.seq },
-    });
-  }
+  const diverged = divergence(prior, call.seq, "model", call.name);
+  if (diverged) return yield* diverged;
   if (prior?.status === "done") return prior.value as ModelResult;
   const request = call.request;
   const tools: ResolvedTool[] = [];
