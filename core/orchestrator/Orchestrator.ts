@@ -66,7 +66,7 @@ import { answerMemoryCall } from "./memoryCall.ts";
 import { divergence } from "./_diverged.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
-import { Audit } from "../telemetry/mod.ts";
+import { Audit, pathMarks } from "../telemetry/mod.ts";
 import type { HostCall, JournalEntry, WireError } from "../sdk/mod.ts";
 import { SUSPENDED } from "../sdk/mod.ts";
 
@@ -1048,6 +1048,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           journal.runWrite(start ? state.held!.prev : current, done),
           write,
         ]);
+        pathMarks.at?.("submitted");
         if (start) {
           state.held!.carriedBy(commit);
           dropTimer(state.held!);
@@ -1058,6 +1059,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const known = state.partial ? undefined : state.known;
         if (known) queueMicrotask(() => (view = { ...done, steps: [...known.values()].sort((a, b) => a.seq - b.seq) }));
         const durable = commit.then(() => {
+          pathMarks.at?.("durable");
           if (!view) return;
           if (ended.size >= ENDED_VIEWS) ended.delete(ended.keys().next().value!);
           ended.set(run.id, { view, at: Date.now() });
@@ -1495,6 +1497,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           workflowEntries(known.values()),
           (agent) => handle(resumedRun, agent, known, state),
         );
+        pathMarks.at?.("posted");
         forgetParked(run.id);
         // What the decision writes is prepared while the Worker runs the workflow (after the Worker's answer
         // this thread would start cold), its audit event hashed too. The event's place in the chain is taken
@@ -1517,6 +1520,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             // A workflow that returned, with nothing in the way, ends its run here (what `conclude` would do):
             // the pass's fiber is not woken between the Worker's answer and the commit.
             outcome: call.then((value): BegunPass["outcome"] | { value: unknown } => {
+              pathMarks.at?.("answered");
               if (cancelling.has(resumedRun.id) || state.checkpointFailure !== undefined) return { value };
               const { done, durable } = endRun(resumedRun, state, returned(resumedRun, value));
               return durable.then(() => ({ ended: done }), (error: StoreError) => ({ lost: error }));
@@ -1531,6 +1535,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       };
 
       const decide = Effect.fnUntraced(function* (approvalId: string, d: Decision) {
+        pathMarks.at?.("decide");
         if (d.note !== undefined && (typeof d.note !== "string" || d.note.length > MAX_NOTE_CHARS)) {
           return yield* new InvalidInputError({
             message: `A decision's note must be a string of at most ${MAX_NOTE_CHARS} characters`,

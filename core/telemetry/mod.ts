@@ -3,3 +3,4 @@
  * Semantic events and the tamper-evident audit log.
  */
 export * from "./Audit.ts";
+export * from "./marks.ts";

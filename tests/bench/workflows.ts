@@ -16,7 +16,9 @@
  *   call to the run's completion, 200 times. After each W2 run the bench
  *   samples the machine's floor for it (`machineFloor`: an echo Worker round
  *   trip and a one-key durable KV commit, no Keel) so the table shows how much
- *   of W2 is Keel's own.
+ *   of W2 is Keel's own. The rows "W2 part" split W2 by the host's marks
+ *   (`pathMarks` in `core/telemetry/marks.ts`): each part's median and p99 over
+ *   the same runs (medians of parts need not add up to the median of the whole).
  *
  * `--w2` (or `deno task bench --only w2`) runs W2 alone.
  *
@@ -29,6 +31,7 @@ import { type Keel, startKeel } from "../../core/mod.ts";
 import { keelRoot } from "../../core/config/mod.ts";
 import { PluginHost } from "../../core/plugins/mod.ts";
 import { Orchestrator, type RunView } from "../../core/orchestrator/mod.ts";
+import { type PathMark, pathMarks } from "../../core/telemetry/mod.ts";
 
 /** One row of the workflow table (times in ms). */
 export interface WorkflowBenchRow {
@@ -121,6 +124,19 @@ const machineFloor = async (dir: string) => {
     },
   };
 };
+
+/** W2's parts, between the host's marks (`pathMarks`) and the bench's own. */
+const W2_PARTS: ReadonlyArray<{ from: PathMark | "start"; to: PathMark | "done"; what: string }> = [
+  {
+    from: "start",
+    to: "posted",
+    what: "Keel: take the decision, answer the gate in the journal, post the workflow call",
+  },
+  { from: "posted", to: "answered", what: "Worker round trip: deliver, replay the journal, run the step, answer" },
+  { from: "answered", to: "submitted", what: "Keel: check the answer, build the run's end" },
+  { from: "submitted", to: "durable", what: "the one commit: decision, steps, run and audit events, made durable" },
+  { from: "durable", to: "done", what: "Keel: answer `decide`; `wait` sees the run succeeded" },
+];
 
 /** Run `total` calls of `f`, at most `width` at a time. */
 const inFlight = async (total: number, width: number, f: () => Promise<unknown>) => {
@@ -283,6 +299,9 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
     }
 
     // -------------------------------------------------------------------- W2
+    /** Each timed W2 run's marks, ms from its start (only while `marked`). */
+    const w2Marks: Array<Map<string, number>> = [];
+    let marked = false;
     /** Start a W2 run, let it park, then time decide → succeeded. */
     const w2 = async () => {
       const parked = await k.runtime.runPromise(
@@ -294,7 +313,10 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
       );
       if (parked.status !== "waiting_approval" || !parked.waitingFor) fail(parked, "waiting_approval");
       const approvalId = parked.waitingFor!.approvalId;
+      const seen = new Map<string, number>();
       const t = performance.now();
+      // The first of each mark: the run's own (nothing else runs meanwhile).
+      if (marked) pathMarks.at = (mark) => seen.has(mark) || seen.set(mark, performance.now() - t);
       const done = await k.runtime.runPromise(
         Effect.gen(function* () {
           const o = yield* Orchestrator;
@@ -303,6 +325,8 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
         }),
       );
       const ms = performance.now() - t;
+      pathMarks.at = undefined;
+      if (marked) w2Marks.push(seen.set("start", 0).set("done", ms));
       if (done.status !== "succeeded") fail(done, "succeeded");
       return ms;
     };
@@ -316,6 +340,7 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
       const w2ms: number[] = [];
       const floorMs: number[] = [];
       const rssW2 = rssSampler();
+      marked = true;
       for (let i = 0; i < N.w2; i++) {
         w2ms.push(await w2());
         floorMs.push(await floor.sample());
@@ -338,6 +363,16 @@ export const benchWorkflows = async (options: WorkflowBenchOptions = {}): Promis
         note: "what any engine pays here for W2's one Worker round trip and one durable commit, sampled " +
           "after each W2 run (after ~1 ms idle, as W2's commit is)",
       });
+      // Runs that took another path (no quick resumption) lack marks: the parts cover the others.
+      const complete = w2Marks.filter((m) => W2_PARTS.every((p) => m.has(p.from) && m.has(p.to)));
+      for (const part of W2_PARTS) {
+        if (!complete.length) break;
+        rows.push({
+          what: `W2 part: ${part.from} → ${part.to}`,
+          ...stats(complete.map((m) => m.get(part.to)! - m.get(part.from)!)),
+          note: part.what,
+        });
+      }
     } finally {
       await floor.close();
     }
