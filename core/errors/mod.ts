@@ -147,3 +147,7 @@ export const fromErrorBody = (body: ErrorBody): KeelError | undefined => {
   const make = BY_TAG[body.tag as keyof typeof BY_TAG];
   return make ? new make({ message: body.message, details: body.details }) : undefined;
 };
+
+/** A failure the journal recorded, made again for a replay: under its own tag, or as the plugin's failure. */
+export const recordedError = (body: ErrorBody): KeelError =>
+  fromErrorBody(body) ?? new PluginFailedError({ message: body.message, details: body });

@@ -41,10 +41,10 @@ import {
   ConflictError,
   EffectNotDeclaredError,
   type ErrorBody,
-  fromErrorBody,
   InvalidInputError,
   PluginFailedError,
   PolicyDeniedError,
+  recordedError,
   RunSuspendedError,
   type StoreError,
   toErrorBody,
@@ -63,7 +63,7 @@ import {
   type PolicyRequest,
   type Usage,
 } from "../policy/mod.ts";
-import { type ApprovalRecord, Journal, type StepRecord, timeOrderedId } from "../journal/mod.ts";
+import { type ApprovalRecord, divergedAt, Journal, type StepRecord, timeOrderedId } from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
@@ -792,14 +792,7 @@ export class Gateway extends Context.Service<Gateway, {
       });
 
       /** A replayed workflow asked another call than its journal holds at `r.seq`: refused, the step left alone. */
-      const diverged = (r: EffectRequest, what: string) =>
-        refuse(
-          r,
-          new InvalidInputError({
-            message: `Workflow diverged from its journal at step ${r.seq}: ${what}`,
-            details: { seq: r.seq },
-          }),
-        );
+      const diverged = (r: EffectRequest, what: string) => refuse(r, divergedAt(r.seq, what));
 
       /** Refuse a request without touching its step (it is not this request's to write): audited. */
       const refuse = Effect.fn("Gateway.refuse")(function* (r: EffectRequest, error: InvalidInputError) {
@@ -825,7 +818,7 @@ export class Gateway extends Context.Service<Gateway, {
 
       /** A recorded failure, answered again under its own tag (a denial stays a denial on every replay). */
       const recordedFailure = (r: EffectRequest, prior: StepRecord) => {
-        const again = prior.error ? fromErrorBody(prior.error) : undefined;
+        const again = prior.error ? recordedError(prior.error) : undefined;
         return Effect.fail(
           again && again._tag !== "RunSuspendedError" ? again : new PluginFailedError({
             message: prior.error?.message ?? `Effect "${r.effect}" failed`,

@@ -50,8 +50,10 @@ import {
 } from "../errors/mod.ts";
 import {
   type ApprovalRecord,
+  divergence,
   type GateWatch,
   type GroupWrite,
+  isDivergence,
   Journal,
   type RunRecord,
   type RunTrigger,
@@ -62,8 +64,7 @@ import {
 import { argsDepth, Gateway, MAX_ARGS_DEPTH, UNDO_SEQ_BASE } from "../gateway/mod.ts";
 import { type CallError, type InstalledPlugin, MAX_IN_FLIGHT, PluginHost } from "../plugins/mod.ts";
 import { Memory, type RecallLogEntry, Records } from "../memory/mod.ts";
-import { answerMemoryCall } from "./memoryCall.ts";
-import { divergence } from "./_diverged.ts";
+import { answerMemoryCall, recordedOutcome, recordOutcome } from "./memoryCall.ts";
 import { ModelRouter } from "../models/mod.ts";
 import { answerModelCall, makeRunTaint } from "./modelCall.ts";
 import { Audit, pathMarks } from "../telemetry/mod.ts";
@@ -106,12 +107,17 @@ export const MAX_STEP_BYTES = 60 * 1024;
 export const MAX_RUN_INPUT_BYTES = 48 * 1024;
 /** Longest note an approval decision may carry, in characters (it is journaled and audited). */
 export const MAX_NOTE_CHARS = 2000;
+/** The latest time a `Date` holds (ms since 1970): a timer must wake by then. */
+const MAX_TIME_MS = 8.64e15;
 /** Most checkpoints one call (or one workflow result) may carry. */
 const MAX_CHECKPOINTS_PER_CALL = 1000;
 
 /** What one pass of a run learns while its workflow executes. */
 interface PassState {
-  /** A checkpoint the workflow did not wait for failed: the run must not end as if it held. */
+  /**
+   * A checkpoint the workflow did not wait for failed, or the workflow diverged from its journal (`isDivergence`:
+   * every later call is refused): the run must not end as if it held.
+   */
   checkpointFailure?: unknown;
   /** Checkpoints that came with the workflow's result: recorded in the commit that ends the run. */
   readonly trailing: StepRecord[];
@@ -430,6 +436,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         call: HostCall,
         trailing?: boolean,
       ): Promise<unknown> => {
+        // A run that diverged from its journal goes no further, whatever its workflow made of the error.
+        if (isDivergence(state.checkpointFailure)) return Promise.reject(wire(state.checkpointFailure));
         if (call.op === "checkpoints" || call.op === "checkpoint") {
           return checkpoints(run, known, state, call, trailing === true);
         }
@@ -489,29 +497,20 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               const prior = yield* journal.getStep(run.id, call.seq);
               const diverged = divergence(prior, call.seq, "memory", call.name);
               if (diverged) return yield* diverged;
-              if (prior?.status === "done") return prior.value;
+              const recorded = recordedOutcome(prior);
+              if (recorded) return yield* recorded;
               const item = call.item;
               if (typeof item?.text !== "string" || typeof item.kind !== "string") {
                 return yield* new InvalidInputError({ message: "A memory item needs text and kind" });
               }
-              const result = yield* memory.remember({
+              const outcome = yield* Effect.result(memory.remember({
                 scope: `agent:${agent.name}`,
                 kind: item.kind,
                 text: item.text,
                 tags: Array.isArray(item.tags) ? item.tags.filter((t) => typeof t === "string") : [],
                 provenance: { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` },
-              });
-              const at = yield* nowIso;
-              yield* journal.checkpoint(run.id, {
-                seq: call.seq,
-                kind: "memory",
-                name: call.name,
-                status: "done",
-                value: result,
-                startedAt: at,
-                endedAt: at,
-              });
-              return result;
+              }));
+              return yield* recordOutcome(journal, run.id, call.seq, call.name, outcome);
             }
             case "memory.recall":
             case "memory.summarize":
@@ -525,7 +524,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               return yield* new InvalidInputError({ message: "Unknown workflow call" });
           }
         });
-        return Effect.runPromise(Effect.mapError(program, wire)).catch((e) => {
+        const noted = Effect.tapError(program, (error) =>
+          Effect.sync(() => {
+            if (isDivergence(error)) state.checkpointFailure ??= error;
+          }));
+        return Effect.runPromise(Effect.mapError(noted, wire)).catch((e) => {
           throw (e !== null && typeof e === "object" && "tag" in e) ? e : wire(e);
         });
       };
@@ -559,6 +562,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const wakeAt = recordedWake ??
           (typeof call.until === "number" ? call.until : now + Math.max(0, Number(call.ms) || 0));
         if (!Number.isFinite(wakeAt)) return yield* new InvalidInputError({ message: "A timer needs a finite time" });
+        if (Math.abs(wakeAt) > MAX_TIME_MS) {
+          return yield* new InvalidInputError({
+            message: `Step ${call.seq}: a timer wakes by ${new Date(MAX_TIME_MS).toISOString()} at the latest`,
+          });
+        }
         const at = new Date(now).toISOString();
         if (wakeAt <= now) {
           yield* journal.recordStep(run.id, {
@@ -912,7 +920,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             cancelled: cancelling.get(runId),
             error: { tag: "RunCancelledError", message: "The run was cancelled" },
           });
-        } else if (outcome._tag === "Success" && state.checkpointFailure !== undefined) {
+        } else if (
+          state.checkpointFailure !== undefined &&
+          (outcome._tag === "Success" || (ends && isDivergence(state.checkpointFailure)))
+        ) {
+          // A checkpoint lost, or a divergence: the run fails with it, even if its workflow caught it.
           yield* finish(run, state, { status: "failed", error: toErrorBody(state.checkpointFailure) });
         } else if (outcome._tag === "Success") {
           yield* finish(run, state, returned(run, outcome.success));

@@ -2,20 +2,28 @@
  * @module
  * The orchestrator's answer to a workflow's memory and records calls
  * (`ctx.memory.recall`, `ctx.memory.summarize`, `ctx.records.*`). Each is
- * performed once and checkpointed as a `memory` step, so a replay returns the
- * recorded answer even if memory changed since. A workflow reads and writes
+ * performed once and checkpointed as a `memory` step, done or failed, so a
+ * replay returns the recorded answer (or failure) even if memory changed
+ * since. A workflow reads and writes
  * only its own agent's memory scope; its run, step, plugin and workflow are
  * the provenance of everything it writes. A result too large for one journal
  * step drops items from its end and says `truncated`.
  */
-import { Clock, Effect } from "effect";
+import { Clock, Effect, type Result } from "effect";
 import type { Context } from "effect";
-import { type EmbeddingError, InvalidInputError, type NotFoundError, type StoreError } from "../errors/mod.ts";
-import type { Journal, RunRecord } from "../journal/mod.ts";
+import {
+  type EmbeddingError,
+  InvalidInputError,
+  type KeelError,
+  type NotFoundError,
+  recordedError,
+  type StoreError,
+  toErrorBody,
+} from "../errors/mod.ts";
+import { divergence, type Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
 import type { InstalledPlugin } from "../plugins/mod.ts";
 import { type Memory, parseRecallOptions, type Records } from "../memory/mod.ts";
 import { MEMORY_OPS, type MemoryOp } from "../sdk/mod.ts";
-import { divergence } from "./_diverged.ts";
 
 /** The services a memory call needs. */
 export interface MemoryCallServices {
@@ -53,14 +61,15 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   agent: InstalledPlugin,
   call: MemoryCall,
   maxBytes: number,
-): Effect.fn.Return<unknown, InvalidInputError | NotFoundError | StoreError | EmbeddingError> {
+): Effect.fn.Return<unknown, InvalidInputError | NotFoundError | StoreError | EmbeddingError | KeelError> {
   const { journal, memory, records } = services;
   const name = MEMORY_OPS[call.op];
   if (call.name !== name) return yield* bad(`Workflow call "${call.op}" must be recorded as "${name}"`);
   const prior = yield* journal.getStep(run.id, call.seq);
   const diverged = divergence(prior, call.seq, "memory", name);
   if (diverged) return yield* diverged;
-  if (prior?.status === "done") return prior.value;
+  const recorded = recordedOutcome(prior);
+  if (recorded) return yield* recorded;
   const args = call.args;
   if (args === null || typeof args !== "object" || Array.isArray(args)) {
     return yield* bad(`Workflow call "${call.op}" needs an object of arguments`);
@@ -69,59 +78,82 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   const scope = `agent:${agent.name}`;
   const provenance = { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` };
   const collection = a.collection as string;
-  let value: unknown;
-  switch (call.op) {
-    case "memory.recall": {
-      const { query, ...options } = a;
-      if (options.scope !== undefined || options.plugin !== undefined) {
-        return yield* bad(`A workflow recalls only its own agent's memory: drop "scope" and "plugin"`);
+  const perform = Effect.gen(function* () {
+    let value: unknown;
+    switch (call.op) {
+      case "memory.recall": {
+        const { query, ...options } = a;
+        if (options.scope !== undefined || options.plugin !== undefined) {
+          return yield* bad(`A workflow recalls only its own agent's memory: drop "scope" and "plugin"`);
+        }
+        const parsed = yield* parseRecallOptions(query, options);
+        const recall = yield* memory.recall(parsed.query, { ...parsed.options, scope }, {
+          actor: scope,
+          runId: run.id,
+          seq: call.seq,
+          plugin: agent.name,
+        });
+        value = fit({ recallId: recall.id, items: recall.items }, "items", maxBytes);
+        break;
       }
-      const parsed = yield* parseRecallOptions(query, options);
-      const recall = yield* memory.recall(parsed.query, { ...parsed.options, scope }, {
-        actor: scope,
-        runId: run.id,
-        seq: call.seq,
-        plugin: agent.name,
-      });
-      value = fit({ recallId: recall.id, items: recall.items }, "items", maxBytes);
-      break;
+      case "memory.summarize": {
+        if (a.maxChars !== undefined && typeof a.maxChars !== "number") {
+          return yield* bad('"maxChars" must be a number');
+        }
+        value = yield* memory.summarize({
+          scope,
+          entries: a.entries as never,
+          maxChars: a.maxChars as number | undefined,
+          tags: a.tags as string[] | undefined,
+          provenance,
+        });
+        break;
+      }
+      case "records.put":
+        value = yield* records.put(collection, a.id as string, a.data, provenance);
+        break;
+      case "records.get":
+        value = (yield* records.get(collection, a.id as string)) ?? null;
+        break;
+      case "records.query": {
+        const found = yield* records.query(collection, {
+          where: a.where as Record<string, unknown> | undefined,
+          after: a.after as string | undefined,
+          limit: a.limit as number | undefined,
+        });
+        value = fit({ records: found }, "records", maxBytes);
+        break;
+      }
     }
-    case "memory.summarize": {
-      if (a.maxChars !== undefined && typeof a.maxChars !== "number") return yield* bad('"maxChars" must be a number');
-      value = yield* memory.summarize({
-        scope,
-        entries: a.entries as never,
-        maxChars: a.maxChars as number | undefined,
-        tags: a.tags as string[] | undefined,
-        provenance,
-      });
-      break;
-    }
-    case "records.put":
-      value = yield* records.put(collection, a.id as string, a.data, provenance);
-      break;
-    case "records.get":
-      value = (yield* records.get(collection, a.id as string)) ?? null;
-      break;
-    case "records.query": {
-      const found = yield* records.query(collection, {
-        where: a.where as Record<string, unknown> | undefined,
-        after: a.after as string | undefined,
-        limit: a.limit as number | undefined,
-      });
-      value = fit({ records: found }, "records", maxBytes);
-      break;
-    }
-  }
-  const at = new Date(yield* Clock.currentTimeMillis).toISOString();
-  const won = yield* journal.checkpoint(run.id, {
-    seq: call.seq,
-    kind: "memory",
-    name,
-    status: "done",
-    value,
-    startedAt: at,
-    endedAt: at,
+    return value;
   });
-  return won.value;
+  return yield* recordOutcome(journal, run.id, call.seq, name, yield* Effect.result(perform));
 });
+
+/**
+ * Record a memory call's outcome at `seq`, done or failed, once, and answer what the journal holds there. A
+ * workflow that caught a failure and went another way gets the same failure on replay, not a second attempt
+ * (which could write what the first was refused).
+ */
+export const recordOutcome = Effect.fnUntraced(function* <E>(
+  journal: Context.Service.Shape<typeof Journal>,
+  runId: string,
+  seq: number,
+  name: string,
+  outcome: Result.Result<unknown, E>,
+) {
+  const at = new Date(yield* Clock.currentTimeMillis).toISOString();
+  const step: StepRecord = outcome._tag === "Success"
+    ? { seq, kind: "memory", name, status: "done", value: outcome.success, startedAt: at, endedAt: at }
+    : { seq, kind: "memory", name, status: "failed", error: toErrorBody(outcome.failure), startedAt: at, endedAt: at };
+  const won = yield* journal.checkpoint(runId, step);
+  return won.status === "failed" && won.error ? yield* Effect.fail(recordedError(won.error)) : won.value;
+});
+
+/** The answer recorded at a memory call's position, if any: its value, or its failure made again. */
+export const recordedOutcome = (prior: StepRecord | undefined): Effect.Effect<unknown, KeelError> | undefined =>
+  prior?.status === "done"
+    ? Effect.succeed(prior.value)
+    : prior?.status === "failed" && prior.error
+    ? Effect.fail(recordedError(prior.error))
+    : undefined;

@@ -1,8 +1,9 @@
 /**
  * @module
  * How the orchestrator answers a workflow's `ctx.model.generate`: the journal
- * first (a step already done returns its recorded answer, so a replay never
- * calls a provider again), then the router. Effect tools are resolved from
+ * first (a step already done returns its recorded answer, and one that failed
+ * its recorded failure, so a replay never calls a provider again), then the
+ * router. Effect tools are resolved from
  * the connectors' declarations, and only for effects the agent declares in
  * `uses`. What the run has read from connectors so far (and what tainted
  * answers said) is handed to the router, so text that carries it is treated
@@ -11,13 +12,12 @@
  * and audited with its provider, tokens, cost and taint.
  */
 import { Clock, Context, Effect } from "effect";
-import { EffectNotDeclaredError, ModelOutputError, toErrorBody } from "../errors/mod.ts";
-import { Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
+import { EffectNotDeclaredError, ModelOutputError, recordedError, toErrorBody } from "../errors/mod.ts";
+import { divergence, Journal, type RunRecord, type StepRecord } from "../journal/mod.ts";
 import { type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { ModelRouter, type ResolvedTool, snippetsOf, type TaintSnippet } from "../models/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import type { HostCall, ModelResult } from "../sdk/mod.ts";
-import { divergence } from "./_diverged.ts";
 
 /** A workflow's model call, as it arrives from the plugin. */
 export type ModelCall = Extract<HostCall, { op: "model.generate" }>;
@@ -100,6 +100,8 @@ export const answerModelCall = Effect.fn("Orchestrator.modelCall")(function* (
   const diverged = divergence(prior, call.seq, "model", call.name);
   if (diverged) return yield* diverged;
   if (prior?.status === "done") return prior.value as ModelResult;
+  // The workflow saw this failure (and may have gone another way): it sees it again.
+  if (prior?.status === "failed" && prior.error) return yield* Effect.fail(recordedError(prior.error));
   const request = call.request;
   const tools: ResolvedTool[] = [];
   for (const t of Array.isArray(request?.tools) ? request.tools : []) {

@@ -141,6 +141,8 @@ const CHECKPOINT_WINDOW = 32;
 const CHECKPOINT_HOLD_CHARS = 256 * 1024;
 /** Journal positions reserved for each branch of `ctx.parallel`. */
 const BRANCH_SEQS = 1000;
+/** The latest time a `Date` holds (ms since 1970): a timer wakes by then, and sleeps at most that long. */
+const MAX_TIME_MS = 8.64e15;
 
 /** A small seeded generator (FNV-1a seed, mulberry32 steps): deterministic per run and branch. */
 const seededRandom = (seed: string): () => number => {
@@ -232,9 +234,18 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     const inFlight = new Set<Promise<void>>();
     let unrecorded = 0;
     let checkpointFailure: unknown;
+    /** A divergence from the journal, once seen, is the pass's answer: every later call and the result fail with it. */
+    let diverged: PluginError | undefined;
     const guard = () => {
       if (suspended) throw suspended;
+      if (diverged) throw diverged;
       if (checkpointFailure) throw checkpointFailure;
+    };
+    /** Keep a divergence the host found (its error says so in `details.diverged`). */
+    const noteDivergence = (error: unknown) => {
+      if (error instanceof PluginError && (error.details as { diverged?: unknown } | undefined)?.diverged === true) {
+        diverged ??= error;
+      }
     };
     /** Send the held checkpoints as one call. */
     const flush = () => {
@@ -250,6 +261,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         .then(() => {}, (error) => {
           if (error instanceof Suspended) suspended ??= error;
           else checkpointFailure ??= error;
+          noteDivergence(error);
         })
         .finally(() => {
           inFlight.delete(sent);
@@ -269,6 +281,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         return await hostCall(call);
       } catch (error) {
         if (error instanceof Suspended) suspended = error;
+        noteDivergence(error);
         throw error;
       }
     };
@@ -279,10 +292,10 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         const entry = recorded.get(seq);
         if (entry === undefined) return undefined;
         if (entry.kind !== kind || entry.name !== name) {
-          throw new PluginError(
+          throw diverged ??= new PluginError(
             "NonDeterminism",
             `Workflow diverged from its journal at step ${seq}: recorded ${entry.kind} "${entry.name}", code asked for ${kind} "${name}"`,
-            { seq, recorded: { kind: entry.kind, name: entry.name }, actual: { kind, name } },
+            { seq, diverged: true, recorded: { kind: entry.kind, name: entry.name }, actual: { kind, name } },
           );
         }
         return entry;
@@ -358,12 +371,16 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
             ),
         },
         async sleep(ms) {
-          if (!Number.isFinite(ms) || ms < 0) throw new PluginError("InvalidInput", `Cannot sleep for "${ms}" ms`);
+          if (!Number.isFinite(ms) || ms < 0 || ms > MAX_TIME_MS) {
+            throw new PluginError("InvalidInput", `Cannot sleep for "${ms}" ms`);
+          }
           await journaled("timer", "sleep", (seq) => ({ op: "sleep", runId, seq, name: "sleep", ms }));
         },
         async sleepUntil(when) {
           const until = when instanceof Date ? when.getTime() : when;
-          if (!Number.isFinite(until)) throw new PluginError("InvalidInput", `Cannot sleep until "${String(when)}"`);
+          if (!Number.isFinite(until) || Math.abs(until) > MAX_TIME_MS) {
+            throw new PluginError("InvalidInput", `Cannot sleep until "${String(when)}"`);
+          }
           await journaled("timer", "sleep", (seq) => ({ op: "sleep", runId, seq, name: "sleep", until }));
         },
         async approval(request) {
@@ -397,7 +414,14 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
               "A parallel branch cannot itself run ctx.parallel: start a child workflow from the branch instead",
             );
           }
-          const limit = Math.max(1, Math.min(16, Math.floor(options?.limit ?? 8)));
+          const asked = options?.limit ?? 8;
+          if (typeof asked !== "number" || Number.isNaN(asked)) {
+            throw new PluginError(
+              "InvalidInput",
+              `ctx.parallel's limit must be a number (1 to 16), not ${String(asked)}`,
+            );
+          }
+          const limit = Math.max(1, Math.min(16, Math.floor(asked)));
           // Reserve a block of journal positions per branch, in program order, so replay finds the same ones.
           const base = next() - 1;
           for (let i = 1; i < branches.length * BRANCH_SEQS; i++) next();
@@ -449,7 +473,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     };
     const value = await handler(ctx, input).catch((error) => {
       handOver();
-      throw suspended ?? error;
+      throw suspended ?? diverged ?? error;
     });
     handOver();
     // Checkpoints still in flight need not hold up the result either: the host records the run's end

@@ -144,15 +144,19 @@ Deno.test("ctx.records writes validated records with the run as provenance, and 
     assert.deepEqual(out.vip.records.map((r: { id: string }) => r.id), ["ada"]);
     assert.equal(out.unknown.error.tag, "NotFoundError");
     assert.deepEqual(
-      view.steps.map((s: { seq: number; kind: string; name: string }) => `${s.seq} ${s.kind} ${s.name}`),
+      view.steps.map((s: { seq: number; kind: string; name: string; status: string }) =>
+        `${s.seq} ${s.kind} ${s.name} ${s.status}`
+      ),
       [
-        "1 memory records.put",
-        "2 memory records.put",
-        "4 memory records.get",
-        "5 memory records.get",
-        "6 memory records.query",
+        "1 memory records.put done",
+        "2 memory records.put done",
+        "3 memory records.put failed",
+        "4 memory records.get done",
+        "5 memory records.get done",
+        "6 memory records.query done",
+        "7 memory records.get failed",
       ],
-      "every records call that succeeded is a step; a refused one records nothing",
+      "every records call is a step, a refused one recorded as failed (a replay answers it the same way)",
     );
 
     const ada = await k.api("GET", "/api/collections/contacts/records/ada");
