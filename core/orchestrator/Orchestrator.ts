@@ -1150,6 +1150,24 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       let timerAt = Infinity;
       let pumping = false;
       /** Start every ready run the limits allow; set one timer for the next future one. */
+      /**
+       * Hold a slot for a run the limits let start, from that check until it executes (`executeReserved`) or the
+       * write that starts it fails (`unreserve`): starts and decisions made meanwhile see the slot taken. `pump` holds
+       * one the same way while its claim commits.
+       */
+      const reserve = (run: RunRecord) => executing.set(run.id, { again: false, run, claiming: true });
+      /** Give back a slot `reserve` held, if the run did not execute (a no-op once it did). */
+      const unreserve = (runId: string) => {
+        if (!executing.get(runId)?.claiming) return;
+        executing.delete(runId);
+        pump();
+      };
+      /** Execute a run in the slot `reserve` held for it. */
+      const executeReserved = (run: RunRecord) => {
+        executing.delete(run.id);
+        execute(run);
+      };
+
       const pump = (): void => {
         if (pumping) return;
         pumping = true;
@@ -1324,7 +1342,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         };
         const readyAt = Math.max(now, options.notBefore ?? now);
         // A free slot and no delay: start at once, claimed in the same write.
-        const direct = readyAt <= now && !queue.size() && mayStart(base as RunRecord);
+        const direct = readyAt <= now && !queue.size() && !executing.has(base.id) && mayStart(base as RunRecord);
         const run: RunRecord = direct
           ? { ...base, status: "running", lease: lease(now) }
           : { ...base, status: "queued", queuedAt: readyAt };
@@ -1355,24 +1373,27 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           queue.add(run);
           pump();
           return run;
-        } else {
+        }
+        // A given id may be taken: the run is created (compare-and-set) before it starts, its slot held meanwhile.
+        if (direct) reserve(run);
+        return yield* Effect.gen(function* () {
           const created = yield* Effect.result(journal.createRun(run));
           if (created._tag === "Failure") {
             // Two starts with the same run id raced: the other one won, and that run is the answer.
-            const existing = yield* journal.getRun(options.runId);
+            const existing = yield* journal.getRun(options.runId!);
             if (existing) return existing;
             return yield* created.failure;
           }
           yield* audit.append(startedEvent);
-        }
-        if (direct) {
-          isNew.add(run.id);
-          execute(run);
-        } else {
-          queue.add(run);
-          pump();
-        }
-        return run;
+          if (direct) {
+            isNew.add(run.id);
+            executeReserved(run);
+          } else {
+            queue.add(run);
+            pump();
+          }
+          return run;
+        }).pipe(Effect.ensuring(Effect.sync(() => direct && unreserve(run.id))));
       });
 
       const wait = Effect.fnUntraced(function* (runId: string, seconds: number) {
@@ -1590,7 +1611,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const run = both && approval.runId === parkedRunId ? both.run : yield* journal.getRun(approval.runId);
         const resume = run?.status === "waiting_approval" && run.waitingFor?.approvalId === approvalId;
         // Resume straight into a free slot (claimed in the same write), else through the queue.
-        const direct = resume && !queue.size() && mayStart(run!);
+        const direct = resume && !queue.size() && !executing.has(run!.id) && mayStart(run!);
+        // Its slot is held until it executes, so decisions and starts made while this one commits see it taken.
+        if (direct) reserve(run!);
         const runPatch = resume
           ? {
             run: {
@@ -1603,62 +1626,65 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           : undefined;
         const resumed = () => {
           if (!resume) return;
-          if (direct) execute({ ...run!, status: "running" });
+          if (direct) executeReserved({ ...run!, status: "running" });
           else {
             queue.add({ ...run!, status: "queued", queuedAt: now });
             pump();
           }
         };
-        if (Date.parse(approval.expiresAt) <= now) {
-          // Too late for this one; the resumed run asks for a fresh approval of the same action.
-          // Only if this call expired it (a cancel or another call may have moved the approval or its run first).
-          if (yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch)) {
-            yield* audit.append({
-              type: "approval.expired",
-              actor: "system",
-              runId: approval.runId,
-              data: { approvalId },
+        return yield* Effect.gen(function* () {
+          if (Date.parse(approval.expiresAt) <= now) {
+            // Too late for this one; the resumed run asks for a fresh approval of the same action.
+            // Only if this call expired it (a cancel or another call may have moved the approval or its run first).
+            if (yield* journal.transitionApproval({ ...approval, status: "expired" }, "pending", runPatch)) {
+              yield* audit.append({
+                type: "approval.expired",
+                actor: "system",
+                runId: approval.runId,
+                data: { approvalId },
+              });
+              resumed();
+            }
+            return yield* new ConflictError({
+              message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
+              details: { status: "expired" },
             });
-            resumed();
           }
-          return yield* new ConflictError({
-            message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
-            details: { status: "expired" },
+          if (
+            d.approve && approval.kind === "unknown_outcome" && d.resolution !== "retry" && d.resolution !== "delivered"
+          ) {
+            return yield* new InvalidInputError({
+              message: `Approval "${approvalId}" is about an unknown outcome: say resolution "delivered" or "retry"`,
+            });
+          }
+          const { decided, answer, event } = decisionOf(approval, d, now);
+          // The decision, the resumed run, the workflow's answer and the audit event: one commit.
+          const ok = yield* journal.transitionApproval(decided, "pending", {
+            ...runPatch,
+            ...(answer ? { step: { runId: approval.runId, step: answer } } : {}),
+            writes: () => [audit.prepareNow(event(), now).write],
           });
-        }
-        if (
-          d.approve && approval.kind === "unknown_outcome" && d.resolution !== "retry" && d.resolution !== "delivered"
-        ) {
-          return yield* new InvalidInputError({
-            message: `Approval "${approvalId}" is about an unknown outcome: say resolution "delivered" or "retry"`,
-          });
-        }
-        const { decided, answer, event } = decisionOf(approval, d, now);
-        // The decision, the resumed run, the workflow's answer and the audit event: one commit.
-        const ok = yield* journal.transitionApproval(decided, "pending", {
-          ...runPatch,
-          ...(answer ? { step: { runId: approval.runId, step: answer } } : {}),
-          writes: () => [audit.prepareNow(event(), now).write],
-        });
-        if (!ok) {
-          const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
-          const quick = journal.reservedAs(approvalId);
-          return yield* new ConflictError(
-            quick
-              ? { message: `Approval "${approvalId}" was decided by someone else first`, details: { status: quick } }
-              : now.approval?.status === "pending" && now.run
-              ? {
-                message: `Run "${approval.runId}" is ${now.run.status} now: approval "${approvalId}" cannot resume it`,
-                details: { status: "pending", run: now.run.status },
-              }
-              : {
-                message: `Approval "${approvalId}" was decided by someone else first`,
-                details: { status: now.approval?.status },
-              },
-          );
-        }
-        resumed();
-        return decided;
+          if (!ok) {
+            const now = yield* journal.getApprovalAndRun(approvalId, approval.runId);
+            const quick = journal.reservedAs(approvalId);
+            return yield* new ConflictError(
+              quick
+                ? { message: `Approval "${approvalId}" was decided by someone else first`, details: { status: quick } }
+                : now.approval?.status === "pending" && now.run
+                ? {
+                  message:
+                    `Run "${approval.runId}" is ${now.run.status} now: approval "${approvalId}" cannot resume it`,
+                  details: { status: "pending", run: now.run.status },
+                }
+                : {
+                  message: `Approval "${approvalId}" was decided by someone else first`,
+                  details: { status: now.approval?.status },
+                },
+            );
+          }
+          resumed();
+          return decided;
+        }).pipe(Effect.ensuring(Effect.sync(() => direct && unreserve(run!.id))));
       });
 
       const cancel = (
