@@ -6,19 +6,20 @@
  *
  * Environment: KEEL_DATA_DIR (default ./.keel), KEEL_PORT (default 8787),
  * KEEL_HOST (default 127.0.0.1), KEEL_TOKEN (default: generated on first start
- * and kept in <data dir>/token), KEEL_POLICIES (default ./policies),
- * KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT),
- * KEEL_EMBEDDER (memory's embedder: offline, ollama or ollama:MODEL) and
- * OLLAMA_HOST (default http://127.0.0.1:11434).
+ * and kept in <data dir>/token), KEEL_POLICIES (default: policies/ in Keel's
+ * folder), KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT),
+ * KEEL_RPC_TIMEOUT_MS (100 to 3,600,000; default 30,000), KEEL_MAX_RUNS (1 to
+ * 10,000; default 32), KEEL_EMBEDDER (memory's embedder: offline, ollama or
+ * ollama:MODEL) and OLLAMA_HOST (default http://127.0.0.1:11434).
  */
-import { keelRoot, parseMaxRuns, parsePort } from "./core/config/mod.ts";
+import { keelRoot, parseMaxRuns, parsePort, parseRpcTimeout } from "./core/config/mod.ts";
 import { KeelStartError, startKeel } from "./core/mod.ts";
 import { COMMANDS, dataDir, env, readToken, UsageError } from "./core/cli/mod.ts";
 
 const SERVE_HELP = `Usage: deno task keel serve
 
 Start Keel: open the data dir ($KEEL_DATA_DIR, default ./.keel), load policies
-($KEEL_POLICIES, default ./policies), resume interrupted runs and serve the
+($KEEL_POLICIES, default policies/ in Keel's folder), resume interrupted runs and serve the
 HTTP API on $KEEL_HOST:$KEEL_PORT (default 127.0.0.1:8787). The API token is
 $KEEL_TOKEN, or generated on first start and kept in <data dir>/token. At most
 $KEEL_MAX_RUNS runs (default 32) execute at once; others wait in the run queue.`;
@@ -52,20 +53,24 @@ const ensureToken = (): { token: string; generated: boolean } => {
 };
 
 const serve = async () => {
+  // Settings first: a bad one stops Keel before it touches the data dir.
+  const port = parsePort(env("KEEL_PORT"), 8787);
+  const rpcTimeoutMs = parseRpcTimeout(env("KEEL_RPC_TIMEOUT_MS"));
+  const maxRuns = parseMaxRuns(env("KEEL_MAX_RUNS"));
   const { token, generated } = ensureToken();
   const root = keelRoot();
   const config = {
     dataDir: dataDir(),
     hostname: env("KEEL_HOST") ?? "127.0.0.1",
-    port: parsePort(env("KEEL_PORT"), 8787),
+    port,
     token,
     policiesDir: env("KEEL_POLICIES") ?? `${root}/policies`,
     root,
-    rpcTimeoutMs: Number(env("KEEL_RPC_TIMEOUT_MS") ?? 30_000),
+    rpcTimeoutMs,
     eagerMemory: false,
     embedder: env("KEEL_EMBEDDER"),
     ollamaHost: env("OLLAMA_HOST"),
-    maxRuns: parseMaxRuns(env("KEEL_MAX_RUNS")),
+    maxRuns,
   };
   const keel = await startKeel(config);
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);

@@ -1,8 +1,9 @@
 /**
  * @module
  * Keel's configuration as a service: where state lives, where to listen, the
- * API token, and where policy files are. Read once from the environment at the
- * edge (`fromEnv`); tests build it directly with `layerTest`.
+ * API token, and where policy files are. `main.ts` reads it once from the
+ * environment (with the parsers here); tests build it directly
+ * (`KeelConfig.layer`).
  */
 import { Context, Layer } from "effect";
 
@@ -46,22 +47,32 @@ export class KeelConfig extends Context.Service<KeelConfig, KeelConfigShape>()("
 /** Keel's source root, derived from this file's location. */
 export const keelRoot = (): string => new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
-/** Parse a port number, or say what is wrong with it. */
-export const parsePort = (raw: string | undefined, fallback: number): number => {
+/**
+ * Parse an integer setting from the environment: `fallback` when unset, else an integer from `min` to `max`, or an
+ * error naming the variable and its range (Keel refuses to start rather than run with a value it cannot use).
+ */
+export const parseIntSetting = (
+  name: string,
+  raw: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number => {
   if (raw === undefined || raw === "") return fallback;
-  const port = Number(raw);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new Error(`KEEL_PORT must be an integer between 0 and 65535: got "${raw}"`);
-  }
-  return port;
-};
-
-/** Parse `KEEL_MAX_RUNS`: how many runs execute at once (default 32). */
-export const parseMaxRuns = (raw: string | undefined): number => {
-  if (raw === undefined || raw === "") return 32;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > 10_000) {
-    throw new Error(`KEEL_MAX_RUNS must be an integer between 1 and 10000: got "${raw}"`);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new Error(`${name} must be an integer between ${min} and ${max}: got "${raw}"`);
   }
   return n;
 };
+
+/** Parse `KEEL_PORT`. */
+export const parsePort = (raw: string | undefined, fallback: number): number =>
+  parseIntSetting("KEEL_PORT", raw, fallback, 0, 65535);
+
+/** Parse `KEEL_MAX_RUNS`: how many runs execute at once (default 32). */
+export const parseMaxRuns = (raw: string | undefined): number => parseIntSetting("KEEL_MAX_RUNS", raw, 32, 1, 10_000);
+
+/** Parse `KEEL_RPC_TIMEOUT_MS`: how long a plugin may take to start or answer a call (default 30 s, at most 1 h). */
+export const parseRpcTimeout = (raw: string | undefined): number =>
+  parseIntSetting("KEEL_RPC_TIMEOUT_MS", raw, 30_000, 100, 3_600_000);

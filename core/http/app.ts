@@ -9,18 +9,18 @@
 import { Effect, type ManagedRuntime } from "effect";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
-import { InvalidInputError, UnauthorizedError } from "../errors/mod.ts";
+import { InvalidInputError, PayloadTooLargeError, UnauthorizedError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { MAX_NOTE_CHARS, Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
-import type { Limits, Policy } from "../policy/mod.ts";
+import { argsDepth, type Limits, type Policy } from "../policy/mod.ts";
 import { errorResponse } from "./errors.ts";
 import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
 import { registerTriggerRoutes, startOptions } from "./triggerRoutes.ts";
-import { querySeconds } from "./params.ts";
+import { querySeconds, readCapped } from "./params.ts";
 import type { Hooks, Scheduler } from "../triggers/mod.ts";
 import type { Memory, Records } from "../memory/mod.ts";
 import {
@@ -48,6 +48,10 @@ export type ApiServices =
 
 /** The longest `?wait=` of a start or a run read, in seconds. */
 const MAX_WAIT_SECONDS = 300;
+/** The largest request body the API reads (a run's input is at most 48 KiB; policy simulations are the largest). */
+export const MAX_API_BODY_BYTES = 1024 * 1024;
+/** How deep a request body may nest (routes check their own fields tighter: a run's input, 64). */
+export const MAX_BODY_DEPTH = 128;
 
 /** Keel's version, reported by `/healthz` and the OpenAPI document. */
 export const KEEL_VERSION = "0.1.0";
@@ -86,16 +90,34 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     const { status: code, body } = errorResponse(failure && "error" in failure ? failure.error : exit.cause);
     return c.json(body, code as 500);
   };
+  /** A request's JSON object body: at most `MAX_API_BODY_BYTES` (the rest is not read) and `MAX_BODY_DEPTH` deep. */
   const body = (c: HonoContext) =>
-    Effect.tryPromise({
-      try: async () => {
-        const text = await c.req.text();
-        if (text.trim() === "") return {} as Record<string, unknown>;
-        const value = JSON.parse(text);
-        if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("not an object");
-        return value as Record<string, unknown>;
-      },
-      catch: () => new InvalidInputError({ message: "Request body must be a JSON object" }),
+    Effect.gen(function* () {
+      const raw = yield* Effect.tryPromise({
+        try: () => readCapped(c.req.raw, MAX_API_BODY_BYTES),
+        catch: () => new InvalidInputError({ message: "Cannot read the request body" }),
+      });
+      if (raw === undefined) {
+        return yield* new PayloadTooLargeError({
+          message: `Request body is over ${MAX_API_BODY_BYTES} bytes`,
+          details: { limit: MAX_API_BODY_BYTES },
+        });
+      }
+      const value = yield* Effect.try({
+        try: () => {
+          const text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
+          return text.trim() === "" ? {} : JSON.parse(text);
+        },
+        catch: () => new InvalidInputError({ message: "Request body must be a JSON object" }),
+      });
+      if (value === null || typeof value !== "object" || Array.isArray(value)) {
+        return yield* new InvalidInputError({ message: "Request body must be a JSON object" });
+      }
+      // Checked without recursion: every route may then walk the body recursively.
+      if (argsDepth(value, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
+        return yield* new InvalidInputError({ message: `Request body nests deeper than ${MAX_BODY_DEPTH} levels` });
+      }
+      return value as Record<string, unknown>;
     });
 
   app.onError((error, c) => {

@@ -1,9 +1,9 @@
 /**
  * @module
- * Strict readers for the numbers and times the API takes as text: a query's
- * seconds (`?wait=`, `?delay=`) and an ISO time (`startAt`, `at`). `Number()`
- * and `Date.parse` accept too much (an empty string is 0, `0x10` is 16, 30
- * February rolls over to March); these take only what they say.
+ * Strict readers for what the API takes: a query's seconds (`?wait=`,
+ * `?delay=`) and an ISO time (`startAt`, `at`), where `Number()` and
+ * `Date.parse` accept too much (an empty string is 0, `0x10` is 16, 30
+ * February rolls over to March); and a request body, read only up to a cap.
  */
 import { Effect } from "effect";
 import { InvalidInputError } from "../errors/mod.ts";
@@ -36,4 +36,34 @@ export const parseIsoTime = (raw: unknown): number => {
   const exists = date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day;
   if (!exists || hour > 23 || minute > 59 || second > 59 || offH > 23 || offM > 59) return NaN;
   return Date.parse(raw as string);
+};
+
+/** Read a request body up to `cap` bytes; undefined when it is larger (the rest is not read). */
+export const readCapped = async (req: Request, cap: number): Promise<Uint8Array | undefined> => {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (Number.isFinite(declared) && declared > cap) {
+    await req.body?.cancel().catch(() => {});
+    return undefined;
+  }
+  if (!req.body) return new Uint8Array();
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > cap) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
 };

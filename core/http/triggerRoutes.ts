@@ -8,11 +8,11 @@
  */
 import { Clock, Effect, type ManagedRuntime } from "effect";
 import type { Context as HonoContext, Hono } from "hono";
-import { InvalidInputError } from "../errors/mod.ts";
+import { InvalidInputError, type PayloadTooLargeError } from "../errors/mod.ts";
 import { replayRun, type StartOptions } from "../orchestrator/mod.ts";
 import { Hooks, MAX_HOOK_BODY_BYTES, Scheduler } from "../triggers/mod.ts";
 import type { ApiServices } from "./app.ts";
-import { parseIsoTime, querySeconds } from "./params.ts";
+import { parseIsoTime, querySeconds, readCapped } from "./params.ts";
 
 /** The longest delayed start Keel accepts: one year. */
 const MAX_DELAY_SECONDS = 365 * 24 * 3600;
@@ -65,42 +65,12 @@ export const startOptions = Effect.fn("Http.startOptions")(function* (
   return options;
 });
 
-/** Read a request body up to `cap` bytes; undefined when it is larger (the rest is not read). */
-const readCapped = async (req: Request, cap: number): Promise<Uint8Array | undefined> => {
-  const declared = Number(req.headers.get("content-length") ?? NaN);
-  if (Number.isFinite(declared) && declared > cap) {
-    await req.body?.cancel().catch(() => {});
-    return undefined;
-  }
-  if (!req.body) return new Uint8Array();
-  const reader = req.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > cap) {
-      await reader.cancel().catch(() => {});
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  return out;
-};
-
 type Respond = <A>(
   c: HonoContext,
   effect: Effect.Effect<A, unknown, ApiServices>,
   status?: number,
 ) => Promise<Response>;
-type Body = (c: HonoContext) => Effect.Effect<Record<string, unknown>, InvalidInputError>;
+type Body = (c: HonoContext) => Effect.Effect<Record<string, unknown>, InvalidInputError | PayloadTooLargeError>;
 
 /** Register the trigger routes, and re-arm the scheduler after every plugin change made through the API. */
 export const registerTriggerRoutes = (

@@ -53,6 +53,18 @@ Deno.test("an unknown command exits 1 with a clear message and no stack trace", 
   cleanError(sub, 'error: Unknown plugin command "frobnicate": use install, upgrade, grant, remove, list or new');
 });
 
+Deno.test("`serve` with a setting it cannot use exits 1 naming the variable and its range, touching nothing", async () => {
+  const cases: Array<[Record<string, string>, string]> = [
+    [{ KEEL_RPC_TIMEOUT_MS: "abc" }, 'KEEL_RPC_TIMEOUT_MS must be an integer between 100 and 3600000: got "abc"'],
+    [{ KEEL_RPC_TIMEOUT_MS: "-1" }, 'KEEL_RPC_TIMEOUT_MS must be an integer between 100 and 3600000: got "-1"'],
+    [{ KEEL_MAX_RUNS: "0" }, 'KEEL_MAX_RUNS must be an integer between 1 and 10000: got "0"'],
+    [{ KEEL_PORT: "70000" }, 'KEEL_PORT must be an integer between 0 and 65535: got "70000"'],
+  ];
+  const results = await keelAll(cases.map(([env]) => [["serve"], { ...env, KEEL_DATA_DIR: `${scratch}/untouched` }]));
+  for (const [i, r] of results.entries()) cleanError(r, `error: ${cases[i][1]}`);
+  assert.throws(() => Deno.statSync(`${scratch}/untouched`), Deno.errors.NotFound);
+});
+
 Deno.test('client commands exit 1 with "Keel is not running at …" when nothing listens there', async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;

@@ -179,6 +179,47 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
       assert.equal(await runsStarted(k), 0);
     });
 
+    await t.step(
+      "a body over 1 MiB is a 413 and one nested over 128 levels a 400, on every POST and PUT route",
+      async () => {
+        const routes = apiRoutes.filter((r) => r.method === "POST" || r.method === "PUT");
+        const big = `{"input":"${"x".repeat(1024 * 1024)}"}`;
+        const deep = `{"args":${"[".repeat(20_000)}${"]".repeat(20_000)}}`;
+        for (const route of routes) {
+          await changesNothing(k, async () => {
+            const path = concrete(route.path);
+            const declared = await request(k, route.method, path, { body: big });
+            assert.match(isError(declared, 413, "PayloadTooLargeError"), /Request body is over 1048576 bytes/, path);
+            // Streamed with no length: read only up to the cap.
+            let sent = 0;
+            const stream = new ReadableStream<Uint8Array>({
+              pull(controller) {
+                if (sent >= 64 * 1024 * 1024) return controller.close();
+                sent += 256 * 1024;
+                controller.enqueue(new Uint8Array(256 * 1024).fill(0x20));
+              },
+            });
+            const res = await fetch(`${k.url}${path}`, {
+              method: route.method,
+              headers: { authorization: `Bearer ${TEST_TOKEN}`, "content-type": "application/json" },
+              body: stream,
+              duplex: "half",
+            } as RequestInit);
+            const streamed = {
+              status: res.status,
+              contentType: res.headers.get("content-type"),
+              body: await res.json(),
+            };
+            isError(streamed, 413, "PayloadTooLargeError");
+            assert.ok(sent < 64 * 1024 * 1024, `${path}: the whole streamed body was read (${sent} bytes)`);
+            const nested = await request(k, route.method, path, { body: deep });
+            assert.equal(isError(nested, 400, "InvalidInputError"), "Request body nests deeper than 128 levels", path);
+          });
+        }
+        assert.equal(await runsStarted(k), 0);
+      },
+    );
+
     await t.step("a missing or wrong bearer token is a 401 UnauthorizedError on every /api route", async () => {
       const auths: Array<string | null> = [
         null,

@@ -119,6 +119,17 @@ Deno.test("every route the app registers is documented, and every documented ope
         Object.keys(op.responses).includes(String(res.status)),
         `${method} ${path} answered a malformed body with ${res.status}, which the document does not list`,
       );
+      const big = await k.keel.app.request(path.replace(/\{(\w+)\}/g, "nothing_here"), {
+        method,
+        headers: { authorization: `Bearer ${TEST_TOKEN}`, "content-type": "application/json" },
+        body: `{"input":"${"x".repeat(1024 * 1024)}"}`,
+      });
+      await big.body?.cancel();
+      assert.equal(big.status, 413, `${method} ${path}`);
+      assert.ok(
+        "413" in op.responses,
+        `${method} ${path} answers 413 for a body over 1 MiB; the document does not list it`,
+      );
     }
 
     // A bad value for any documented query parameter gets an answer the document lists.
