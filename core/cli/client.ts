@@ -25,9 +25,25 @@ export const readToken = (): string | undefined => {
   }
 };
 
+/** Where the running Keel is: `KEEL_URL` (an http(s) URL; a trailing `/` is dropped) or 127.0.0.1:`KEEL_PORT`. */
+export const keelUrl = (): string => {
+  const given = env("KEEL_URL");
+  if (given === undefined) return `http://127.0.0.1:${parsePort(env("KEEL_PORT"), 8787)}`;
+  let url: URL | undefined;
+  try {
+    url = new URL(given);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || url.search || url.hash) {
+    throw new UsageError(`KEEL_URL must be an http(s) URL such as http://127.0.0.1:8787: got "${given}"`);
+  }
+  return given.replace(/\/+$/, "");
+};
+
 /** Call the running Keel's API; a failure becomes a one-line `UsageError`. */
 export const api = async (method: string, path: string, body?: unknown): Promise<any> => {
-  const base = env("KEEL_URL") ?? `http://127.0.0.1:${parsePort(env("KEEL_PORT"), 8787)}`;
+  const base = keelUrl();
   const token = readToken();
   let res: Response;
   try {
@@ -79,6 +95,13 @@ export const flagsOf = <T extends ParseArgsConfig["options"]>(args: string[], op
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+};
+
+/** Refuse positional arguments past the first `n`; `what` names the command in the message. */
+export const atMost = (positionals: ReadonlyArray<string>, n: number, what: string): void => {
+  if (positionals.length <= n) return;
+  const takes = n === 0 ? "no arguments" : n === 1 ? "one argument" : `${n} arguments`;
+  throw new UsageError(`${what} takes ${takes}: got also "${positionals[n]}"`);
 };
 
 /** One CLI command group: its help text and its handler. */

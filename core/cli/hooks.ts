@@ -3,8 +3,7 @@
  * `keel hooks create|list|delete`: inbound webhooks. A hook's secret is
  * printed once, at creation; Keel never shows it again.
  */
-import { api, type Command, env, flagsOf, print, UsageError } from "./client.ts";
-import { parsePort } from "../config/mod.ts";
+import { api, atMost, type Command, flagsOf, keelUrl, print, UsageError } from "./client.ts";
 
 const HELP = `Usage: deno task keel hooks create WORKFLOW [--name LABEL]
        deno task keel hooks list [--json]
@@ -25,10 +24,12 @@ export const hooksCommand: Command = {
   async run(args) {
     const { values, positionals } = flagsOf(args, { name: { type: "string" }, json: { type: "boolean" } });
     const [verb, target] = positionals;
+    const takes: Record<string, number> = { create: 1, list: 0, delete: 1 };
+    if (verb !== undefined && takes[verb] !== undefined) atMost(positionals.slice(1), takes[verb], `hooks ${verb}`);
     if (verb === "create") {
       if (!target) throw new UsageError("hooks create needs a WORKFLOW name");
       const { hook, secret } = await api("POST", "/api/hooks", { workflow: target, name: values.name });
-      const base = env("KEEL_URL") ?? `http://127.0.0.1:${parsePort(env("KEEL_PORT"), 8787)}`;
+      const base = keelUrl();
       console.log(`Created ${hook.id} for workflow ${hook.workflow}`);
       console.log(`URL:    ${base}${hook.path}`);
       console.log(`Secret: ${secret}`);

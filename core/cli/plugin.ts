@@ -26,7 +26,7 @@ import {
   validateManifest,
 } from "../manifest/mod.ts";
 import { isArchivePath, readArchiveManifest } from "../plugins/mod.ts";
-import { api, type Command, confirm, flagsOf, parseJson, UsageError } from "./client.ts";
+import { api, atMost, type Command, confirm, flagsOf, parseJson, UsageError } from "./client.ts";
 import { describeHealth } from "./describeHealth.ts";
 import { newPluginCommand } from "./scaffold.ts";
 
@@ -330,6 +330,8 @@ new creates a plugin folder whose test passes as it is (see docs/plugins.md).`,
       force: { type: "boolean" },
     });
     const [sub, first, second] = positionals;
+    const takes: Record<string, number> = { install: 1, upgrade: 1, grant: 2, remove: 1, list: 0 };
+    if (sub !== undefined && takes[sub] !== undefined) atMost(positionals.slice(1), takes[sub], `plugin ${sub}`);
     if (sub === "install") return await install(first, values);
     if (sub === "upgrade") return await upgrade(first, values);
     if (sub === "grant") return await grant(first, second, values);

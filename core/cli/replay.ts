@@ -5,7 +5,7 @@
  * nothing, and print where the code no longer matches the history. Exit 0
  * when it matches, 1 when anything diverged.
  */
-import { api, type Command, flagsOf, print, UsageError } from "./client.ts";
+import { api, atMost, type Command, flagsOf, print, UsageError } from "./client.ts";
 
 const show = (value: unknown): string => JSON.stringify(value) ?? "nothing";
 
@@ -24,6 +24,7 @@ the journal, 1 when it does not.`,
     const { values, positionals } = flagsOf(args, { version: { type: "string" }, json: { type: "boolean" } });
     const runId = positionals[0];
     if (!runId) throw new UsageError("replay needs a RUN_ID");
+    atMost(positionals, 1, "replay");
     const report = await api(
       "POST",
       `/api/runs/${encodeURIComponent(runId)}/replay`,

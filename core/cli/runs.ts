@@ -3,7 +3,7 @@
  * Runs, approvals and the audit trail from the command line: `run`, `runs
  * show`, `cancel`, `approvals`, `approve`, `deny`, `audit`.
  */
-import { api, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
+import { api, atMost, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
 
 /** `keel run WORKFLOW --input JSON [--wait [S]]`. */
 export const runCommand: Command = {
@@ -28,6 +28,10 @@ run queue); --priority (default 5) orders it among queued runs, 9 first.`,
     });
     const workflow = positionals[0];
     if (!workflow) throw new UsageError("run needs a WORKFLOW name");
+    const afterWait = i >= 0 ? args[i + 2] : undefined;
+    if (positionals.length > 1 && afterWait !== undefined && positionals.slice(1).includes(afterWait)) {
+      throw new UsageError(`--wait takes seconds from 1 to 300, or stands alone: got "${afterWait}"`);
+    }
     if (positionals.length > 1) {
       throw new UsageError(`run takes one WORKFLOW name: got ${positionals.map((p) => `"${p}"`).join(", ")}`);
     }
@@ -60,6 +64,7 @@ export const runsCommand: Command = {
   async run(args) {
     const { positionals } = flagsOf(args, {});
     if (positionals[0] !== "show" || !positionals[1]) throw new UsageError("Usage: runs show RUN_ID");
+    atMost(positionals.slice(1), 1, "runs show");
     print(await api("GET", `/api/runs/${encodeURIComponent(positionals[1])}`));
   },
 };
@@ -76,6 +81,7 @@ what it already did, use \`keel undo RUN_ID\`.`,
   async run(args) {
     const { values, positionals } = flagsOf(args, { reason: { type: "string" } });
     if (!positionals[0]) throw new UsageError("cancel needs a RUN_ID");
+    atMost(positionals, 1, "cancel");
     const run = await api("POST", `/api/runs/${encodeURIComponent(positionals[0])}/cancel`, {
       ...(values.reason ? { reason: values.reason } : {}),
     });
@@ -88,7 +94,8 @@ export const approvalsCommand: Command = {
   summary: ["approvals                     List pending approvals"],
   help: "Usage: deno task keel approvals [--status pending|approved|denied|used|expired]",
   async run(args) {
-    const { values } = flagsOf(args, { status: { type: "string" } });
+    const { values, positionals } = flagsOf(args, { status: { type: "string" } });
+    atMost(positionals, 0, "approvals");
     const status = values.status ?? "pending";
     const { approvals } = await api("GET", `/api/approvals?status=${encodeURIComponent(status)}`);
     if (!approvals.length) return console.log(`No ${status} approvals`);
@@ -115,6 +122,7 @@ const decide = (verb: "approve" | "deny"): Command => ({
   async run(args) {
     const { values, positionals } = flagsOf(args, { note: { type: "string" }, resolution: { type: "string" } });
     if (!positionals[0]) throw new UsageError(`${verb} needs an APPROVAL_ID`);
+    atMost(positionals, 1, verb);
     const { approval } = await api("POST", `/api/approvals/${encodeURIComponent(positionals[0])}/${verb}`, {
       note: values.note,
       resolution: values.resolution,
@@ -131,14 +139,24 @@ export const denyCommand: Command = decide("deny");
 /** `keel audit [--run ID] [--limit N] [--verify]`. */
 export const auditCommand: Command = {
   summary: ["audit [--run ID]              Show the audit trail (add --verify to check the hash chain)"],
-  help: "Usage: deno task keel audit [--run RUN_ID] [--limit N] [--verify]",
+  help: `Usage: deno task keel audit [--run RUN_ID] [--limit N] [--verify]
+
+Print the newest N audit events (default 1000, at most 10000), oldest first,
+of the whole log or of one run. --verify checks the hash chain instead and
+exits 1 if it is broken.`,
   async run(args) {
-    const { values } = flagsOf(args, {
+    const { values, positionals } = flagsOf(args, {
       run: { type: "string" },
       limit: { type: "string" },
       verify: { type: "boolean" },
     });
-    if (values.verify) return print(await api("GET", "/api/audit/verify"));
+    atMost(positionals, 0, "audit");
+    if (values.verify) {
+      const report = await api("GET", "/api/audit/verify");
+      // A broken chain fails the command too: scripts check the exit code.
+      if (!report.ok) Deno.exitCode = 1;
+      return print(report);
+    }
     const q = new URLSearchParams();
     if (values.run) q.set("runId", values.run);
     if (values.limit) q.set("limit", values.limit);

@@ -3,7 +3,7 @@
  * `keel schedules`: the cron schedules of active workflows and when each
  * fires next.
  */
-import { api, type Command, flagsOf, print } from "./client.ts";
+import { api, atMost, type Command, flagsOf, print } from "./client.ts";
 
 /** `keel schedules [--json]`. */
 export const schedulesCommand: Command = {
@@ -15,7 +15,8 @@ manifest): the expression, its time zone, when it fires next and the last run
 it started. Fires missed while Keel was down are caught up once at start (the
 most recent missed slot only).`,
   async run(args) {
-    const { values } = flagsOf(args, { json: { type: "boolean" } });
+    const { values, positionals } = flagsOf(args, { json: { type: "boolean" } });
+    atMost(positionals, 0, "schedules");
     const { schedules } = await api("GET", "/api/schedules");
     if (values.json) return print(schedules);
     if (!schedules.length) return console.log("No schedules");

@@ -3,7 +3,7 @@
  * `keel undo RUN`: undo a finished or cancelled run through the running Keel
  * (`POST /api/runs/{id}/undo`) and say, effect by effect, what was undone.
  */
-import { api, type Command, flagsOf, print, UsageError } from "./client.ts";
+import { api, atMost, type Command, flagsOf, print, UsageError } from "./client.ts";
 
 /** `keel undo RUN_ID [--json]`. */
 export const undoCommand: Command = {
@@ -23,6 +23,7 @@ Exits 1 when a compensation failed, 2 when one waits for an approval.`,
     const { values, positionals } = flagsOf(args, { json: { type: "boolean" } });
     const runId = positionals[0];
     if (!runId) throw new UsageError("undo needs a RUN_ID");
+    atMost(positionals, 1, "undo");
     const report = await api("POST", `/api/runs/${encodeURIComponent(runId)}/undo`);
     // An undo that is not complete says so in its exit code too (scripts check it).
     Deno.exitCode = report.failed.length ? 1 : report.waiting.length ? 2 : 0;

@@ -814,10 +814,15 @@ export const openApiDocument = withBodyLimits(
       },
       "/api/audit": {
         get: {
-          summary: "Audit events, oldest first",
+          summary: "The newest `limit` audit events (of the log, or of one run), oldest first",
           parameters: [
             { name: "runId", in: "query", schema: { type: "string" } },
-            { name: "limit", in: "query", schema: { type: "integer", minimum: 1, maximum: 10000 } },
+            {
+              name: "limit",
+              in: "query",
+              schema: { type: "integer", minimum: 1, maximum: 10000, default: 1000 },
+              description: "How many of the newest events",
+            },
           ],
           responses: {
             "200": {

@@ -208,10 +208,14 @@ export class Audit extends Context.Service<Audit, {
           if (filter.runId) {
             // Index entries still riding are committed first.
             await group.flushRiders();
+            // The run's newest events, like the log's below.
             const seqs: number[] = [];
-            for await (const e of kv.list<number>({ prefix: ["audit_by_run", filter.runId] }, { limit })) {
+            for await (
+              const e of kv.list<number>({ prefix: ["audit_by_run", filter.runId] }, { limit, reverse: true })
+            ) {
               seqs.push(e.value);
             }
+            seqs.reverse();
             for (let i = 0; i < seqs.length; i += 10) {
               const got = await kv.getMany<AuditEvent[]>(seqs.slice(i, i + 10).map((s) => ["audit", s]));
               for (const g of got) if (g.value) out.push(g.value);

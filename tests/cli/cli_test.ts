@@ -116,7 +116,42 @@ Deno.test("`run --wait` takes seconds or stands alone before the workflow name; 
       [["run", "tr_ping", "--wait", "soon", "--input", "{}"], env],
     ]);
     cleanError(zero, /^error: --wait takes seconds from 1 to 300: got "0"/);
-    cleanError(words, /^error: run takes one WORKFLOW name|^error: --wait takes seconds/);
+    cleanError(words, 'error: --wait takes seconds from 1 to 300, or stands alone: got "soon"');
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("every command refuses arguments it does not take, and KEEL_URL may end in / but must be a URL", async () => {
+  const k = await startTestKeel();
+  try {
+    const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
+    const cases: Array<[string[], string]> = [
+      [["approve", "a", "b"], 'approve takes one argument: got also "b"'],
+      [["deny", "a", "b"], 'deny takes one argument: got also "b"'],
+      [["cancel", "a", "b"], 'cancel takes one argument: got also "b"'],
+      [["undo", "a", "b"], 'undo takes one argument: got also "b"'],
+      [["replay", "a", "b"], 'replay takes one argument: got also "b"'],
+      [["runs", "show", "a", "b"], 'runs show takes one argument: got also "b"'],
+      [["approvals", "extra"], 'approvals takes no arguments: got also "extra"'],
+      [["audit", "extra"], 'audit takes no arguments: got also "extra"'],
+      [["schedules", "extra"], 'schedules takes no arguments: got also "extra"'],
+      [["plugin", "list", "extra"], 'plugin list takes no arguments: got also "extra"'],
+      [["plugin", "remove", "a", "b"], 'plugin remove takes one argument: got also "b"'],
+      [["hooks", "list", "extra"], 'hooks list takes no arguments: got also "extra"'],
+    ];
+    const results = await keelAll(cases.map(([args]) => [args, env]));
+    for (const [i, r] of results.entries()) cleanError(r, `error: ${cases[i][1]}`);
+    // Nothing was asked of Keel: no approval decided, no run cancelled, nothing audited but the test's own start.
+    assert.equal((await k.api("GET", "/api/audit")).body.events.length, 0);
+
+    const [slash, notUrl] = await keelAll([
+      [["approvals"], { ...env, KEEL_URL: `${k.url}/` }],
+      [["approvals"], { ...env, KEEL_URL: "notaurl" }],
+    ]);
+    assert.equal(slash.code, 0, slash.stderr);
+    assert.match(slash.stdout, /No pending approvals/);
+    cleanError(notUrl, 'error: KEEL_URL must be an http(s) URL such as http://127.0.0.1:8787: got "notaurl"');
   } finally {
     await k.close();
   }
@@ -221,6 +256,19 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       const audit = await keel(["audit", "--verify"], env);
       assert.equal(audit.code, 0, audit.stderr);
       assert.equal(JSON.parse(audit.stdout).ok, true);
+    });
+
+    await t.step("`audit --verify` exits 1 when an event was changed behind Keel's back", async () => {
+      const kv = await Deno.openKv(`${k.dataDir}/keel.kv`);
+      try {
+        const first = (await kv.get<{ actor: string }>(["audit", 1])).value!;
+        await kv.set(["audit", 1], { ...first, actor: "mallory" });
+      } finally {
+        kv.close();
+      }
+      const audit = await keel(["audit", "--verify"], env);
+      assert.equal(audit.code, 1, audit.stdout);
+      assert.deepEqual(JSON.parse(audit.stdout), { ok: false, checked: 0, brokenAt: 1 });
     });
   } finally {
     await k.close();

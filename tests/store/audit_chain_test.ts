@@ -95,3 +95,16 @@ Deno.test("a failed commit carrying audit events leaves no gap: the next event t
     await assertMarkHonest(kv);
   });
 });
+
+Deno.test("a listing with a limit gives the newest events, oldest first, for the whole log and for one run", async () => {
+  await withAudit(async (run) => {
+    for (let i = 0; i < 5; i++) {
+      await run(Audit.use((audit) => audit.append(ev("run_a", `a${i}`))));
+      await run(Audit.use((audit) => audit.append(ev("run_b", `b${i}`))));
+    }
+    const all = await run(Audit.use((audit) => audit.list({ limit: 3 })));
+    assert.deepEqual(all.map((e) => e.type), ["b3", "a4", "b4"]);
+    const runA = await run(Audit.use((audit) => audit.list({ runId: "run_a", limit: 2 })));
+    assert.deepEqual(runA.map((e) => e.type), ["a3", "a4"]);
+  });
+});
