@@ -240,6 +240,9 @@ const remove = async (name: string | undefined, flags: { version?: string; force
       ? `Removed ${name} (${result.removed.join(", ")}) and its data`
       : `Removed ${name} ${result.removed.join(", ")}`,
   );
+  if (result.cancelledRuns?.length) {
+    console.log(`Cancelled ${result.cancelledRuns.length} run(s) pinned to it: ${result.cancelledRuns.join(", ")}`);
+  }
 };
 
 const list = async () => {

@@ -184,6 +184,11 @@ export const openApiDocument = withBodyLimits(
             name: { type: "string" },
             removed: { type: "array", items: { type: "string" } },
             whole: { type: "boolean", description: "True when every version went, with the plugin's data" },
+            cancelledRuns: {
+              type: "array",
+              items: { type: "string" },
+              description: "Runs pinned to what went (a forced removal's), cancelled with the removal as the reason",
+            },
           },
         },
         Step: {

@@ -11,6 +11,7 @@ import { Effect } from "effect";
 import { InvalidInputError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { Journal } from "../journal/mod.ts";
+import { Orchestrator } from "../orchestrator/mod.ts";
 
 const pathField = (b: Record<string, unknown>) =>
   typeof b.path === "string" && b.path !== ""
@@ -69,7 +70,11 @@ export const grantRoute = Effect.fn("Http.pluginGrant")(function* (
   return { plugin: shown };
 });
 
-/** `DELETE /api/plugins/{name}[/versions/{version}]?force=`: refused while pinned runs are running or waiting. */
+/**
+ * `DELETE /api/plugins/{name}[/versions/{version}]?force=`: refused while pinned runs are running or waiting. A run
+ * still pinned to what went (a forced removal's, or one that started while the removal was made) cannot go on: it is
+ * cancelled, with the removal as its reason, so nothing installed later under that name picks it up.
+ */
 export const removeRoute = Effect.fn("Http.pluginRemove")(function* (
   name: string,
   rawVersion: string | undefined,
@@ -79,13 +84,21 @@ export const removeRoute = Effect.fn("Http.pluginRemove")(function* (
   const force = yield* forceParam(rawForce);
   const journal = yield* Journal;
   // Every run that has not ended holds its agent version, and the connector versions it was pinned to.
-  const live = yield* journal.activeRuns;
-  const pinnedRuns = live
-    .filter((r) =>
-      (r.plugin === name && (version === undefined || r.pluginVersion === version)) ||
-      (r.pins?.[name] !== undefined && (version === undefined || r.pins[name] === version))
-    )
-    .map((r) => r.id);
+  const pinnedRuns = Effect.map(journal.activeRuns, (live) =>
+    live
+      .filter((r) =>
+        (r.plugin === name && (version === undefined || r.pluginVersion === version)) ||
+        (r.pins?.[name] !== undefined && (version === undefined || r.pins[name] === version))
+      )
+      .map((r) => r.id));
   const host = yield* PluginHost;
-  return yield* host.remove({ name, version, force, pinnedRuns }, "operator");
+  const removed = yield* host.remove({ name, version, force, pinnedRuns }, "operator");
+  const orchestrator = yield* Orchestrator;
+  const reason = `Plugin "${name}"${version === undefined ? "" : ` ${version}`} was removed`;
+  const cancelledRuns: string[] = [];
+  for (const runId of yield* pinnedRuns) {
+    const cancelled = yield* Effect.result(orchestrator.cancel(runId, "operator", reason));
+    if (cancelled._tag === "Success") cancelledRuns.push(runId);
+  }
+  return { ...removed, cancelledRuns };
 });

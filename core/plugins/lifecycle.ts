@@ -97,7 +97,8 @@ export interface RemoveRequest {
   readonly name: string;
   readonly version?: string;
   readonly force?: boolean;
-  readonly pinnedRuns: ReadonlyArray<string>;
+  /** The runs (not ended) pinned to what is removed: read under the lifecycle's lock, just before the removal. */
+  readonly pinnedRuns: Effect.Effect<ReadonlyArray<string>, StoreError>;
 }
 
 /** What the lifecycle needs from the plugin host. */
@@ -580,14 +581,15 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
             `Plugin "${name}" ${version} is the active version: activate another one first ("keel plugin grant ${name} VERSION"), or remove the whole plugin`,
         });
       }
-      if (request.pinnedRuns.length && !request.force) {
+      const pinnedRuns = yield* request.pinnedRuns;
+      if (pinnedRuns.length && !request.force) {
         return yield* new ConflictError({
-          message: `Plugin "${name}"${version ? ` ${version}` : ""} is pinned by ${request.pinnedRuns.length} run${
-            request.pinnedRuns.length === 1 ? "" : "s"
+          message: `Plugin "${name}"${version ? ` ${version}` : ""} is pinned by ${pinnedRuns.length} run${
+            pinnedRuns.length === 1 ? "" : "s"
           } still running or waiting (${
-            request.pinnedRuns.slice(0, 3).join(", ")
-          }): wait for them, or force the removal (those runs then fail)`,
-          details: { runs: request.pinnedRuns },
+            pinnedRuns.slice(0, 3).join(", ")
+          }): wait for them, or force the removal (those runs are then cancelled)`,
+          details: { runs: pinnedRuns },
         });
       }
       yield* registry.commit([], targets);
@@ -602,7 +604,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         versions: targets.map((p) => p.version),
         whole,
         force: request.force === true,
-        pinnedRuns: request.pinnedRuns,
+        pinnedRuns,
       });
       return { name, removed: targets.map((p) => p.version), whole };
     });
