@@ -109,7 +109,8 @@ export const MANIFEST_SCHEMA: JsonSchema = {
   properties: {
     $schema: { type: "string" },
     name: { type: "string", pattern: NAME },
-    version: { type: "string", pattern: SEMVER },
+    // As long as the API takes in a path (`/api/plugins/{name}/versions/{version}`).
+    version: { type: "string", pattern: SEMVER, maxLength: 64 },
     kind: { enum: ["connector", "agent"] },
     description: { type: "string", minLength: 1 },
     config: { type: "object" },

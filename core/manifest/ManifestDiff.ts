@@ -43,7 +43,17 @@ export interface ManifestDiff {
 
 const KEYS = ["net", "env", "read", "write"] as const;
 /** The parts of an effect declaration a grant covers; `description` is prose, not power. */
-const DECL_FIELDS = ["class", "idempotency", "input", "output", "compensate", "retry", "rateLimit", "cost"] as const;
+const DECL_FIELDS = [
+  "class",
+  "idempotency",
+  "input",
+  "output",
+  "compensate",
+  "retry",
+  "backoff",
+  "rateLimit",
+  "cost",
+] as const;
 
 const minus = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) => a.filter((x) => !b.includes(x));
 

@@ -232,6 +232,25 @@ export class PluginHost extends Context.Service<PluginHost, {
       }
       const store = makePluginStore(storeRoot, sdkDir);
       yield* store.sweep;
+      // What a crash in the middle of an install left: stored versions, and data of plugins, the registry does not
+      // hold (the registry is written last). A plugin installed later under that name starts with nothing of it.
+      const orphans = async (dir: string, keep: (name: string, entry: string) => boolean, nested: boolean) => {
+        for await (const n of Deno.readDir(dir)) {
+          if (!n.isDirectory || n.name.startsWith(".")) continue;
+          if (!nested) {
+            if (!keep(n.name, "")) await Deno.remove(`${dir}/${n.name}`, { recursive: true });
+            continue;
+          }
+          for await (const v of Deno.readDir(`${dir}/${n.name}`)) {
+            if (!keep(n.name, v.name)) await Deno.remove(`${dir}/${n.name}/${v.name}`, { recursive: true });
+          }
+          await Deno.remove(`${dir}/${n.name}`).catch(() => {}); // only if it is empty now
+        }
+      };
+      yield* Effect.ignore(Effect.tryPromise(() => orphans(storeRoot, (n, v) => !!registry.get(n, v), true)));
+      const known = (name: string) => registry.versions(name).length > 0;
+      yield* Effect.ignore(Effect.tryPromise(() => orphans(dataRoot, known, false)));
+      yield* Effect.ignore(Effect.tryPromise(() => orphans(`${dataRoot}/.deno-cache`, known, false)));
 
       const liveOf = (name: string): Live => {
         let l = live.get(name);

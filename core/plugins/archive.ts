@@ -41,12 +41,16 @@ const refuse = (source: string, why: string, details: Record<string, unknown> = 
     details: { source, ...details },
   });
 
+/** Control characters (a newline, say) are never in an entry's name: `packageHash` takes one entry per line. */
+// deno-lint-ignore no-control-regex
+export const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
 /**
  * Check a relative entry path and return it normalised (`./a//b/` → `a/b`);
  * undefined for the archive root itself. Throws the reason it is refused.
  */
 export const normaliseEntryPath = (raw: string): string | undefined => {
-  if (raw.includes("\0")) throw new Error(`entry ${JSON.stringify(raw)} has a NUL byte in its name`);
+  if (CONTROL_CHARS.test(raw)) throw new Error(`entry ${JSON.stringify(raw)} has a control character in its name`);
   if (raw.includes("\\")) throw new Error(`entry ${JSON.stringify(raw)} has a backslash in its name`);
   if (raw.startsWith("/") || /^[A-Za-z]:/.test(raw)) {
     throw new Error(`entry ${JSON.stringify(raw)} has an absolute path`);

@@ -8,7 +8,8 @@
  *   package is copied into the store, its module graph is checked on the
  *   stored copy, it is started once to see it implements what it declares,
  *   and it becomes the active version. Installing the identical package
- *   again re-grants it; another package under an installed name and version
+ *   again re-grants it (its grant and config; where it runs stays, unless
+ *   asked); another package under an installed name and version
  *   is refused.
  * - **Upgrade** (a new version of an installed name): compared with the
  *   serving version (`diffManifests`). If it asks for nothing more (same or
@@ -307,8 +308,12 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         yield* discardOnError(pkg.staged, checkGrant(pkg.manifest, pkg.requested, request.grant)),
         overrides,
       );
-      const isolation = yield* discardOnError(pkg.staged, isolationFor(pkg, request.isolation));
       const same = registry.get(name, version);
+      // The identical package again keeps where it runs, unless the operator says otherwise: its default depends on
+      // where it comes from, and installing it from another place must not move it into Keel's process unasked.
+      const isolation = same && request.isolation === undefined
+        ? same.isolation
+        : yield* discardOnError(pkg.staged, isolationFor(pkg, request.isolation));
       if (!same && registry.versions(name).length) {
         if (pkg.staged) yield* store.discard(pkg.staged.dir);
         return yield* new ConflictError({
@@ -319,7 +324,10 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         });
       }
       const staged = yield* finishPackage(pkg);
-      if (same && same.packageHash !== staged.packageHash) {
+      // The stored copy is what runs: a re-install must describe it exactly (its files, and so its manifest).
+      if (
+        same && (same.packageHash !== staged.packageHash || same.manifestHash !== (yield* manifestHash(pkg.manifest)))
+      ) {
         yield* store.discard(staged.dir);
         return yield* new ConflictError({
           message:
@@ -358,7 +366,13 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         grantedBy: actor,
       };
       // Start it before recording it: a plugin that cannot start is not installed.
-      yield* startChecked(plugin).pipe(Effect.tapError(() => same ? Effect.void : store.removeVersion(name, version)));
+      // A plugin refused here leaves nothing: not its stored copy, nor (the first of its name) what it wrote at start.
+      yield* startChecked(plugin).pipe(Effect.tapError(() =>
+        same ? Effect.void : Effect.andThen(
+          store.removeVersion(name, version),
+          registry.versions(name).length ? Effect.void : deps.purgeData(name),
+        )
+      ));
       const previous = registry.active(name);
       const demoted = previous && previous.version !== version
         ? [{ ...previous, activation: "inactive" as const }]

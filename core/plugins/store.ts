@@ -22,7 +22,7 @@
 import { Effect } from "effect";
 import { ModuleGraphError, PluginPackageError, StoreError } from "../errors/mod.ts";
 import { sha256Hex } from "../manifest/mod.ts";
-import { type ArchiveEntry, PACKAGE_LIMITS, type PackageLimits, readTarGz } from "./archive.ts";
+import { type ArchiveEntry, CONTROL_CHARS, PACKAGE_LIMITS, type PackageLimits, readTarGz } from "./archive.ts";
 
 /** A package written to a staging folder inside the store. */
 export interface StagedPackage {
@@ -62,6 +62,9 @@ export const readFolder = (
         for (const name of names.sort()) {
           if (!rel && name === ".git") continue;
           const path = rel ? `${rel}/${name}` : name;
+          if (CONTROL_CHARS.test(name)) {
+            throw new Error(`${JSON.stringify(path)} has a control character in its name`);
+          }
           const info = await Deno.lstat(`${root}/${path}`);
           if (info.isSymlink) {
             throw new Error(`"${path}" is a symlink; Keel stores plugins as plain files, so it refuses links`);
@@ -87,10 +90,16 @@ export const readFolder = (
     catch: (cause) => refuse(root, (cause as Error)?.message ?? String(cause)),
   });
 
-/** SHA-256 over sorted paths and file contents: identifies a package whatever its source. */
+/**
+ * SHA-256 over sorted paths and file contents, one entry per line: identifies a package whatever its source. A path
+ * with a control character (a newline could forge lines) is refused, as the readers refuse it.
+ */
 export const packageHash = async (entries: ReadonlyArray<ArchiveEntry>): Promise<string> => {
   const lines: string[] = [];
   for (const e of [...entries].sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0)) {
+    if (CONTROL_CHARS.test(e.path)) {
+      throw new Error(`entry ${JSON.stringify(e.path)} has a control character in its name`);
+    }
     if (e.kind === "dir") {
       lines.push(`d ${e.path}`);
       continue;
