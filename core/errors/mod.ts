@@ -62,7 +62,7 @@ export class ModelUnavailableError extends Schema.TaggedError<ModelUnavailableEr
 export class ModelOutputError extends Schema.TaggedError<ModelOutputError>()("ModelOutputError", fields) {}
 /** The embedding provider (Ollama) failed or returned vectors memory cannot store. */
 export class EmbeddingError extends Schema.TaggedError<EmbeddingError>()("EmbeddingError", fields) {}
-/** A request body larger than the route accepts (an inbound webhook over its cap). */
+/** A request body, a run's input or an inbound webhook larger than Keel accepts (413). */
 export class PayloadTooLargeError extends Schema.TaggedError<PayloadTooLargeError>()("PayloadTooLargeError", fields) {}
 /** The run must stop here and wait (an approval); not a failure of the run. */
 export class RunSuspendedError extends Schema.TaggedError<RunSuspendedError>()("RunSuspendedError", fields) {}

@@ -53,7 +53,9 @@ export const startOptions = Effect.fn("Http.startOptions")(function* (
       : rawPriority as number;
     if (!Number.isInteger(priority) || priority < 0 || priority > 9) {
       return yield* new InvalidInputError({
-        message: `"priority" must be an integer from 0 to 9: got ${JSON.stringify(rawPriority)}`,
+        message: `"priority" must be an integer from 0 to 9: got ${
+          typeof rawPriority === "string" ? JSON.stringify(rawPriority) : String(rawPriority)
+        }`,
       });
     }
   }

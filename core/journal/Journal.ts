@@ -1,9 +1,12 @@
 /**
  * @module
- * The run journal on Deno KV: runs, their steps, and approvals. The journal is
- * the source of truth for a run: after a crash the coordinator is replayed
- * against it and completed steps return their recorded results. Writes use
- * atomic operations with version checks, so a step is recorded once.
+ * The run journal on Deno KV: runs, their steps, approvals, and the run queue
+ * and active-runs indexes. The journal is the source of truth for a run:
+ * after a crash the coordinator is replayed against it and completed steps
+ * return their recorded results. State changes that others may race (a run
+ * parking, a decision, an intent's claim) are compare-and-set; checkpoints
+ * of the run this host executes are blind writes shared in a grouped commit
+ * (`GroupCommit`), since this host is their only writer.
  */
 import { Context, Effect, Layer } from "effect";
 import { type GroupWrite, Kv, kvTry } from "../store/mod.ts";

@@ -1703,7 +1703,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (!run) return yield* new NotFoundError({ message: `No run with id "${runId}"` });
         if (TERMINAL.has(run.status)) {
           return yield* new ConflictError({
-            message: `Run "${runId}" already ended: it ${run.status}`,
+            message: `Run "${runId}" has already ended (${run.status})`,
             details: { status: run.status },
           });
         }

@@ -1,10 +1,12 @@
 /**
  * @module
- * The plugin host: installs plugins with an explicit grant, runs each in a
- * Deno Worker whose permissions are exactly that grant (every key passed,
- * nothing inherited), and speaks the RPC protocol to it. A crashed or hung
- * plugin is retired and started again on its next call; the host and the
- * other plugins keep serving.
+ * The plugin host: installs, upgrades, grants and removes plugins (folders or
+ * `.tar.gz` archives, several versions side by side: `lifecycle.ts`), runs
+ * each in a Deno Worker, or in a child process under bubblewrap, whose
+ * permissions are exactly its grant (every key passed, nothing inherited),
+ * and speaks the RPC protocol to it. A crashed or hung plugin is retired and
+ * started again on its next call; the host and the other plugins keep
+ * serving. Health checks run in the background (`health.ts`).
  */
 import { Context, Effect, Layer } from "effect";
 import { Validator } from "@cfworker/json-schema";

@@ -1,6 +1,8 @@
 /**
  * @module
- * The plugin host: install, Workers, permissions, RPC, module-graph checks.
+ * The plugin host: install, upgrade, grant and remove (folders and archives),
+ * Workers and bubblewrap processes, permissions, RPC, health, module-graph
+ * checks.
  */
 export * from "./PluginHost.ts";
 export { checkModuleGraph } from "./moduleGraph.ts";
