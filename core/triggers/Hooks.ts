@@ -9,7 +9,10 @@
  * delivery idempotent: the same delivery id always maps to the same run
  * (`hook_<id>_<delivery>`). An unknown hook costs the same HMAC as a known
  * one. Every delivery is audited, accepted (`webhook.delivered`) or rejected
- * (`webhook.rejected`, with the reason), never with its body.
+ * (`webhook.rejected`, with the reason), never with its body; rejections at
+ * most `REJECTED_PER_MINUTE` times a minute per hook and reason, the next one
+ * counting those left out, so junk from anyone who can reach the port cannot
+ * fill the log.
  *
  * The signature covers the body only, not the delivery id: a sender that
  * needs protection against replays of a captured request should put a
@@ -31,6 +34,8 @@ import { Audit } from "../telemetry/mod.ts";
 
 /** Largest delivery body Keel reads (bytes): the body is the run's input, which is bounded so. */
 export const MAX_HOOK_BODY_BYTES = MAX_RUN_INPUT_BYTES;
+/** Rejected deliveries audited per minute, per hook and reason (all unknown hooks count as one). */
+export const REJECTED_PER_MINUTE = 10;
 
 /** A hook as the API lists it: never with its secret. */
 export interface HookView {
@@ -165,24 +170,57 @@ export class Hooks extends Context.Service<Hooks, {
         return view(hook);
       });
 
+      /**
+       * Rejected deliveries are audited at most `REJECTED_PER_MINUTE` times a minute per hook and reason (all unknown
+       * hooks count as one): anyone who can reach the port can send junk, and it must not fill the log. The rest are
+       * counted, and the next event of that kind says how many were left out (`suppressed`).
+       */
+      const rejections = new Map<string, { since: number; written: number; suppressed: number }>();
+      const auditRejection = (key: string, now: number): { write: boolean; suppressed: number } => {
+        let r = rejections.get(key);
+        if (!r || now - r.since >= 60_000) {
+          r = { since: now, written: 0, suppressed: r?.suppressed ?? 0 };
+          rejections.set(key, r);
+        }
+        if (r.written >= REJECTED_PER_MINUTE) {
+          r.suppressed++;
+          return { write: false, suppressed: 0 };
+        }
+        r.written++;
+        const suppressed = r.suppressed;
+        r.suppressed = 0;
+        return { write: true, suppressed };
+      };
+
       const deliver = Effect.fn("Hooks.deliver")(function* (d: Delivery) {
         const hookId = HOOK_ID.test(d.hookId) ? d.hookId : undefined;
         const deliveryId = d.deliveryId !== undefined && DELIVERY_ID.test(d.deliveryId) ? d.deliveryId : undefined;
-        const reject = <E extends DeliveryError>(reason: string, error: E, extra: Record<string, unknown> = {}) =>
-          Effect.andThen(
-            audit.append({
-              type: "webhook.rejected",
-              actor: hookId ? `webhook:${hookId}` : "webhook",
-              data: {
-                hookId: hookId ?? null,
-                reason,
-                ...(d.body ? { bytes: d.body.length } : {}),
-                ...(deliveryId ? { deliveryId } : {}),
-                ...extra,
-              },
-            }),
-            Effect.fail(error),
-          );
+        /** Refuse the delivery; `of` is the hook it is for once it is known to exist (else all unknown ones). */
+        const reject = <E extends DeliveryError>(
+          reason: string,
+          error: E,
+          extra: Record<string, unknown> = {},
+          of = "*",
+        ) => {
+          const gate = auditRejection(`${of}:${reason}`, Date.now());
+          return gate.write
+            ? Effect.andThen(
+              audit.append({
+                type: "webhook.rejected",
+                actor: hookId ? `webhook:${hookId}` : "webhook",
+                data: {
+                  hookId: hookId ?? null,
+                  reason,
+                  ...(d.body ? { bytes: d.body.length } : {}),
+                  ...(deliveryId ? { deliveryId } : {}),
+                  ...(gate.suppressed ? { suppressed: gate.suppressed } : {}),
+                  ...extra,
+                },
+              }),
+              Effect.fail(error),
+            )
+            : Effect.fail(error);
+        };
         if (d.body === undefined) {
           return yield* reject(
             "too_large",
@@ -208,12 +246,16 @@ export class Hooks extends Context.Service<Hooks, {
           return yield* reject(
             "missing_signature",
             new UnauthorizedError({ message: 'Webhook delivery needs header "X-Keel-Signature: sha256=<hex>"' }),
+            {},
+            hook.id,
           );
         }
         if (!signed || given === "") {
           return yield* reject(
             "bad_signature",
             new UnauthorizedError({ message: "Webhook signature does not match the body" }),
+            {},
+            hook.id,
           );
         }
         if (d.deliveryId !== undefined && deliveryId === undefined) {
@@ -222,17 +264,21 @@ export class Hooks extends Context.Service<Hooks, {
             new InvalidInputError({
               message: 'Header "X-Keel-Delivery" must be 1 to 100 letters, digits or "_.:-"',
             }),
+            {},
+            hook.id,
           );
         }
         const text = new TextDecoder().decode(body);
         const input = text.trim() === "" ? {} : yield* Effect.try({
           try: () => JSON.parse(text) as unknown,
           catch: () => new InvalidInputError({ message: "Webhook body must be JSON" }),
-        }).pipe(Effect.catch((error) => reject("invalid_json", error)));
+        }).pipe(Effect.catch((error) => reject("invalid_json", error, {}, hook.id)));
         if (input === null || typeof input !== "object" || Array.isArray(input)) {
           return yield* reject(
             "invalid_json",
             new InvalidInputError({ message: "Webhook body must be a JSON object" }),
+            {},
+            hook.id,
           );
         }
         const runId = deliveryId ? `hook_${hook.id}_${deliveryId}` : undefined;
@@ -276,6 +322,7 @@ export class Hooks extends Context.Service<Hooks, {
               message: `Webhook "${hook.id}" starts workflow "${hook.workflow}", which no active agent offers`,
             }),
             { workflow: hook.workflow },
+            hook.id,
           );
         }
         if (error._tag === "InvalidInputError") {
@@ -284,7 +331,7 @@ export class Hooks extends Context.Service<Hooks, {
           const fields = Array.isArray(problems)
             ? problems.map((p) => /^field "([^"]{1,200})"/.exec(String(p))?.[1] ?? "(body)")
             : ["(body)"];
-          return yield* reject("invalid_input", error, { workflow: hook.workflow, fields });
+          return yield* reject("invalid_input", error, { workflow: hook.workflow, fields }, hook.id);
         }
         return yield* error;
       });

@@ -238,3 +238,36 @@ Deno.test("a hook needs an installed workflow and a JSON body naming it", async 
     await k.close();
   }
 });
+
+Deno.test("junk deliveries cannot fill the audit log: at most 10 a minute per hook and reason are audited", async () => {
+  const { k, hook, other } = await setUp();
+  try {
+    const body = JSON.stringify({ orderId: "o-1" });
+    // 300 deliveries to hooks that do not exist (no token, no secret needed), 20 at a time.
+    let sent = 0;
+    const junk = async () => {
+      while (sent < 300) {
+        sent++;
+        const id = `hk_${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
+        assert.equal((await deliver(k, id, body)).status, 404);
+      }
+    };
+    await Promise.all(Array.from({ length: 20 }, junk));
+    // And 30 badly signed ones to each of two real hooks: each hook has its own allowance.
+    for (const id of [hook.id, other.hook.id]) {
+      for (let i = 0; i < 30; i++) {
+        const reply = await deliver(k, id, body, { "x-keel-signature": `sha256=${"0".repeat(64)}` });
+        assert.equal(reply.status, 401);
+      }
+    }
+    const rejected = await audit(k, "webhook.rejected");
+    const count = (reason: string, hookId: string | null) =>
+      rejected.filter((e) => e.data.reason === reason && (hookId === null || e.data.hookId === hookId)).length;
+    assert.equal(count("unknown_hook", null), 10, "unknown hooks: 10 a minute");
+    assert.equal(count("bad_signature", hook.id), 10);
+    assert.equal(count("bad_signature", other.hook.id), 10);
+    assert.equal(rejected.length, 30);
+  } finally {
+    await k.close();
+  }
+});
