@@ -77,16 +77,44 @@ export const startKeel = async (
   const app = makeApp(runtime, config.token);
   let server: Deno.HttpServer | undefined;
   let url: string | undefined;
+  let closing = false;
   if (options.serve !== false) {
     const listening = Promise.withResolvers<void>();
-    server = Deno.serve({
-      hostname: config.hostname,
-      port: config.port,
-      onListen: ({ port, hostname }) => {
-        url = `http://${hostname}:${port}`;
-        listening.resolve();
-      },
-    }, app.fetch);
+    let port = config.port;
+    const serve = () =>
+      Deno.serve({
+        hostname: config.hostname,
+        port,
+        onListen: (addr) => {
+          port = addr.port;
+          url = `http://${addr.hostname}:${addr.port}`;
+          listening.resolve();
+        },
+      }, app.fetch);
+    /**
+     * Keep the API up: the server's accept loop ends on an error such as running out of file descriptors (a local
+     * process holding thousands of idle connections; Deno.serve has no connection cap or idle timeout). Unhandled,
+     * that ended the whole process, runs and all. Keel says so and listens again, once a second until it can.
+     */
+    const watch = (s: Deno.HttpServer) => {
+      s.finished.catch(async (error) => {
+        if (closing) return;
+        console.error(`Keel's HTTP server stopped (${String(error?.message ?? error)}); listening again`);
+        while (!closing) {
+          await new Promise((r) => setTimeout(r, 1000));
+          if (closing) return;
+          try {
+            server = serve();
+            watch(server);
+            return;
+          } catch (again) {
+            console.error(`Keel cannot listen yet (${String((again as Error)?.message ?? again)}); trying again`);
+          }
+        }
+      });
+    };
+    server = serve();
+    watch(server);
     await listening.promise;
   }
   return {
@@ -95,6 +123,7 @@ export const startKeel = async (
     url,
     recovered: exit.value,
     close: async () => {
+      closing = true;
       await server?.shutdown();
       await runtime.runPromise(Orchestrator.use((o) => o.idle).pipe(Effect.timeout(5000), Effect.ignore));
       await runtime.dispose();
