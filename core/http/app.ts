@@ -20,7 +20,7 @@ import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
 import { registerTriggerRoutes, startOptions } from "./triggerRoutes.ts";
-import { querySeconds, readCapped } from "./params.ts";
+import { queryLimit, querySeconds, readCapped } from "./params.ts";
 import type { Hooks, Scheduler } from "../triggers/mod.ts";
 import type { Memory, Records } from "../memory/mod.ts";
 import {
@@ -260,8 +260,9 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
             message: `Query "status" must be one of ${allowed.join(", ")}: got "${status}"`,
           });
         }
+        const limit = yield* queryLimit(c.req.query("limit"), 1000, 10_000);
         const journal = yield* Journal;
-        return { approvals: yield* journal.listApprovals({ status: status as "pending" | undefined }) };
+        return { approvals: yield* journal.listApprovals({ status: status as "pending" | undefined, limit }) };
       }),
     ));
 
@@ -298,13 +299,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     respond(
       c,
       Effect.gen(function* () {
-        const limitRaw = c.req.query("limit");
-        const limit = limitRaw === undefined ? 1000 : Number(limitRaw);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
-          return yield* new InvalidInputError({
-            message: `Query "limit" must be an integer from 1 to 10000: got "${limitRaw}"`,
-          });
-        }
+        const limit = yield* queryLimit(c.req.query("limit"), 1000, 10_000);
         const runId = c.req.query("runId");
         if (runId !== undefined && !ID.test(runId)) {
           return yield* new InvalidInputError({ message: 'Query "runId" must be a run id like "run_0123…"' });

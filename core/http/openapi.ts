@@ -770,12 +770,20 @@ export const openApiDocument = withBodyLimits(
       },
       "/api/approvals": {
         get: {
-          summary: "Approvals, optionally by status",
-          parameters: [{
-            name: "status",
-            in: "query",
-            schema: { enum: ["pending", "approved", "denied", "used", "expired"] },
-          }],
+          summary: "Approvals, oldest first, optionally by status: at most `limit` of them",
+          parameters: [
+            {
+              name: "status",
+              in: "query",
+              schema: { enum: ["pending", "approved", "denied", "used", "expired"] },
+            },
+            {
+              name: "limit",
+              in: "query",
+              schema: { type: "integer", minimum: 1, maximum: 10000, default: 1000 },
+              description: "How many of the oldest",
+            },
+          ],
           responses: {
             "200": {
               description: "Approvals",

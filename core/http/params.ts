@@ -21,6 +21,19 @@ export const querySeconds = (
   );
 };
 
+/** A list's `?limit=`: plain digits from 1 to `max`, `fallback` when left out. */
+export const queryLimit = (
+  raw: string | undefined,
+  fallback: number,
+  max: number,
+): Effect.Effect<number, InvalidInputError> => {
+  if (raw === undefined) return Effect.succeed(fallback);
+  const value = /^\d{1,6}$/.test(raw) ? Number(raw) : NaN;
+  return value >= 1 && value <= max ? Effect.succeed(value) : Effect.fail(
+    new InvalidInputError({ message: `Query "limit" must be an integer from 1 to ${max}: got "${raw}"` }),
+  );
+};
+
 const ISO_TIME = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d)(?::(\d\d)(?:\.\d{1,9})?)?(Z|[+-](\d\d):(\d\d))$/;
 
 /**

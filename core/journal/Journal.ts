@@ -319,7 +319,10 @@ export class Journal extends Context.Service<Journal, {
   recordDecision(decision: DecisionRecord): Effect.Effect<void, StoreError>;
   /** The decision log, oldest first. */
   listDecisions(filter: { limit?: number }): Effect.Effect<DecisionRecord[], StoreError>;
-  listApprovals(filter: { status?: ApprovalRecord["status"] }): Effect.Effect<ApprovalRecord[], StoreError>;
+  /** Approvals, oldest first: at most `limit` (default 1000) of them, with `status` if given. */
+  listApprovals(
+    filter: { status?: ApprovalRecord["status"]; limit?: number },
+  ): Effect.Effect<ApprovalRecord[], StoreError>;
   /** Move an approval from `from` to its new state atomically; false if someone else moved it first. */
   transitionApproval(
     approval: ApprovalRecord,
@@ -654,20 +657,22 @@ export class Journal extends Context.Service<Journal, {
           }),
         getApproval: (id) =>
           kvTry("Cannot read approval", async () => (await kv.get<ApprovalRecord>(approvalKey(id))).value ?? undefined),
-        listApprovals: ({ status }) =>
+        listApprovals: ({ status, limit = 1000 }) =>
           kvTry("Cannot list approvals", async () => {
             const out: ApprovalRecord[] = [];
             if (status === "pending") {
+              // The pending index may hold entries that a later commit takes out: read ten at a time until enough.
               const ids: string[] = [];
               for await (const e of kv.list({ prefix: ["approval_pending"] })) ids.push(e.key[1] as string);
-              for (const id of ids) {
-                const a = (await kv.get<ApprovalRecord>(approvalKey(id))).value;
-                if (a && a.status === "pending") out.push(a);
+              for (let i = 0; i < ids.length && out.length < limit; i += 10) {
+                const got = await kv.getMany<ApprovalRecord[]>(ids.slice(i, i + 10).map(approvalKey));
+                for (const g of got) if (g.value?.status === "pending" && out.length < limit) out.push(g.value);
               }
               return out;
             }
             for await (const e of kv.list<ApprovalRecord>({ prefix: ["approval"] })) {
               if (!status || e.value.status === status) out.push(e.value);
+              if (out.length >= limit) break;
             }
             return out;
           }),
