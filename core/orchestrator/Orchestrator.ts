@@ -228,7 +228,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const hostId = `host_${crypto.randomUUID().slice(0, 8)}`;
       const queue = makeQueue();
       /** Runs executing (or being claimed) in this host. */
-      const executing = new Map<string, { again: boolean; run: RunRecord; claiming?: boolean }>();
+      /** Runs executing here, and slots held for runs about to (`claiming`): what the limits count. */
+      const executing = new Map<
+        string,
+        { again: boolean; run: Pick<RunRecord, "id" | "workflow" | "plugin">; claiming?: boolean }
+      >();
       /** Runs created running by `start` whose first pass has not begun: their journal is empty. */
       const isNew = new Set<string>();
       /** Runs cancelled while their workflow executes: who and why. */
@@ -1123,16 +1127,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       // ---- The run queue and dispatcher ----
 
-      const limitOf = (run: RunRecord) => limits.get(run.workflow) ?? {};
+      const limitOf = (run: Pick<RunRecord, "workflow">) => limits.get(run.workflow) ?? {};
       const learnLimits = (plugin: InstalledPlugin, decl: { name: string; concurrency?: number }) =>
         limits.set(decl.name, { workflow: decl.concurrency, plugin: plugin.manifest.concurrency });
-      const countRunning = (pred: (r: RunRecord) => boolean) => {
+      const countRunning = (pred: (r: Pick<RunRecord, "workflow" | "plugin">) => boolean) => {
         let n = 0;
         for (const e of executing.values()) if (pred(e.run)) n++;
         return n;
       };
       /** Whether limits let `run` start now (global, per workflow, per agent plugin). */
-      const mayStart = (run: RunRecord) => {
+      const mayStart = (run: Pick<RunRecord, "workflow" | "plugin">) => {
         if (executing.size >= maxRuns) return false;
         const limits = limitOf(run);
         if (limits.workflow !== undefined && countRunning((r) => r.workflow === run.workflow) >= limits.workflow) {
@@ -1628,7 +1632,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (!resume) return;
           if (direct) executeReserved({ ...run!, status: "running" });
           else {
-            queue.add({ ...run!, status: "queued", queuedAt: now });
+            queue.add({ ...run!, queuedAt: now });
             pump();
           }
         };
@@ -1831,8 +1835,14 @@ const MAX_CHILD_DEPTH = 8;
 /** How long a claim on a run holds without renewal. */
 const LEASE_MS = 30_000;
 
+/**
+ * What the dispatcher keeps of a queued run: enough to order it and check the limits. Its record (with its input, up
+ * to 48 KiB) is read back when it is claimed, so thousands of delayed runs cost little memory.
+ */
+type QueuedRun = Pick<RunRecord, "id" | "workflow" | "plugin" | "priority" | "queuedAt">;
+
 interface QueueItem {
-  readonly run: RunRecord;
+  readonly run: QueuedRun;
   readonly readyAt: number;
   readonly priority: number;
 }
@@ -1842,8 +1852,13 @@ const makeQueue = () => {
   const items = new Map<string, QueueItem>();
   const order = (a: QueueItem, b: QueueItem) => b.priority - a.priority || a.readyAt - b.readyAt;
   return {
-    add(run: RunRecord) {
-      items.set(run.id, { run, readyAt: run.queuedAt ?? 0, priority: run.priority ?? 5 });
+    add(run: QueuedRun) {
+      const { id, workflow, plugin, priority, queuedAt } = run;
+      items.set(id, {
+        run: { id, workflow, plugin, priority, queuedAt },
+        readyAt: queuedAt ?? 0,
+        priority: priority ?? 5,
+      });
     },
     remove(runId: string) {
       items.delete(runId);

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { Effect } from "effect";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
 import { Orchestrator } from "../../core/orchestrator/mod.ts";
+import { PluginHost } from "../../core/plugins/mod.ts";
 import { Journal } from "../../core/journal/mod.ts";
 import { Audit } from "../../core/telemetry/mod.ts";
 
@@ -150,8 +151,11 @@ Deno.test("a gate decided after its agent was removed is not resumed in the remo
     await install(k);
     const { runId, approvalId } = await parkedW2(k);
     // `decide` calls a live agent itself (`PluginHost.runWorkflowNow`); a removed one is neither live nor installed.
-    const removed = await k.api("DELETE", "/api/plugins/bench_workflows?force=true");
-    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    // (Removed through the host, not the API, which would cancel the run: this is the orchestrator's own guard.)
+    const removed = await k.keel.runtime.runPromise(
+      PluginHost.use((h) => h.remove({ name: "bench_workflows", force: true, pinnedRuns: Effect.succeed([]) }, "test")),
+    );
+    assert.deepEqual(removed.removed, ["0.1.0"]);
     const decided = await run(k, (o) => o.decide(approvalId, { approve: true, actor: "ops" }));
     assert.equal(decided.status, "approved");
     const view = await run(k, (o) => o.wait(runId, 10));
