@@ -48,8 +48,8 @@ export type ApiServices =
 
 /** The longest `?wait=` of a start or a run read, in seconds. */
 const MAX_WAIT_SECONDS = 300;
-/** The largest request body the API reads (a run's input is at most 48 KiB; policy simulations are the largest). */
-export const MAX_API_BODY_BYTES = 1024 * 1024;
+/** The largest request body the API reads (a run's input is at most 48 KiB; a policy simulation's files 1 MiB). */
+export const MAX_API_BODY_BYTES = 4 * 1024 * 1024;
 /** How deep a request body may nest (routes check their own fields tighter: a run's input, 64). */
 export const MAX_BODY_DEPTH = 128;
 

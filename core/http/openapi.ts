@@ -18,7 +18,7 @@ const waitParam = {
   description: "Seconds (plain digits, at most 300) to wait for the run to end or pause before answering",
 };
 
-/** Every POST and PUT reads its body through one reader (`app.ts`): over 1 MiB is a 413, nested over 128 levels a 400. */
+/** Every POST and PUT reads its body through one reader (`app.ts`): over 4 MiB is a 413, nested over 128 levels a 400. */
 const withBodyLimits = <D>(doc: D): D => {
   const paths = (doc as { paths: Record<string, Record<string, { responses: object }>> }).paths;
   for (const ops of Object.values(paths)) {
@@ -38,7 +38,7 @@ export const openApiDocument = withBodyLimits(
       version: "0.1.0",
       description:
         "Keel's HTTP API. Every /api route needs `Authorization: Bearer <token>`. Errors are `{error: {tag, message, details}}`. " +
-        "A request body is a JSON object of at most 1 MiB (else 413), nesting at most 128 levels (else 400).",
+        "A request body is a JSON object of at most 4 MiB (else 413), nesting at most 128 levels (else 400).",
     },
     servers: [{ url: "http://127.0.0.1:8787" }],
     components: {
