@@ -226,7 +226,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const maxRuns = config.maxRuns ?? 32;
       const startHoldMs = config.startHoldMs ?? START_HOLD_MS;
       const hostId = `host_${crypto.randomUUID().slice(0, 8)}`;
-      const queue = makeQueue();
+      const queue = makeRunQueue();
       /** Runs executing (or being claimed) in this host. */
       /** Runs executing here, and slots held for runs about to (`claiming`): what the limits count. */
       const executing = new Map<
@@ -1847,35 +1847,78 @@ interface QueueItem {
   readonly priority: number;
 }
 
-/** This host's copy of the run queue (the KV index is the truth; this is what the dispatcher scans). */
-const makeQueue = () => {
+/**
+ * This host's copy of the run queue (the KV index is the truth; this is what the dispatcher scans). Exported for its
+ * test only.
+ */
+export const makeRunQueue = () => {
   const items = new Map<string, QueueItem>();
-  const order = (a: QueueItem, b: QueueItem) => b.priority - a.priority || a.readyAt - b.readyAt;
+  /**
+   * Per priority, the items in order of `readyAt` (then of arrival): `ready` takes a prefix of each, so a pass of the
+   * dispatcher sorts nothing (with 20,000 queued runs, sorting them all on every start took 27–62 ms).
+   */
+  const buckets = new Map<number, QueueItem[]>();
+  /** The first position in `list` whose item is ready after `at`. */
+  const after = (list: ReadonlyArray<QueueItem>, at: number) => {
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid].readyAt <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  const drop = (item: QueueItem) => {
+    const list = buckets.get(item.priority)!;
+    let i = after(list, item.readyAt) - 1;
+    while (list[i] !== item) i--;
+    list.splice(i, 1);
+    if (!list.length) buckets.delete(item.priority);
+  };
+  const remove = (runId: string) => {
+    const item = items.get(runId);
+    if (!item) return;
+    items.delete(runId);
+    drop(item);
+  };
   return {
     add(run: QueuedRun) {
+      remove(run.id);
       const { id, workflow, plugin, priority, queuedAt } = run;
-      items.set(id, {
+      const item: QueueItem = {
         run: { id, workflow, plugin, priority, queuedAt },
         readyAt: queuedAt ?? 0,
         priority: priority ?? 5,
-      });
+      };
+      items.set(id, item);
+      const list = buckets.get(item.priority) ?? [];
+      list.splice(after(list, item.readyAt), 0, item);
+      buckets.set(item.priority, list);
     },
-    remove(runId: string) {
-      items.delete(runId);
-    },
+    remove,
     size: () => items.size,
-    /** Items ready at `now`, best first. */
+    /** Items ready at `now`, best first: higher priority, then earlier, then first queued. */
     ready(now: number): QueueItem[] {
-      return [...items.values()].filter((i) => i.readyAt <= now).sort(order);
+      const out: QueueItem[] = [];
+      for (const p of [...buckets.keys()].sort((a, b) => b - a)) {
+        const list = buckets.get(p)!;
+        const n = after(list, now);
+        for (let i = 0; i < n; i++) out.push(list[i]);
+      }
+      return out;
     },
     hasReady(now: number) {
-      for (const i of items.values()) if (i.readyAt <= now) return true;
+      for (const list of buckets.values()) if (list[0].readyAt <= now) return true;
       return false;
     },
     /** The earliest ready time still in the future. */
     nextTime(now: number) {
       let next = Infinity;
-      for (const i of items.values()) if (i.readyAt > now && i.readyAt < next) next = i.readyAt;
+      for (const list of buckets.values()) {
+        const i = after(list, now);
+        if (i < list.length && list[i].readyAt < next) next = list[i].readyAt;
+      }
       return next;
     },
   };
