@@ -1740,7 +1740,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           notify(runId);
         }
         // Pending approvals of the run can no longer release anything.
-        for (const a of yield* journal.listApprovals({ status: "pending" })) {
+        // Every pending one, however many there are (the API's list stops at its limit).
+        for (const a of yield* journal.listApprovals({ status: "pending", limit: Infinity })) {
           if (a.runId !== runId) continue;
           yield* journal.transitionApproval(
             { ...a, status: "denied", decidedBy: actor, decidedAt: at, note: "The run was cancelled" },
@@ -1888,8 +1889,9 @@ export const makeRunQueue = () => {
       const { id, workflow, plugin, priority, queuedAt } = run;
       const item: QueueItem = {
         run: { id, workflow, plugin, priority, queuedAt },
-        readyAt: queuedAt ?? 0,
-        priority: priority ?? 5,
+        // A time that is not a number would break the order every lookup relies on: such a run is ready now.
+        readyAt: Number.isFinite(queuedAt) ? queuedAt! : 0,
+        priority: Number.isFinite(priority) ? priority! : 5,
       };
       items.set(id, item);
       const list = buckets.get(item.priority) ?? [];

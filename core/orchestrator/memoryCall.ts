@@ -142,6 +142,10 @@ export const recordOutcome = Effect.fnUntraced(function* <E>(
   name: string,
   outcome: Result.Result<unknown, E>,
 ) {
+  // A store that failed (memory shutting down, say) is not an answer: not recorded, so a replay asks again.
+  if (outcome._tag === "Failure" && (outcome.failure as { _tag?: string })._tag === "StoreError") {
+    return yield* Effect.fail(outcome.failure);
+  }
   const at = new Date(yield* Clock.currentTimeMillis).toISOString();
   const step: StepRecord = outcome._tag === "Success"
     ? { seq, kind: "memory", name, status: "done", value: outcome.success, startedAt: at, endedAt: at }

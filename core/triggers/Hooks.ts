@@ -222,12 +222,16 @@ export class Hooks extends Context.Service<Hooks, {
             : Effect.fail(error);
         };
         if (d.body === undefined) {
+          // Counted against the hook it is for, when there is one: junk to unknown hooks must not hide it.
+          const known = hookId ? yield* read(hookId) : undefined;
           return yield* reject(
             "too_large",
             new PayloadTooLargeError({
               message: `Webhook body is larger than ${MAX_HOOK_BODY_BYTES} bytes`,
               details: { limit: MAX_HOOK_BODY_BYTES },
             }),
+            {},
+            known?.id,
           );
         }
         const body = d.body;

@@ -271,3 +271,18 @@ Deno.test("junk deliveries cannot fill the audit log: at most 10 a minute per ho
     await k.close();
   }
 });
+
+Deno.test("junk to unknown hooks cannot silence the audit of a real hook's too-large delivery", async () => {
+  const { k, hook } = await setUp();
+  try {
+    const big = "x".repeat(64 * 1024);
+    // An outsider: 10 oversized deliveries to hook ids that do not exist use up the unknown hooks' allowance.
+    for (let i = 0; i < 10; i++) assert.equal((await deliver(k, `hk_${"0".repeat(23)}${i}`, big)).status, 413);
+    // The real hook's own oversized delivery is still audited.
+    assert.equal((await deliver(k, hook.id, big)).status, 413);
+    const mine = (await audit(k, "webhook.rejected")).filter((e) => e.data.hookId === hook.id);
+    assert.deepEqual(mine.map((e) => e.data.reason), ["too_large"]);
+  } finally {
+    await k.close();
+  }
+});
