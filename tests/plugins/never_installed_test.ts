@@ -10,8 +10,9 @@ import { callEffect, startTestKeel } from "../_support/plugins.ts";
 import { startKeelProcess } from "../_support/process.ts";
 
 const SDK = `file://${ROOT}/core/sdk/mod.ts`;
+/** A connector named rv-notes, granted its data dir, whose `mod.ts` is `mod`. */
 const pkg = async (mod: string, effects: string[]) => {
-  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-rv-fail-" }));
+  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-rv-notes-" }));
   await Deno.writeTextFile(
     `${dir}/plugin.json`,
     JSON.stringify({
@@ -54,22 +55,6 @@ Deno.test("a refused install takes what the plugin wrote at start with it; the n
   }
 });
 
-const pkgOne = async (mod: string, effect: string) => {
-  const dir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-rv-crash-" }));
-  await Deno.writeTextFile(
-    `${dir}/plugin.json`,
-    JSON.stringify({
-      name: "rv-notes",
-      version: "1.0.0",
-      kind: "connector",
-      description: "notes",
-      permissions: { read: ["."], write: ["."] },
-      effects: [{ name: effect, class: "read", description: "x", input: { type: "object" } }],
-    }),
-  );
-  await Deno.writeTextFile(`${dir}/mod.ts`, mod);
-  return dir;
-};
 const exists = (p: string) => {
   try {
     Deno.statSync(p);
@@ -83,12 +68,12 @@ Deno.test("after a kill -9 during an install, the next start removes its stored 
   const dataDir = Deno.realPathSync(await Deno.makeTempDir({ prefix: "keel-rv-crash-data-" }));
   const pdata = `${dataDir}/plugin-data/rv-notes`;
   // Author A's plugin writes into its data dir while it starts, and starts slowly (3 s, under the 5 s start limit).
-  const a = await pkgOne(
+  const a = await pkg(
     `import { definePlugin } from "${SDK}";\n` +
       `await Deno.writeTextFile("${pdata}/secret.txt", "written by A");\n` +
       `await new Promise((r) => setTimeout(r, 3000));\n` +
       `definePlugin({ effects: { "a.note": () => Promise.resolve({}) } });\n`,
-    "a.note",
+    ["a.note"],
   );
   let keel = await startKeelProcess({ dataDir });
   try {
@@ -104,10 +89,10 @@ Deno.test("after a kill -9 during an install, the next start removes its stored 
     assert.ok(!exists(`${dataDir}/plugins/rv-notes`), "the stored copy of a never-installed plugin was left");
     assert.ok(!exists(pdata), "the data of a never-installed plugin was left");
     // Author B's unrelated plugin, same name, installed fresh: it reads what A left.
-    const b = await pkgOne(
+    const b = await pkg(
       `import { definePlugin } from "${SDK}";\n` +
         `definePlugin({ effects: { "b.peek": async () => ({ found: await Deno.readTextFile("${pdata}/secret.txt").catch(() => null) }) } });\n`,
-      "b.peek",
+      ["b.peek"],
     );
     const ins = await keel.api("POST", "/api/plugins", { path: b, grant: { read: ["."] } });
     assert.equal(ins.status, 201, JSON.stringify(ins.body));
