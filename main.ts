@@ -9,10 +9,10 @@
  * and kept in <data dir>/token), KEEL_POLICIES (default: policies/ in Keel's
  * folder), KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT),
  * KEEL_RPC_TIMEOUT_MS (100 to 3,600,000; default 30,000), KEEL_MAX_RUNS (1 to
- * 10,000; default 32), KEEL_EMBEDDER (memory's embedder: offline, ollama or
+ * 10,000; default 32), KEEL_MAX_QUEUED (1 to 10,000,000; default 10,000), KEEL_EMBEDDER (memory's embedder: offline, ollama or
  * ollama:MODEL) and OLLAMA_HOST (default http://127.0.0.1:11434).
  */
-import { keelRoot, parseMaxRuns, parsePort, parseRpcTimeout } from "./core/config/mod.ts";
+import { keelRoot, parseMaxQueued, parseMaxRuns, parsePort, parseRpcTimeout } from "./core/config/mod.ts";
 import { KeelStartError, startKeel } from "./core/mod.ts";
 import { COMMANDS, dataDir, env, readToken, UsageError } from "./core/cli/mod.ts";
 
@@ -22,7 +22,9 @@ Start Keel: open the data dir ($KEEL_DATA_DIR, default ./.keel), load policies
 ($KEEL_POLICIES, default policies/ in Keel's folder), resume interrupted runs and serve the
 HTTP API on $KEEL_HOST:$KEEL_PORT (default 127.0.0.1:8787). The API token is
 $KEEL_TOKEN, or generated on first start and kept in <data dir>/token. At most
-$KEEL_MAX_RUNS runs (default 32) execute at once; others wait in the run queue.`;
+$KEEL_MAX_RUNS runs (default 32) execute at once; others wait in the run queue.
+Once $KEEL_MAX_QUEUED runs (default 10,000) are queued, starts over the API and
+webhooks are refused with 429 until the queue drains.`;
 
 const mainHelp = () =>
   [
@@ -36,7 +38,7 @@ const mainHelp = () =>
     "",
     "Options for every command: --help",
     "Environment: KEEL_DATA_DIR, KEEL_PORT, KEEL_HOST, KEEL_TOKEN, KEEL_POLICIES, KEEL_URL,",
-    "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_EMBEDDER, OLLAMA_HOST",
+    "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_MAX_QUEUED, KEEL_EMBEDDER, OLLAMA_HOST",
   ].join("\n");
 
 const ensureToken = (): { token: string; generated: boolean } => {
@@ -57,6 +59,7 @@ const serve = async () => {
   const port = parsePort(env("KEEL_PORT"), 8787);
   const rpcTimeoutMs = parseRpcTimeout(env("KEEL_RPC_TIMEOUT_MS"));
   const maxRuns = parseMaxRuns(env("KEEL_MAX_RUNS"));
+  const maxQueued = parseMaxQueued(env("KEEL_MAX_QUEUED"));
   const { token, generated } = ensureToken();
   const root = keelRoot();
   const config = {
@@ -71,6 +74,7 @@ const serve = async () => {
     embedder: env("KEEL_EMBEDDER"),
     ollamaHost: env("OLLAMA_HOST"),
     maxRuns,
+    maxQueued,
   };
   const keel = await startKeel(config);
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);

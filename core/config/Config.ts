@@ -30,6 +30,11 @@ export interface KeelConfigShape {
   /** Runs executing at once across all workflows (`KEEL_MAX_RUNS`); others wait in the run queue. Default 32. */
   readonly maxRuns?: number;
   /**
+   * Runs the run queue may hold before a start from outside (`POST /api/workflows/{name}/runs`, a webhook) is refused
+   * with a 429 (`KEEL_MAX_QUEUED`); children, schedules and recovered runs are never refused. Default 10,000.
+   */
+  readonly maxQueued?: number;
+  /**
    * Milliseconds a run that starts (or resumes) at once may hold its start back to share its first write's commit;
    * default 5. Longer trades the start's latency for fewer commits; tests set it long to make "one commit" exact.
    */
@@ -72,6 +77,9 @@ export const parsePort = (raw: string | undefined, fallback: number): number =>
 
 /** Parse `KEEL_MAX_RUNS`: how many runs execute at once (default 32). */
 export const parseMaxRuns = (raw: string | undefined): number => parseIntSetting("KEEL_MAX_RUNS", raw, 32, 1, 10_000);
+/** Parse `KEEL_MAX_QUEUED`: how many runs may queue before outside starts get a 429 (default 10,000). */
+export const parseMaxQueued = (raw: string | undefined): number =>
+  parseIntSetting("KEEL_MAX_QUEUED", raw, 10_000, 1, 10_000_000);
 
 /** Parse `KEEL_RPC_TIMEOUT_MS`: how long a plugin may take to start or answer a call (default 30 s, at most 1 h). */
 export const parseRpcTimeout = (raw: string | undefined): number =>

@@ -64,6 +64,8 @@ export class ModelOutputError extends Schema.TaggedError<ModelOutputError>()("Mo
 export class EmbeddingError extends Schema.TaggedError<EmbeddingError>()("EmbeddingError", fields) {}
 /** A request body, a run's input or an inbound webhook larger than Keel accepts (413). */
 export class PayloadTooLargeError extends Schema.TaggedError<PayloadTooLargeError>()("PayloadTooLargeError", fields) {}
+/** The run queue is full: a start from outside is refused until it drains (429, with `Retry-After`). */
+export class QueueFullError extends Schema.TaggedError<QueueFullError>()("QueueFullError", fields) {}
 /** The run must stop here and wait (an approval); not a failure of the run. */
 export class RunSuspendedError extends Schema.TaggedError<RunSuspendedError>()("RunSuspendedError", fields) {}
 
@@ -92,7 +94,8 @@ export type KeelError =
   | ModelUnavailableError
   | ModelOutputError
   | EmbeddingError
-  | PayloadTooLargeError;
+  | PayloadTooLargeError
+  | QueueFullError;
 
 /** The JSON shape of an error in the API, the journal and the audit log. */
 export interface ErrorBody {
@@ -140,6 +143,7 @@ const BY_TAG = {
   ModelOutputError,
   EmbeddingError,
   PayloadTooLargeError,
+  QueueFullError,
 } as const;
 
 /** Rebuild a Keel error that crossed the plugin boundary as `{tag, message}`; undefined for a plugin's own tag. */

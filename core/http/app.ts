@@ -15,7 +15,7 @@ import { MAX_NOTE_CHARS, Orchestrator, undoRun, type UndoServices } from "../orc
 import { Journal } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { argsDepth, type Limits, type Policy } from "../policy/mod.ts";
-import { errorResponse } from "./errors.ts";
+import { errorResponse, RETRY_AFTER_SECONDS } from "./errors.ts";
 import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
@@ -88,6 +88,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     if (exit._tag === "Success") return c.json(exit.value as never, status as 200);
     const failure = exit.cause.reasons.find((r) => r._tag === "Fail");
     const { status: code, body } = errorResponse(failure && "error" in failure ? failure.error : exit.cause);
+    if (code === 429) c.header("Retry-After", String(RETRY_AFTER_SECONDS));
     return c.json(body, code as 500);
   };
   /** A request's JSON object body: at most `MAX_API_BODY_BYTES` (the rest is not read) and `MAX_BODY_DEPTH` deep. */
@@ -136,7 +137,8 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
 
   app.use("/api/*", async (c, next) => {
     const header = c.req.header("authorization") ?? "";
-    const given = header.startsWith("Bearer ") ? header.slice(7) : "";
+    // The auth scheme is case-insensitive (RFC 9110 §11.1): "bearer …" is the same credential as "Bearer …".
+    const given = /^bearer /i.test(header) ? header.slice(7) : "";
     if (!equalTokens(given, token)) {
       const { status, body } = errorResponse(
         new UnauthorizedError({ message: "Missing or wrong bearer token (see KEEL_TOKEN or <data dir>/token)" }),
@@ -211,7 +213,10 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         const wait = yield* querySeconds(c.req.query("wait"), "wait", MAX_WAIT_SECONDS);
         const orchestrator = yield* Orchestrator;
         const options = yield* startOptions(b, c.req.query());
-        const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator", options);
+        const run = yield* orchestrator.start(c.req.param("name"), b.input ?? {}, "operator", {
+          ...options,
+          capped: true,
+        });
         if (wait === undefined) return { runId: run.id, status: run.status };
         return { runId: run.id, ...(yield* orchestrator.wait(run.id, wait)) };
       }),

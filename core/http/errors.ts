@@ -31,7 +31,11 @@ export const STATUS: Readonly<Record<string, number>> = {
   ModelOutputError: 502,
   EmbeddingError: 502,
   PayloadTooLargeError: 413,
+  QueueFullError: 429,
 };
+
+/** Seconds a 429 asks the caller to wait (`Retry-After`). */
+export const RETRY_AFTER_SECONDS = 1;
 
 /** The JSON body and status for any failure; never a stack trace. */
 export const errorResponse = (error: unknown): { status: number; body: { error: ErrorBody } } => {

@@ -9,7 +9,29 @@ const json = (schema: Record<string, unknown>) => ({ content: { "application/jso
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const errors = (...codes: number[]) =>
   Object.fromEntries(codes.map((code) => [String(code), { description: "Error", ...json(ref("Error")) }]));
+/** A 429 (`QueueFullError`): the run queue holds `KEEL_MAX_QUEUED` runs; `Retry-After` says when to try again. */
+const queueFull = {
+  "429": {
+    description: "The run queue is full (KEEL_MAX_QUEUED); nothing was started. Try again after Retry-After seconds",
+    headers: { "Retry-After": { schema: { type: "integer", minimum: 1 } } },
+    ...json(ref("Error")),
+  },
+};
 const idParam = (name: string) => ({ name, in: "path", required: true, schema: { type: "string" } });
+/** A collection's name, as `Records` takes it (another name is a 400). */
+const collectionParam = {
+  name: "name",
+  in: "path",
+  required: true,
+  schema: { type: "string", pattern: "^[a-z][a-z0-9_]{0,62}$" },
+};
+/** A record's id, as `Records` takes it (another id is a 400). */
+const recordIdParam = {
+  name: "id",
+  in: "path",
+  required: true,
+  schema: { type: "string", pattern: "^[\\w.@:+-]{1,200}$" },
+};
 const waitParam = {
   name: "wait",
   in: "query",
@@ -715,6 +737,7 @@ export const openApiDocument = withBodyLimits(
               ...json({ allOf: [ref("Run"), { type: "object", properties: { runId: { type: "string" } } }] }),
             },
             ...errors(400, 401, 404, 413),
+            ...queueFull,
           },
         },
       },
@@ -951,7 +974,7 @@ export const openApiDocument = withBodyLimits(
       "/api/collections/{name}": {
         put: {
           summary: "Create or replace a collection's JSON Schema",
-          parameters: [idParam("name")],
+          parameters: [collectionParam],
           requestBody: json({ type: "object", required: ["schema"], properties: { schema: { type: "object" } } }),
           responses: {
             "200": {
@@ -973,7 +996,7 @@ export const openApiDocument = withBodyLimits(
         get: {
           summary: "Records of a collection, by id",
           parameters: [
-            idParam("name"),
+            collectionParam,
             {
               name: "where",
               in: "query",
@@ -995,7 +1018,7 @@ export const openApiDocument = withBodyLimits(
       "/api/collections/{name}/records/{id}": {
         get: {
           summary: "One record, current version",
-          parameters: [idParam("name"), idParam("id")],
+          parameters: [collectionParam, recordIdParam],
           responses: {
             "200": { description: "The record", ...json({ type: "object", properties: { record: ref("Record") } }) },
             ...errors(400, 401, 404),
@@ -1003,7 +1026,7 @@ export const openApiDocument = withBodyLimits(
         },
         put: {
           summary: "Write a record as the operator; validated against the collection's schema",
-          parameters: [idParam("name"), idParam("id")],
+          parameters: [collectionParam, recordIdParam],
           requestBody: json({ type: "object", required: ["data"], properties: { data: {} } }),
           responses: {
             "200": {
@@ -1108,6 +1131,7 @@ export const openApiDocument = withBodyLimits(
               }),
             },
             ...errors(400, 401, 404, 413),
+            ...queueFull,
           },
         },
       },

@@ -217,6 +217,8 @@ export interface GateWatch {
 export class Journal extends Context.Service<Journal, {
   createRun(run: RunRecord): Effect.Effect<void, StoreError>;
   getRun(id: string): Effect.Effect<RunRecord | undefined, StoreError>;
+  /** Several runs, read ten at a time (`undefined` where there is none), in the order of `ids`. */
+  getRuns(ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<RunRecord | undefined>, StoreError>;
   listRuns(filter: { status?: RunStatus; limit?: number }): Effect.Effect<RunRecord[], StoreError>;
   /** Update a run; `expect` guards against racing writers (false when the status moved). */
   updateRun(
@@ -515,6 +517,16 @@ export class Journal extends Context.Service<Journal, {
           return out;
         }),
         getRun: (id) => kvTry("Cannot read run", async () => (await kv.get<RunRecord>(runKey(id))).value ?? undefined),
+        getRuns: (ids) =>
+          kvTry("Cannot read runs", async () => {
+            const out: Array<RunRecord | undefined> = [];
+            for (let i = 0; i < ids.length; i += 10) {
+              for (const g of await kv.getMany<RunRecord[]>(ids.slice(i, i + 10).map(runKey))) {
+                out.push(g.value ?? undefined);
+              }
+            }
+            return out;
+          }),
         listRuns: ({ status, limit }) =>
           kvTry("Cannot list runs", async () => {
             const out: RunRecord[] = [];

@@ -44,6 +44,7 @@ import {
   InvalidInputError,
   NotFoundError,
   PayloadTooLargeError,
+  QueueFullError,
   RunSuspendedError,
   type StoreError,
   toErrorBody,
@@ -96,6 +97,11 @@ export interface StartOptions {
   /** Idempotent start: if a run with this id exists it is returned and nothing new starts. */
   readonly runId?: string;
   readonly trigger?: RunTrigger;
+  /**
+   * A start from outside (the API, a webhook): refused with `QueueFullError` while the run queue holds
+   * `maxQueued` runs. Children, schedules and recovery are not capped: refusing them would lose work.
+   */
+  readonly capped?: boolean;
 }
 
 /** Largest step result Keel records (Deno KV values are capped at 64 KiB). */
@@ -150,6 +156,8 @@ const PARKED_JOURNALS = 1024;
 /** How long, and how many, ended runs' views are kept for the first `wait` after the end. */
 const ENDED_VIEW_MS = 1000;
 const ENDED_VIEWS = 1024;
+/** How often the runs that callers `wait` for are read again, in case a wake-up was missed. */
+const WAIT_SWEEP_MS = 1000;
 
 /**
  * A run's start (or its resumption by a decision) that is not written at once.
@@ -224,6 +232,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
 
       const config = yield* KeelConfig;
       const maxRuns = config.maxRuns ?? 32;
+      const maxQueued = config.maxQueued ?? 10_000;
       const startHoldMs = config.startHoldMs ?? START_HOLD_MS;
       const hostId = `host_${crypto.randomUUID().slice(0, 8)}`;
       const queue = makeRunQueue();
@@ -241,7 +250,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
       const limits = new Map<string, { workflow?: number; plugin?: number }>();
       const waiters = new Map<string, Set<() => void>>();
       /**
-       * Views of runs that just ended, built from what their pass knew, for the first \`wait\` after the end
+       * Views of runs that just ended, built from what their pass knew, for the first `wait` after the end
        * (taken once, kept a second): a caller waiting for a quick run needs no read of what was just written.
        */
       const ended = new Map<string, { view: RunView; at: number }>();
@@ -279,6 +288,34 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         return Date.now() - hit.at <= ENDED_VIEW_MS ? hit.view : undefined;
       };
       const idleWaiters = new Set<() => void>();
+      /**
+       * The waiters' safety net. `notify` wakes a run's waiters when it ends or parks; once a second, while anyone
+       * waits, the waited runs are also read together (ten to a read) and the waiters of any that is neither queued
+       * nor running are woken. One timer and a read per ten runs, however many wait. A run queued or executing here
+       * changes only through this host, which wakes its waiters: it is read every tenth sweep only.
+       */
+      let sweepTimer: ReturnType<typeof setTimeout> | undefined;
+      let sweeps = 0;
+      const armSweep = () => {
+        if (sweepTimer === undefined && waiters.size > 0 && !stopping) sweepTimer = setTimeout(sweep, WAIT_SWEEP_MS);
+      };
+      const sweep = () => {
+        const all = ++sweeps % 10 === 0;
+        const ids = [...waiters.keys()].filter((id) => all || !(queue.has(id) || executing.has(id)));
+        Effect.runPromise(journal.getRuns(ids)).then(
+          (runs) =>
+            runs.forEach((run, i) => {
+              if (!run || (run.status !== "running" && run.status !== "queued" && !holding.has(ids[i]))) {
+                notify(ids[i]);
+              }
+            }),
+          // A read that failed: the waiters look again themselves, and say so if the store is gone.
+          () => ids.forEach(notify),
+        ).finally(() => {
+          sweepTimer = undefined;
+          if (!stopping) armSweep();
+        });
+      };
       const notify = (runId: string) => {
         for (const w of waiters.get(runId) ?? []) w();
         waiters.delete(runId);
@@ -1250,6 +1287,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           stopping = true;
           clearInterval(renew);
           if (timer !== undefined) clearTimeout(timer);
+          if (sweepTimer !== undefined) clearTimeout(sweepTimer);
         })
       );
 
@@ -1317,6 +1355,12 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         if (options.notBefore !== undefined && !Number.isFinite(options.notBefore)) {
           return yield* new InvalidInputError({
             message: `Start time must be a finite time: got "${options.notBefore}"`,
+          });
+        }
+        if (options.capped && queue.size() >= maxQueued) {
+          return yield* new QueueFullError({
+            message: `${queue.size()} runs are queued (KEEL_MAX_QUEUED is ${maxQueued}); try again later`,
+            details: { queued: queue.size(), limit: maxQueued },
           });
         }
         const { plugin, decl } = yield* host.findWorkflow(workflow);
@@ -1400,6 +1444,14 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }).pipe(Effect.ensuring(Effect.sync(() => direct && unreserve(run.id))));
       });
 
+      /** Take a waiter's listener off its run; a run nobody waits for leaves `waiters` (and the sweep). */
+      const unlisten = (runId: string, listener: () => void) => {
+        const set = waiters.get(runId);
+        if (!set) return;
+        set.delete(listener);
+        if (set.size === 0) waiters.delete(runId);
+      };
+
       const wait = Effect.fnUntraced(function* (runId: string, seconds: number) {
         // A run that just ended here: its view, with no read and no clock.
         const ended = takeEnded(runId);
@@ -1417,32 +1469,34 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           const set = waiters.get(runId) ?? new Set();
           set.add(listener);
           waiters.set(runId, set);
+          armSweep();
           const looked = yield* Effect.result(get(runId));
           if (looked._tag === "Failure") {
-            set.delete(listener);
+            unlisten(runId, listener);
             return yield* Effect.fail(looked.failure);
           }
           const current = looked.success;
           const left = deadline - (yield* Clock.currentTimeMillis);
           // A run whose resumption is held (`HeldStart`) executes while the store still shows it parked.
           if ((current.status !== "running" && current.status !== "queued" && !holding.has(runId)) || left <= 0) {
-            set.delete(listener);
+            unlisten(runId, listener);
             return current;
           }
           if (woken) {
-            set.delete(listener);
+            unlisten(runId, listener);
             continue;
           }
+          // Woken by `notify` (the run ended or parked, or the sweep saw it so) or by this wait's deadline.
           yield* Effect.callback<void>((resume) => {
             wake = () => resume(Effect.void);
-            const timer = setTimeout(wake, Math.min(left, 1000));
+            const timer = setTimeout(wake, left);
             return Effect.sync(() => {
               clearTimeout(timer);
-              set.delete(listener);
+              unlisten(runId, listener);
             });
           });
-          // Woken by the timer rather than by `notify`: this round's listener is still registered.
-          set.delete(listener);
+          // Woken by the deadline rather than by `notify`: this round's listener is still registered.
+          unlisten(runId, listener);
         }
       });
 
@@ -1804,7 +1858,10 @@ type OrchestratorStart = (
   input: unknown,
   actor: string,
   options?: StartOptions & { parent?: { runId: string; seq: number } },
-) => Effect.Effect<RunRecord, NotFoundError | InvalidInputError | PayloadTooLargeError | StoreError>;
+) => Effect.Effect<
+  RunRecord,
+  NotFoundError | InvalidInputError | PayloadTooLargeError | QueueFullError | StoreError
+>;
 
 /** Bytes of `value`'s JSON in UTF-8, or undefined if it is not JSON (a cycle, a BigInt). */
 const jsonBytes = (value: unknown): number | undefined => {
@@ -1899,6 +1956,7 @@ export const makeRunQueue = () => {
       buckets.set(item.priority, list);
     },
     remove,
+    has: (runId: string) => items.has(runId),
     size: () => items.size,
     /** Items ready at `now`, best first: higher priority, then earlier, then first queued. */
     ready(now: number): QueueItem[] {

@@ -23,6 +23,7 @@ import {
   InvalidInputError,
   NotFoundError,
   PayloadTooLargeError,
+  QueueFullError,
   type StoreError,
   UnauthorizedError,
 } from "../errors/mod.ts";
@@ -99,7 +100,13 @@ const equalConstantTime = (a: string, b: string): boolean => {
   return diff === 0;
 };
 
-type DeliveryError = NotFoundError | UnauthorizedError | InvalidInputError | PayloadTooLargeError | StoreError;
+type DeliveryError =
+  | NotFoundError
+  | UnauthorizedError
+  | InvalidInputError
+  | PayloadTooLargeError
+  | QueueFullError
+  | StoreError;
 
 /** The webhook service. */
 export class Hooks extends Context.Service<Hooks, {
@@ -308,6 +315,7 @@ export class Hooks extends Context.Service<Hooks, {
           orchestrator.start(hook.workflow, input, `webhook:${hook.id}`, {
             ...(runId ? { runId } : {}),
             trigger: { kind: "webhook", id: hook.id },
+            capped: true,
           }),
         );
         if (started._tag === "Success") {
@@ -328,6 +336,10 @@ export class Hooks extends Context.Service<Hooks, {
             { workflow: hook.workflow },
             hook.id,
           );
+        }
+        if (error._tag === "QueueFullError") {
+          // The sender hears 429 and delivers again later (with its delivery id, the retry cannot start it twice).
+          return yield* reject("queue_full", error, { workflow: hook.workflow }, hook.id);
         }
         if (error._tag === "InvalidInputError") {
           // The sender hears what was wrong; the audit log, which never holds the body, only which fields.

@@ -45,6 +45,8 @@ export interface TestKeelOptions {
   readonly rpcTimeoutMs?: number;
   /** Runs executing at once (default Keel's). */
   readonly maxRuns?: number;
+  /** Runs the queue may hold before outside starts get a 429 (default Keel's). */
+  readonly maxQueued?: number;
   /** How long a start may wait to share its run's first commit (default Keel's). */
   readonly startHoldMs?: number;
 }
@@ -68,6 +70,7 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     policiesDir,
     rpcTimeoutMs: options.rpcTimeoutMs ?? 10_000,
     ...(options.maxRuns ? { maxRuns: options.maxRuns } : {}),
+    ...(options.maxQueued ? { maxQueued: options.maxQueued } : {}),
     ...(options.startHoldMs ? { startHoldMs: options.startHoldMs } : {}),
   }))
     .catch(async (error) => {
