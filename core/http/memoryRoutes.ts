@@ -7,7 +7,7 @@
  */
 import { Effect } from "effect";
 import { InvalidInputError, NotFoundError } from "../errors/mod.ts";
-import { Memory, parseRecallOptions, Records } from "../memory/mod.ts";
+import { MAX_QUERY_LIMIT, MAX_RECALL_LIMIT, Memory, parseRecallOptions, Records } from "../memory/mod.ts";
 
 type Query = Readonly<Record<string, ReadonlyArray<string>>>;
 
@@ -24,6 +24,14 @@ const SEARCH_PARAMS: Readonly<Record<string, string>> = {
   limit: "limit",
 };
 
+/** A query's `limit` must be plain digits, as every other `?limit=` (`Number` takes "0x10", "1e1", " 5"). */
+const plainLimit = (query: Query, max: number) => {
+  const raw = query.limit?.[0];
+  return raw === undefined || /^\d{1,6}$/.test(raw) ? undefined : new InvalidInputError({
+    message: `Option "limit" must be an integer from 1 to ${max}: got ${JSON.stringify(raw)}`,
+  });
+};
+
 const unknownParam = (query: Query, allowed: ReadonlyArray<string>) => {
   const extra = Object.keys(query).find((k) => !allowed.includes(k));
   return extra === undefined ? undefined : new InvalidInputError({
@@ -33,7 +41,7 @@ const unknownParam = (query: Query, allowed: ReadonlyArray<string>) => {
 
 /** `GET /api/memory?q=…&kind=…&tag=…&limit=…`: hybrid recall over every scope, logged with actor `operator`. */
 export const memorySearchRoute = Effect.fn("Http.memorySearch")(function* (query: Query) {
-  const extra = unknownParam(query, Object.keys(SEARCH_PARAMS));
+  const extra = unknownParam(query, Object.keys(SEARCH_PARAMS)) ?? plainLimit(query, MAX_RECALL_LIMIT);
   if (extra) return yield* extra;
   const raw: Record<string, unknown> = {};
   for (const [param, option] of Object.entries(SEARCH_PARAMS)) {
@@ -68,7 +76,7 @@ export const defineCollectionRoute = Effect.fn("Http.defineCollection")(function
 
 /** `GET /api/collections/{name}/records?where=JSON&after=ID&limit=N`. */
 export const recordsRoute = Effect.fn("Http.records")(function* (name: string, query: Query) {
-  const extra = unknownParam(query, ["where", "after", "limit"]);
+  const extra = unknownParam(query, ["where", "after", "limit"]) ?? plainLimit(query, MAX_QUERY_LIMIT);
   if (extra) return yield* extra;
   let where: Record<string, unknown> | undefined;
   if (query.where?.[0] !== undefined) {

@@ -360,6 +360,8 @@ const makeMemory = Effect.gen(function* () {
          order by embedding <=> $1::vector limit $${vp.length}`,
         vp,
       )).rows.map((r) => ({ id: r.id, distance: Number(r.distance) }))
+        // A query with no words embeds as the zero vector, whose cosine distance to anything is NaN: no match.
+        .filter((r) => Number.isFinite(r.distance))
         // Iterative index scans return rows in relaxed order: put them in exact order.
         .sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : 1));
       // Items holding every query word first (selective, so cheap), then items holding any of them: ranking

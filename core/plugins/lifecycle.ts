@@ -434,8 +434,32 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
       return { current, pkg, diff, isolation };
     });
 
+    /**
+     * The overrides an upgrade states, checked. An override is never carried: one the new version needs must be
+     * stated with this upgrade, or the upgrade waits for a grant (none now). A malformed override, or one naming
+     * what the plugin does not request, is refused either way. A dry run checks the same.
+     */
+    const upgradeOverrides = (pkg: Effect.Success<ReturnType<typeof readPackage>>, override: unknown) =>
+      Effect.gen(function* () {
+        const needed = pkg.requested.needsOverride ?? [];
+        const stated = Array.isArray(override) ? override : [];
+        const unstated = needed.filter((item) => !stated.includes(item));
+        if (!unstated.length) {
+          return { overrides: yield* checkOverride(pkg.manifest, pkg.requested, override), unstated };
+        }
+        if (override !== undefined) {
+          yield* checkOverride(
+            pkg.manifest,
+            pkg.requested,
+            Array.isArray(override) ? [...needed, ...override] : override,
+          );
+        }
+        return { overrides: [], unstated };
+      });
+
     const previewUpgrade = Effect.fn("PluginLifecycle.previewUpgrade")(function* (request: UpgradeRequest) {
       const { current, pkg, diff } = yield* readUpgrade(request);
+      yield* discardOnError(pkg.staged, upgradeOverrides(pkg, request.override));
       if (pkg.staged) yield* store.discard(pkg.staged.dir);
       return {
         manifest: pkg.manifest,
@@ -449,23 +473,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
     const upgrade = Effect.fn("PluginLifecycle.upgrade")(function* (request: UpgradeRequest, actor: string) {
       const { current, pkg, diff, isolation } = yield* readUpgrade(request);
       const { name, version } = pkg.manifest;
-      // An override is never carried: one the new version needs must be stated with this upgrade, or it waits.
-      const needed = pkg.requested.needsOverride ?? [];
-      const stated = Array.isArray(request.override) ? request.override : [];
-      const unstated = needed.filter((item) => !stated.includes(item));
-      const overrides = unstated.length ? [] : yield* discardOnError(
-        pkg.staged,
-        checkOverride(pkg.manifest, pkg.requested, request.override),
-      );
-      if (unstated.length && request.override !== undefined) {
-        // Malformed or naming what the plugin does not request: refused, not held.
-        const shape = Array.isArray(request.override) ? [...needed, ...request.override] : request.override;
-        const extra = yield* Effect.result(checkOverride(pkg.manifest, pkg.requested, shape));
-        if (extra._tag === "Failure") {
-          if (pkg.staged) yield* store.discard(pkg.staged.dir);
-          return yield* extra.failure;
-        }
-      }
+      const { overrides, unstated } = yield* discardOnError(pkg.staged, upgradeOverrides(pkg, request.override));
       const staged = yield* finishPackage(pkg);
       const clash = nameClash(pkg.manifest);
       if (clash) {
