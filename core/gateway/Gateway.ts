@@ -649,7 +649,11 @@ export class Gateway extends Context.Service<Gateway, {
           const error: ErrorBody = toErrorBody(outcome.failure);
           if (retryModeOf(auth.decl) === "ask" && isUnknownOutcome(outcome.failure)) {
             // It may have happened: never send again blindly, ask the operator.
-            const why = outcome.failure._tag === "PluginTimeoutError" ? "timeout" : "crash";
+            const why = outcome.failure._tag === "PluginTimeoutError"
+              ? "timeout"
+              : outcome.failure._tag === "PluginCrashedError"
+              ? "crash"
+              : "lost reply";
             return yield* askOperator(r, auth.connector, { ...intent, ...tried, lastError: error }, why);
           }
           const delay = nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
@@ -691,12 +695,14 @@ export class Gateway extends Context.Service<Gateway, {
         r: EffectRequest,
         connector: InstalledPlugin,
         prior: StepRecord,
-        why: "restart" | "timeout" | "crash",
+        why: "restart" | "timeout" | "crash" | "lost reply",
       ) {
         const created = yield* Clock.currentTimeMillis;
         const policyHash = (yield* policy.current).hash;
         const what = why === "restart"
           ? `Keel stopped while "${r.effect}" was in flight`
+          : why === "lost reply"
+          ? `"${r.effect}" was sent, and the connector could not tell whether it went through`
           : `"${r.effect}" was sent, then the connector ${why === "timeout" ? "timed out" : "crashed"}`;
         const approval: ApprovalRecord = {
           id: timeOrderedId("apr", created),
@@ -749,8 +755,11 @@ export class Gateway extends Context.Service<Gateway, {
           findConnector(r, r.effect),
           (e) => new EffectNotDeclaredError({ message: e.message }),
         );
-        if (decl.class === "read" || (decl.class === "write" && decl.idempotency === "key")) {
+        if (
+          prior.status === "intent" && (decl.class === "read" || (decl.class === "write" && decl.idempotency === "key"))
+        ) {
           // Safe to send again: reads change nothing, and the connector honours the key. Limits were counted once.
+          // Not once the operator was asked (`unknown_outcome`): their answer decides, a denial above all.
           const decision = yield* decideSafely(policyRequest(r, connector, decl, yield* Clock.currentTimeMillis));
           if (decision.decision === "allow") {
             return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!));
@@ -811,7 +820,7 @@ export class Gateway extends Context.Service<Gateway, {
        */
       const failedForCertain = (prior: StepRecord) => {
         const e = prior.error;
-        if (!e || isUnknownOutcome({ _tag: e.tag })) return false;
+        if (!e || isUnknownOutcome({ _tag: e.tag, details: e.details })) return false;
         const d = e.details as { ran?: unknown } | null | undefined;
         return !(typeof d === "object" && d !== null && d.ran === true);
       };

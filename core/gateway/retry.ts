@@ -69,10 +69,16 @@ interface Failure {
 
 /**
  * True if the call may have happened though Keel got no answer: the plugin
- * crashed or timed out while the call was with it.
+ * crashed or timed out while the call was with it, or it failed saying it
+ * cannot tell (`PluginError`'s `outcomeUnknown`: its server took the request,
+ * then went silent).
  */
-export const isUnknownOutcome = (error: Failure): boolean =>
-  error._tag === "PluginCrashedError" || error._tag === "PluginTimeoutError";
+export const isUnknownOutcome = (error: Failure): boolean => {
+  if (error._tag === "PluginCrashedError" || error._tag === "PluginTimeoutError") return true;
+  if (error._tag !== "PluginFailedError") return false;
+  const d = error.details as { outcomeUnknown?: unknown } | null | undefined;
+  return typeof d === "object" && d !== null && d.outcomeUnknown === true;
+};
 
 /**
  * True if trying the same call again may help: crashes, timeouts, a busy

@@ -411,6 +411,8 @@ export class PluginHost extends Context.Service<PluginHost, {
             tag: w.tag,
             details: w.details,
             ...(w.retryable === undefined ? {} : { retryable: w.retryable }),
+            // The plugin's word that the call may have taken effect: an irreversible effect then asks the operator.
+            ...(w.outcomeUnknown === true ? { outcomeUnknown: true } : {}),
           },
         });
       };

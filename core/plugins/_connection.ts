@@ -486,7 +486,10 @@ const wireError = (raw: unknown): WireError => {
   const e = (raw !== null && typeof raw === "object" ? raw : {}) as Record<string, unknown>;
   const tag = typeof e.tag === "string" && e.tag !== "" ? e.tag.slice(0, 100) : "PluginError";
   const message = typeof e.message === "string" ? e.message.slice(0, 4000) : `Plugin failed without a message`;
-  const retryable = typeof e.retryable === "boolean" ? { retryable: e.retryable } : {};
+  const retryable = {
+    ...(typeof e.retryable === "boolean" ? { retryable: e.retryable } : {}),
+    ...(e.outcomeUnknown === true ? { outcomeUnknown: true } : {}),
+  };
   if (e.details === undefined) return { tag, message, ...retryable };
   let size = Infinity;
   try {

@@ -12,18 +12,26 @@
 export interface PluginErrorOptions {
   /** Whether trying the same call again may succeed (a server that was down); absent: unknown. */
   readonly retryable?: boolean;
+  /**
+   * The call may have taken effect though the plugin cannot tell (a server took the request, then went silent).
+   * For an irreversible or financial effect Keel then asks the operator, as after a crash or a timeout.
+   */
+  readonly outcomeUnknown?: boolean;
 }
 
 /** An error a plugin can throw to give the host a tag and details. */
 export class PluginError extends Error {
   /** Whether a retry may help, when the plugin knows. */
   readonly retryable?: boolean;
+  /** Whether the call may have taken effect though it failed (see `PluginErrorOptions.outcomeUnknown`). */
+  readonly outcomeUnknown?: boolean;
 
   /** Build an error with a tag the audit log and the API will show. */
   constructor(readonly tag: string, message: string, readonly details?: unknown, options: PluginErrorOptions = {}) {
     super(message);
     this.name = tag;
     if (options.retryable !== undefined) this.retryable = options.retryable;
+    if (options.outcomeUnknown) this.outcomeUnknown = true;
   }
 
   /** The input was wrong for this effect in a way its schema could not say (tag `InvalidInput`). */

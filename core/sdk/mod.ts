@@ -165,8 +165,14 @@ interface Port {
 
 const toWire = (error: unknown): WireError => {
   if (error instanceof PluginError) {
-    const { tag, message, details, retryable } = error;
-    return { tag, message, details, ...(retryable === undefined ? {} : { retryable }) };
+    const { tag, message, details, retryable, outcomeUnknown } = error;
+    return {
+      tag,
+      message,
+      details,
+      ...(retryable === undefined ? {} : { retryable }),
+      ...(outcomeUnknown ? { outcomeUnknown } : {}),
+    };
   }
   if (error instanceof Error) {
     // Deno reports a denied dynamic import as a TypeError "Requires read access to …".

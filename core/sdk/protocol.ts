@@ -43,6 +43,8 @@ export interface WireError {
   readonly details?: unknown;
   /** Whether trying the same call again may succeed, when the plugin knows (`PluginError`'s `retryable`). */
   readonly retryable?: boolean;
+  /** The call may have taken effect though it failed (`PluginError`'s `outcomeUnknown`). */
+  readonly outcomeUnknown?: boolean;
 }
 
 /** Host → plugin messages. */

@@ -24,7 +24,10 @@ const toPluginError = (error: unknown): unknown => {
       code: error.code,
       stage: error.stage,
       permanent: error.permanent,
+      ...(error.outcomeUnknown ? { outcomeUnknown: true } : {}),
     },
+    // The server took the whole message and then said nothing: it may be delivered, so Keel must not say it failed.
+    error.outcomeUnknown ? { outcomeUnknown: true } : {},
   );
 };
 

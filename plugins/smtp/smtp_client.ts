@@ -56,6 +56,12 @@ export interface SendResult {
 
 /** An SMTP failure: an unexpected reply, a dropped connection or a timeout. */
 export class SmtpError extends Error {
+  /**
+   * True when the whole message had been sent and no reply came (a timeout,
+   * a dropped connection, a garbled answer): the server may have accepted it.
+   */
+  outcomeUnknown = false;
+
   /** Build an error; `code` is the SMTP reply code, or 0 when there was no reply. */
   constructor(
     message: string,
@@ -596,12 +602,12 @@ export async function sendMail(
       `${dotStuff(message)}${terminator}`,
       "sending the message",
     );
-    const final = expect(
-      await session.readReply("reply to the message"),
-      [250],
-      "DATA",
-      "the message after DATA",
-    );
+    // The server has the whole message now: without its answer, nobody can tell whether it was accepted.
+    const reply = await session.readReply("reply to the message").catch((error) => {
+      if (error instanceof SmtpError && error.code === 0) error.outcomeUnknown = true;
+      throw error;
+    });
+    const final = expect(reply, [250], "DATA", "the message after DATA");
 
     // The message is accepted now; a failed goodbye changes nothing.
     await session.command("QUIT", "reply to QUIT").catch(() => {});

@@ -185,7 +185,7 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       "`plugin install PATH` without --yes and without a terminal shows the permissions, refuses and installs nothing",
       async () => {
         const r = await keel(["plugin", "install", smtp, "--config", config], env);
-        assert.match(r.stdout, /^Plugin smtp 0\.1\.0 \(connector\): Sends email/m);
+        assert.match(r.stdout, /^Plugin smtp 0\.1\.1 \(connector\): Sends email/m);
         assert.match(r.stdout, /^It asks to:\n {2}- connect to 127\.0\.0\.1:2525$/m);
         assert.match(r.stdout, /^ {2}- email\.send \(irreversible\): /m);
         cleanError(r, "error: Not installed (answer y, or pass --yes in scripts)");
@@ -216,7 +216,7 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
     await t.step("`plugin install PATH --yes` installs with exactly the requested permissions", async () => {
       const r = await keel(["plugin", "install", smtp, "--config", config, "--yes"], env);
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stdout, /^Installed smtp 0\.1\.0 \(manifest [0-9a-f]{12}\)$/m);
+      assert.match(r.stdout, /^Installed smtp 0\.1\.1 \(manifest [0-9a-f]{12}\)$/m);
       const plugins = await pluginsOf(k);
       assert.deepEqual(plugins.map((p: { name: string }) => p.name), ["smtp"]);
       assert.deepEqual(plugins[0].grant, { net: ["127.0.0.1:2525"], env: [], read: [], write: [] });
@@ -227,7 +227,7 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       const r = await keel(["plugin", "list"], env);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /^smtp \(connector\): /m);
-      assert.match(r.stdout, /^ {2}0\.1\.0 active — running, worker$/m);
+      assert.match(r.stdout, /^ {2}0\.1\.1 active — running, worker$/m);
       assert.match(r.stdout, /^ {4}grant: connect to 127\.0\.0\.1:2525$/m);
     });
 

@@ -311,7 +311,7 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         for await (const e of Deno.readDir(`${ROOT}/agents/onboarding`)) {
           let text = await Deno.readTextFile(`${ROOT}/agents/onboarding/${e.name}`);
           text = text.replace("../../core/sdk/mod.ts", `file://${Deno.realPathSync(ROOT)}/core/sdk/mod.ts`);
-          if (e.name === "plugin.json") text = text.replace('"version": "0.1.0"', '"version": "0.2.0"');
+          if (e.name === "plugin.json") text = text.replace('"version": "0.1.1"', '"version": "0.2.0"');
           await Deno.writeTextFile(`${next}/${e.name}`, text);
         }
         ids.next = next;
@@ -332,7 +332,7 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
           "grant",
           "POST",
           "/api/plugins/{name}/versions/{version}/grant",
-          "/api/plugins/onboarding/versions/0.1.0/grant",
+          "/api/plugins/onboarding/versions/0.1.1/grant",
           "ok",
           { grant: {} },
         );
@@ -468,7 +468,7 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
       "/api/plugins/{name}": "/api/plugins/nothing_here",
       "/api/plugins/{name}/versions/{version}": "/api/plugins/nothing_here/versions/9.9.9",
       "/api/plugins/{name}/upgrade": "/api/plugins/onboarding/upgrade",
-      "/api/plugins/{name}/versions/{version}/grant": "/api/plugins/onboarding/versions/0.1.0/grant",
+      "/api/plugins/{name}/versions/{version}/grant": "/api/plugins/onboarding/versions/0.1.1/grant",
       "/api/workflows/{name}/runs": "/api/workflows/onboard_client/runs",
       "/api/runs/{id}": `/api/runs/${ids.first}`,
       "/api/runs/{id}/cancel": `/api/runs/${ids.later}/cancel`,
@@ -724,7 +724,7 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         ["POST", "/api/plugins/{name}/versions/{version}/grant", "/api/plugins/onboarding/versions/9.9.9/grant", {
           grant: {},
         }, 404],
-        ["POST", "/api/plugins/{name}/versions/{version}/grant", "/api/plugins/onboarding/versions/0.1.0/grant", {
+        ["POST", "/api/plugins/{name}/versions/{version}/grant", "/api/plugins/onboarding/versions/0.1.1/grant", {
           grant: { net: ["*"] },
         }, 400],
         ["DELETE", "/api/plugins/{name}", "/api/plugins/nope", undefined, 404],
@@ -794,10 +794,10 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
       });
       const done = await exercise("wait run", "GET", "/api/runs/{id}", `/api/runs/${ids.waiting}?wait=30`, "ok");
       assert.equal(done.json?.status, "succeeded", done.text);
-      docAccepts("POST", "/api/runs/{id}/replay", { version: "0.1.0" });
+      docAccepts("POST", "/api/runs/{id}/replay", { version: "0.1.1" });
       await exercise("replay", "POST", "/api/runs/{id}/replay", `/api/runs/${ids.waiting}/replay`, "ok", {});
       await exercise("replay version", "POST", "/api/runs/{id}/replay", `/api/runs/${ids.waiting}/replay`, "ok", {
-        version: "0.1.0",
+        version: "0.1.1",
       });
       await exercise("undo done", "POST", "/api/runs/{id}/undo", `/api/runs/${ids.waiting}/undo`, "any");
       await exercise("cancel ended", "POST", "/api/runs/{id}/cancel", `/api/runs/${ids.waiting}/cancel`, "bad", {});
@@ -814,11 +814,11 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         "remove version",
         "DELETE",
         "/api/plugins/{name}/versions/{version}",
-        "/api/plugins/onboarding/versions/0.1.0?force=true",
+        "/api/plugins/onboarding/versions/0.1.1?force=true",
         "ok",
       );
       await exercise("remove plugin", "DELETE", "/api/plugins/{name}", "/api/plugins/onboarding?force=true", "ok");
-      await exercise("remove smtp", "DELETE", "/api/plugins/{name}", "/api/plugins/smtp?version=0.1.0&force=1", "any");
+      await exercise("remove smtp", "DELETE", "/api/plugins/{name}", "/api/plugins/smtp?version=0.1.1&force=1", "any");
       await exercise("plugins after", "GET", "/api/plugins", "/api/plugins", "ok");
       await exercise("still up", "GET", "/healthz", "/healthz", "ok", undefined, {});
     });

@@ -1,0 +1,112 @@
+/**
+ * @module
+ * The operator's answer to an `unknown_outcome` approval is final for that
+ * step. A keyed write that was in flight when Keel stopped is resent on its
+ * own only while nobody has been asked: once the run parked on the operator
+ * (here because the policy gated the write when Keel came back), a denial
+ * ("give up") must fail the step and send nothing, even if the policy allows
+ * the write again by the time the run resumes (quiet hours ending, a policy
+ * edit).
+ */
+import assert from "node:assert/strict";
+import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+
+interface Call {
+  readonly effect: string;
+  readonly args: { tag: string };
+  readonly key: string;
+}
+
+/** A witness for the flaky connector that can hold its first call until released. */
+const startWitness = async () => {
+  const calls: Call[] = [];
+  const gate = Promise.withResolvers<void>();
+  let holdFirst = true;
+  const arrived = Promise.withResolvers<void>();
+  const ready = Promise.withResolvers<number>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
+    async (req) => {
+      const call = await req.json() as Call;
+      calls.push(call);
+      if (holdFirst) {
+        holdFirst = false;
+        arrived.resolve();
+        await gate.promise;
+      }
+      return Response.json({ n: calls.length });
+    },
+  );
+  const port = await ready.promise;
+  return { port, calls, arrived: arrived.promise, release: () => gate.resolve(), close: () => server.shutdown() };
+};
+
+const ALLOW = `default: allow
+rules:
+  - id: allow-flaky
+    match: { effect: "flaky.*" }
+    decision: allow
+`;
+const GATE_NOTE = `default: allow
+rules:
+  - id: gate-note
+    match: { effect: flaky.note }
+    decision: approve
+`;
+
+Deno.test("a denied unknown_outcome of a keyed write is final: the write is not resent when the policy allows it again", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
+  const witness = await startWitness();
+  let k: TestKeel | undefined;
+  try {
+    k = await startTestKeel({ dataDir, policies: { "p.yaml": ALLOW } });
+    const install = async (path: string, body: Record<string, unknown>) => {
+      const r = await k!.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+    };
+    await install("flaky", {
+      grant: { net: [`127.0.0.1:${witness.port}`] },
+      config: { host: "127.0.0.1", port: witness.port },
+    });
+    await install("caller", { grant: {} });
+    const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
+      input: { effect: "flaky.note", args: { tag: "gone" } },
+    });
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    const runId: string = started.body.runId;
+    await witness.arrived;
+    // Keel stops while the write is with the connector: its intent has no outcome.
+    await k.close();
+    k = undefined;
+    witness.release();
+
+    // Back up under a policy that gates the write: it is not resent blindly, the operator is asked.
+    k = await startTestKeel({ dataDir, policies: { "p.yaml": GATE_NOTE } });
+    const parked = (await k.api("GET", `/api/runs/${runId}?wait=30`)).body;
+    assert.equal(parked.status, "waiting_approval", JSON.stringify(parked));
+    const approvalId: string = parked.waitingFor.approvalId;
+    const approval = (await k.api("GET", "/api/approvals?status=pending")).body.approvals
+      .find((a: any) => a.id === approvalId);
+    assert.equal(approval.kind, "unknown_outcome");
+    const before = witness.calls.length;
+
+    // The gate lifts (quiet hours end, the rule is edited), then the operator gives up on the write.
+    await Deno.writeTextFile(`${k.policiesDir}/p.yaml`, ALLOW);
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const events = (await k.api("GET", "/api/audit?type=policy.reloaded")).body.events ?? [];
+      if (events.some((e: any) => e.type === "policy.reloaded")) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const denied = await k.api("POST", `/api/approvals/${approvalId}/deny`, { note: "give up" });
+    assert.equal(denied.status, 200, JSON.stringify(denied.body));
+    const done = (await k.api("GET", `/api/runs/${runId}?wait=30`)).body;
+    assert.equal(witness.calls.length, before, "the operator gave up on the write: it must not be sent again");
+    assert.equal(done.status, "failed", JSON.stringify(done));
+    assert.equal(done.error.tag, "PolicyDeniedError");
+  } finally {
+    await k?.close();
+    await witness.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
