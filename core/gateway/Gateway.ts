@@ -36,7 +36,7 @@
  * effect whose outcome is unknown with other args, gets a "diverged" error
  * and the step is left as it was.
  */
-import { Cause, Clock, Context, Effect, Layer, Option, Random } from "effect";
+import { Cause, Clock, Context, Effect, Fiber, Layer, Option, Random } from "effect";
 import {
   ConflictError,
   EffectNotDeclaredError,
@@ -574,7 +574,27 @@ export class Gateway extends Context.Service<Gateway, {
       });
 
       /** Steps 4–6: intent, dispatch (retried by class), outcome, audit. Accepts only a capability. */
-      const dispatch = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
+      /**
+       * Calls with their connector, by run and step. A call runs in its own fiber, not the caller's: if the agent
+       * that asked dies (or its run is cancelled) the call goes on, and its outcome is journaled. A replay that asks
+       * for the same step meanwhile gets that outcome (`request`) instead of an unknown outcome: an irreversible
+       * effect is not put to the operator while Keel is about to learn what became of it, and nothing is sent twice.
+       */
+      const inFlight = new Map<
+        string,
+        { readonly name: string; readonly args: string; readonly fiber: Fiber.Fiber<unknown, unknown> }
+      >();
+      const dispatch = (auth: Authorized) =>
+        Effect.gen(function* () {
+          const key = `${auth.request.runId}:${auth.request.seq}`;
+          const fiber = yield* Effect.forkDetach(
+            Effect.ensuring(dispatchHere(auth), Effect.sync(() => inFlight.delete(key))),
+          );
+          inFlight.set(key, { name: stepNameOf(auth.request), args: canonicalJson(auth.request.args ?? null), fiber });
+          return yield* Fiber.join(fiber);
+        });
+
+      const dispatchHere = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
         const r = auth.request;
         const startedAt = yield* Clock.currentTimeMillis;
         const intent: StepRecord = {
@@ -845,6 +865,11 @@ export class Gateway extends Context.Service<Gateway, {
               message: `Step ${r.seq} is reserved for undo: a workflow's steps are numbered below ${UNDO_SEQ_BASE}`,
             }),
           );
+        }
+        const running = inFlight.get(`${r.runId}:${r.seq}`);
+        if (running && running.name === stepNameOf(r) && running.args === canonicalJson(r.args ?? null)) {
+          // The same call, still with its connector (the agent that asked it died, and this is its replay).
+          return yield* Fiber.join(running.fiber) as Effect.Effect<unknown, GatewayError>;
         }
         const prior = yield* journal.getStep(r.runId, r.seq);
         if (prior && (prior.kind !== "effect" || prior.name !== stepNameOf(r))) {
