@@ -307,7 +307,8 @@ const base64 = (bytes: Uint8Array): string => {
 
 /** RFC 2047-encode a header value as short `=?UTF-8?B?…?=` words (never splitting a character) unless it is plain ASCII. */
 export function encodeHeaderValue(value: string): string {
-  if (/^[\x20-\x7e]*$/.test(value) && !value.includes("=?")) return value;
+  // Plain ASCII stays as it is, unless a word is too long for a line (998 octets, RFC 5322) once folded at spaces.
+  if (/^[\x20-\x7e]*$/.test(value) && !value.includes("=?") && !/[^ ]{900}/.test(value)) return value;
   const words: string[] = [];
   let chunk: number[] = [];
   for (const char of value) {

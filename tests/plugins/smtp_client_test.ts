@@ -482,6 +482,23 @@ Deno.test("`buildMessage()` refuses header injection and formats dates per RFC 5
   );
 });
 
+Deno.test("`buildMessage()` keeps every line within 998 octets, even for a subject that is one long word", () => {
+  const word = "x".repeat(998);
+  const message = buildMessage({ ...baseMail, subject: `Re: ${word}` });
+  const lines = message.split("\r\n\r\n")[0].split("\r\n");
+  for (const line of lines) assert.ok(line.length <= 998, `a header line of ${line.length} octets`);
+  const at = lines.findIndex((l) => l.startsWith("Subject: "));
+  const words = [lines[at].slice("Subject: ".length)];
+  for (let i = at + 1; lines[i]?.startsWith(" "); i++) words.push(lines[i].trim());
+  const subject = words.map((w) => {
+    const m = /^=\?UTF-8\?B\?([^?]*)\?=$/.exec(w);
+    return m ? new TextDecoder().decode(Uint8Array.from(atob(m[1]), (c) => c.charCodeAt(0))) : w;
+  }).join("");
+  assert.equal(subject, `Re: ${word}`);
+  // A subject of ordinary words stays plain ASCII.
+  assert.match(buildMessage({ ...baseMail, subject: "Invoice 42 for March" }), /^Subject: Invoice 42 for March\r$/m);
+});
+
 type WorkerReply = {
   id: number;
   ok: boolean;
