@@ -66,7 +66,7 @@ import {
 import { type ApprovalRecord, divergedAt, Journal, type StepRecord, timeOrderedId } from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
-import { isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
+import { isShutdown, isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
 
 /** One effect request from a running workflow. */
 export interface EffectRequest {
@@ -665,6 +665,12 @@ export class Gateway extends Context.Service<Gateway, {
               latencyMs,
             }, [write]);
             return value;
+          }
+          if (isShutdown(outcome.failure)) {
+            // Keel is closing: not an outcome. The intent stays as journaled, and the next start settles it by class
+            // and by the policy of that time (a read or keyed write resent only if allowed, anything else asks).
+            // Retrying here would send the call after this Keel closed, past the policy of the one that takes over.
+            return yield* outcome.failure;
           }
           const error: ErrorBody = toErrorBody(outcome.failure);
           if (retryModeOf(auth.decl) === "ask" && isUnknownOutcome(outcome.failure)) {

@@ -81,6 +81,19 @@ export const isUnknownOutcome = (error: Failure): boolean => {
 };
 
 /**
+ * True if the call was cut off because Keel is shutting down (the plugin host
+ * stopped its plugins; only the host sets this). Such a failure is no outcome:
+ * the closing Keel neither retries it nor records it, and the intent is left
+ * for the next start to settle (resent only if policy still allows it, else
+ * the operator is asked).
+ */
+export const isShutdown = (error: Failure): boolean => {
+  if (error._tag !== "PluginCrashedError") return false;
+  const d = error.details as { shutdown?: unknown } | null | undefined;
+  return typeof d === "object" && d !== null && d.shutdown === true;
+};
+
+/**
  * True if trying the same call again may help: crashes, timeouts, a busy
  * plugin, and a plugin's own failure unless it said `retryable: false` (or the
  * call ran but its result could not be recorded). Keel's own refusals are final.
@@ -111,7 +124,7 @@ export const nextRetryDelay = (
   sleptMs: number,
   random: number,
 ): number | undefined => {
-  if (retryModeOf(decl) !== "retry" || !isRetryable(error)) return undefined;
+  if (retryModeOf(decl) !== "retry" || !isRetryable(error) || isShutdown(error)) return undefined;
   const schedule = scheduleOf(decl);
   if (failedAttempts >= schedule.maxAttempts) return undefined;
   const delay = backoffDelay(schedule, failedAttempts, random);

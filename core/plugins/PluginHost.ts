@@ -213,6 +213,13 @@ export class PluginHost extends Context.Service<PluginHost, {
       const { kv } = yield* Kv;
       const audit = yield* Audit;
       const live = new Map<string, Live>();
+      /**
+       * Set when Keel shuts down and its plugins are stopped: no Worker or process starts after that (one would outlive
+       * the host and act for a Keel that has closed), and every call that fails from then on is marked `shutdown`.
+       */
+      let closing = false;
+      const shuttingDown = (): CallFailure =>
+        new CallFailure("crashed", { tag: "PluginCrashedError", message: "Keel is shutting down" });
       const dataRoot = config.dataDir === ":memory:"
         ? Deno.makeTempDirSync({ prefix: "keel-plugins-" })
         : `${config.dataDir}/plugin-data`;
@@ -310,6 +317,7 @@ export class PluginHost extends Context.Service<PluginHost, {
       };
       /** The plugin's live connection; one that died is started again once its restart backoff allows. */
       const started = async (plugin: InstalledPlugin): Promise<Connection> => {
+        if (closing) throw shuttingDown();
         const l = liveOf(versionKey(plugin));
         const dead = l.conn && !l.conn.alive ? l.conn : undefined;
         if (dead) {
@@ -324,6 +332,8 @@ export class PluginHost extends Context.Service<PluginHost, {
             });
           }
           if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+          // Keel may have shut down while this call waited: it starts nothing then.
+          if (closing) throw shuttingDown();
         }
         return start(plugin);
       };
@@ -351,8 +361,9 @@ export class PluginHost extends Context.Service<PluginHost, {
       };
       yield* Effect.addFinalizer(() =>
         Effect.promise(() => {
+          closing = true;
           const conns = [...live.values()].flatMap((l) => (l.conn ? [l.conn] : []));
-          for (const conn of conns) conn.kill({ tag: "PluginCrashedError", message: "Keel is shutting down" });
+          for (const conn of conns) conn.kill(shuttingDown().wire);
           // Wait (briefly) until plugin processes are reaped, so none outlives the host.
           let timer: ReturnType<typeof setTimeout> | undefined;
           const late = new Promise((resolve) => (timer = setTimeout(resolve, 2000)));
@@ -376,6 +387,7 @@ export class PluginHost extends Context.Service<PluginHost, {
           }),
         restart: (reason) =>
           Effect.sync(() => {
+            if (closing) return;
             live.get(versionKey(plugin))?.conn?.kill({ tag: "PluginCrashedError", message: reason });
             start(plugin);
           }),
@@ -390,6 +402,10 @@ export class PluginHost extends Context.Service<PluginHost, {
           return new PluginCrashedError({ message: `Plugin "${plugin}" failed: ${String(error)}` });
         }
         const w = error.wire;
+        if (error.reason === "crashed" && closing) {
+          // Cut off by the shutdown, not a crash of the plugin's own: the call's outcome is for the next start to settle.
+          return new PluginCrashedError({ message: w.message, details: { plugin, shutdown: true } });
+        }
         if (error.reason === "timeout") return new PluginTimeoutError({ message: w.message, details: { plugin } });
         if (error.reason === "crashed") return new PluginCrashedError({ message: w.message, details: { plugin } });
         if (error.reason === "busy") return new PluginBusyError({ message: w.message, details: { plugin } });

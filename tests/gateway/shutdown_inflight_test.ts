@@ -1,0 +1,89 @@
+/**
+ * @module
+ * A Keel that closes while an effect is with its connector sends nothing
+ * after it closed: the call cut off by the shutdown is neither retried by the
+ * closing host (no Worker is started again once plugins stopped) nor recorded
+ * as a failure. Its intent is left for the next start, which resends a read or
+ * keyed write only if its policy allows it, and otherwise asks the operator.
+ */
+import assert from "node:assert/strict";
+import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+
+/** A witness for the flaky connector that holds its first call until released. */
+const startWitness = async () => {
+  const calls: unknown[] = [];
+  const gate = Promise.withResolvers<void>();
+  let holdFirst = true;
+  const arrived = Promise.withResolvers<void>();
+  const ready = Promise.withResolvers<number>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
+    async (req) => {
+      calls.push(await req.json());
+      if (holdFirst) {
+        holdFirst = false;
+        arrived.resolve();
+        await gate.promise;
+      }
+      return Response.json({ n: calls.length });
+    },
+  );
+  const port = await ready.promise;
+  return { port, calls, arrived: arrived.promise, release: () => gate.resolve(), close: () => server.shutdown() };
+};
+
+const policy = (decision: string, effect: string) =>
+  `default: allow
+rules:
+  - id: the-rule
+    match: { effect: ${effect} }
+    decision: ${decision}
+`;
+
+// A read and a keyed write are resent only if policy allows (here it gates them, so the operator is asked); an
+// irreversible send never; an unkeyed write's outcome is unknown, not a failure.
+for (const effect of ["flaky.note", "flaky.read", "flaky.send", "flaky.post"]) {
+  Deno.test(`${effect} in flight when Keel closes is not sent again by the closed Keel`, async () => {
+    const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
+    const witness = await startWitness();
+    let k: TestKeel | undefined;
+    try {
+      k = await startTestKeel({ dataDir, policies: { "p.yaml": policy("allow", "flaky.*") } });
+      const install = async (path: string, body: Record<string, unknown>) => {
+        const r = await k!.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
+        assert.equal(r.status, 201, JSON.stringify(r.body));
+      };
+      await install("flaky", {
+        grant: { net: [`127.0.0.1:${witness.port}`] },
+        config: { host: "127.0.0.1", port: witness.port },
+      });
+      await install("caller", { grant: {} });
+      const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
+        input: { effect, args: { tag: "cut" } },
+      });
+      assert.equal(started.status, 202, JSON.stringify(started.body));
+      const runId: string = started.body.runId;
+      await witness.arrived;
+      await k.close();
+      k = undefined;
+      witness.release();
+      // Nothing of the closed Keel may reach the connector's peer any more.
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(witness.calls.length, 1, "the closed Keel sent the call again");
+
+      // Back up under a policy that gates the effect: nothing is resent, the operator is asked.
+      k = await startTestKeel({ dataDir, policies: { "p.yaml": policy("approve", effect) } });
+      const run = (await k.api("GET", `/api/runs/${runId}?wait=30`)).body;
+      assert.equal(run.status, "waiting_approval", JSON.stringify(run));
+      const approval = (await k.api("GET", "/api/approvals?status=pending")).body.approvals
+        .find((a: any) => a.id === run.waitingFor.approvalId);
+      assert.equal(approval?.kind, "unknown_outcome", JSON.stringify(approval));
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(witness.calls.length, 1, "the call was sent again though policy gates it");
+    } finally {
+      await k?.close();
+      await witness.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  });
+}
