@@ -584,17 +584,21 @@ export class Gateway extends Context.Service<Gateway, {
         string,
         { readonly name: string; readonly args: string; readonly fiber: Fiber.Fiber<unknown, unknown> }
       >();
-      const dispatch = (auth: Authorized) =>
+      const dispatch = (auth: Authorized, before?: Pick<StepRecord, "attempts" | "lastError">) =>
         Effect.gen(function* () {
           const key = `${auth.request.runId}:${auth.request.seq}`;
           const fiber = yield* Effect.forkDetach(
-            Effect.ensuring(dispatchHere(auth), Effect.sync(() => inFlight.delete(key))),
+            Effect.ensuring(dispatchHere(auth, before), Effect.sync(() => inFlight.delete(key))),
           );
           inFlight.set(key, { name: stepNameOf(auth.request), args: canonicalJson(auth.request.args ?? null), fiber });
           return yield* Fiber.join(fiber);
         });
 
-      const dispatchHere = Effect.fn("Gateway.dispatch")(function* (auth: Authorized) {
+      /** Call the connector, retrying by class; `before`: the attempts an earlier Keel made (they count too). */
+      const dispatchHere = Effect.fn("Gateway.dispatch")(function* (
+        auth: Authorized,
+        before?: Pick<StepRecord, "attempts" | "lastError">,
+      ) {
         const r = auth.request;
         const startedAt = yield* Clock.currentTimeMillis;
         const intent: StepRecord = {
@@ -626,9 +630,9 @@ export class Gateway extends Context.Service<Gateway, {
             ? { approvalId: auth.approval.id, approver: auth.approval.decidedBy, approvedAt: auth.approval.decidedAt }
             : {}),
         };
-        let attempts = 1;
+        let attempts = (before?.attempts ?? 0) + 1;
         let sleptMs = 0;
-        let lastError: ErrorBody | undefined;
+        let lastError: ErrorBody | undefined = before?.lastError;
         for (;;) {
           // Every attempt carries the same idempotency key: a connector that honours it performs the effect once.
           const outcome = yield* Effect.result(
@@ -788,7 +792,8 @@ export class Gateway extends Context.Service<Gateway, {
           // Not once the operator was asked (`unknown_outcome`): their answer decides, a denial above all.
           const decision = yield* decideSafely(policyRequest(r, connector, decl, yield* Clock.currentTimeMillis));
           if (decision.decision === "allow") {
-            return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!));
+            // The attempts made before the restart count against the effect's `maxAttempts`.
+            return yield* dispatch(authorized(r, connector, decl, decision, prior.idempotencyKey!), prior);
           }
         }
         if (prior.status === "unknown_outcome" && prior.approvalId) {
