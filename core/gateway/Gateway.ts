@@ -63,7 +63,15 @@ import {
   type PolicyRequest,
   type Usage,
 } from "../policy/mod.ts";
-import { type ApprovalRecord, divergedAt, Journal, type StepRecord, timeOrderedId } from "../journal/mod.ts";
+import {
+  type ApprovalRecord,
+  divergedAt,
+  Journal,
+  type RunStatus,
+  type StepRecord,
+  TERMINAL,
+  timeOrderedId,
+} from "../journal/mod.ts";
 import { type CallError, type InstalledPlugin, PluginHost } from "../plugins/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { isShutdown, isUnknownOutcome, nextRetryDelay, retryModeOf } from "./retry.ts";
@@ -97,6 +105,9 @@ export interface EffectRequest {
 
 /** Step numbers from here up belong to undo: the compensation of step `n` is step `UNDO_SEQ_BASE + n`. */
 export const UNDO_SEQ_BASE = 1_000_000_000;
+
+/** Statuses of a run that has not ended. */
+const LIVE: ReadonlyArray<RunStatus> = ["queued", "running", "waiting_approval", "sleeping", "waiting_child"];
 
 /** The journal name of a request's step: the effect, or `undo:<effect>` for a compensation. */
 export const stepNameOf = (r: Pick<EffectRequest, "effect" | "undo">): string =>
@@ -371,8 +382,12 @@ export class Gateway extends Context.Service<Gateway, {
       /** Park the run on an approval; an undo parks only itself (its run has ended and stays as it ended). */
       const park = (r: EffectRequest, approvalId: string, reason: string) =>
         r.undo ? Effect.void : Effect.asVoid(
-          journal.updateRun(r.runId, { status: "waiting_approval", waitingFor: { approvalId, reason } }),
+          // Never an ended run: a detached call (see `dispatch`) may outlive its run's cancel.
+          journal.updateRun(r.runId, { status: "waiting_approval", waitingFor: { approvalId, reason } }, LIVE),
         );
+      /** Whether the request's run has ended (cancelled, say) while its call was out: an undo's never has. */
+      const runEnded = (r: EffectRequest) =>
+        r.undo ? Effect.succeed(false) : Effect.map(journal.getRun(r.runId), (run) => !run || TERMINAL.has(run.status));
 
       /** Steps 1–3: declared, valid, policy. Returns the capability, or parks the run. */
       const authorize = Effect.fn("Gateway.authorize")(function* (r: EffectRequest, prior: StepRecord | undefined) {
@@ -677,6 +692,13 @@ export class Gateway extends Context.Service<Gateway, {
             return yield* outcome.failure;
           }
           const error: ErrorBody = toErrorBody(outcome.failure);
+          // A call that outlived its run (cancelled meanwhile): no operator prompt, no further attempt.
+          const ended = yield* runEnded(r);
+          if (ended && isUnknownOutcome(outcome.failure)) {
+            // The intent stays, with what went wrong: an undo of the run treats it as an unknown outcome.
+            yield* journal.putStep(r.runId, { ...intent, ...tried, lastError: error });
+            return yield* outcome.failure;
+          }
           if (retryModeOf(auth.decl) === "ask" && isUnknownOutcome(outcome.failure)) {
             // It may have happened: never send again blindly, ask the operator.
             const why = outcome.failure._tag === "PluginTimeoutError"
@@ -686,7 +708,9 @@ export class Gateway extends Context.Service<Gateway, {
               : "lost reply";
             return yield* askOperator(r, auth.connector, { ...intent, ...tried, lastError: error }, why);
           }
-          const delay = nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
+          const delay = ended
+            ? undefined
+            : nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
           if (delay === undefined) {
             const { write } = yield* audit.prepare({
               type: "effect.failed",
@@ -714,6 +738,18 @@ export class Gateway extends Context.Service<Gateway, {
             data: { ...base, attempt: attempts, error, delayMs: delay, nextAttemptAt },
           });
           yield* Effect.sleep(delay);
+          if (yield* runEnded(r)) {
+            // Cancelled during the backoff: the call is not sent again; its last failure stands.
+            yield* journal.recordStep(r.runId, {
+              ...intent,
+              ...tried,
+              status: "failed",
+              error,
+              endedAt: new Date(endedAt).toISOString(),
+              latencyMs,
+            }, []);
+            return yield* outcome.failure;
+          }
           sleptMs += delay;
           lastError = error;
           attempts++;

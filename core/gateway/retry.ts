@@ -99,8 +99,11 @@ export const isShutdown = (error: Failure): boolean => {
  * call ran but its result could not be recorded). Keel's own refusals are final.
  */
 export const isRetryable = (error: Failure): boolean => {
-  if (isUnknownOutcome(error) || error._tag === "PluginBusyError") return true;
+  if (error._tag === "PluginCrashedError" || error._tag === "PluginTimeoutError" || error._tag === "PluginBusyError") {
+    return true;
+  }
   if (error._tag !== "PluginFailedError") return false;
+  // A plugin's own failure: retried unless it said no (`retryable: false`, even with `outcomeUnknown`) or it ran.
   const d = error.details as { retryable?: unknown; ran?: unknown } | null | undefined;
   return !(typeof d === "object" && d !== null && (d.retryable === false || d.ran === true));
 };

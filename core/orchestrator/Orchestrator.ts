@@ -317,8 +317,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         });
       };
       const notify = (runId: string) => {
-        for (const w of waiters.get(runId) ?? []) w();
+        // Taken out of the map before any is woken: a waiter resumes synchronously and may listen again at once (a
+        // run that goes on, requeued after its agent crashed); that new listener must outlive this notify.
+        const set = waiters.get(runId);
         waiters.delete(runId);
+        for (const w of set ?? []) w();
       };
       const nowIso = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString());
 
@@ -1357,12 +1360,6 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             message: `Start time must be a finite time: got "${options.notBefore}"`,
           });
         }
-        if (options.capped && queue.size() >= maxQueued) {
-          return yield* new QueueFullError({
-            message: `${queue.size()} runs are queued (KEEL_MAX_QUEUED is ${maxQueued}); try again later`,
-            details: { queued: queue.size(), limit: maxQueued },
-          });
-        }
         const { plugin, decl } = yield* host.findWorkflow(workflow);
         learnLimits(plugin, decl);
         const problems = host.validate(plugin, `wf:${workflow}`, decl.input, input);
@@ -1370,6 +1367,13 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           return yield* new InvalidInputError({
             message: `Input for workflow "${workflow}" is invalid: ${problems[0]}`,
             details: { errors: problems },
+          });
+        }
+        // After the checks a retry cannot fix: a start that is wrong hears why, not "try again later".
+        if (options.capped && queue.waiting() >= maxQueued) {
+          return yield* new QueueFullError({
+            message: `${queue.waiting()} runs are queued (KEEL_MAX_QUEUED is ${maxQueued}); try again later`,
+            details: { queued: queue.waiting(), limit: maxQueued },
           });
         }
         const now = yield* Clock.currentTimeMillis;
@@ -1897,7 +1901,9 @@ const LEASE_MS = 30_000;
  * What the dispatcher keeps of a queued run: enough to order it and check the limits. Its record (with its input, up
  * to 48 KiB) is read back when it is claimed, so thousands of delayed runs cost little memory.
  */
-type QueuedRun = Pick<RunRecord, "id" | "workflow" | "plugin" | "priority" | "queuedAt">;
+type QueuedRun = Pick<RunRecord, "id" | "workflow" | "plugin" | "priority" | "queuedAt"> & {
+  readonly status?: RunRecord["status"];
+};
 
 interface QueueItem {
   readonly run: QueuedRun;
@@ -1934,18 +1940,22 @@ export const makeRunQueue = () => {
     list.splice(i, 1);
     if (!list.length) buckets.delete(item.priority);
   };
+  /** Runs held only as timers (`sleeping`): they wait for their time, not for a slot. */
+  let sleepers = 0;
   const remove = (runId: string) => {
     const item = items.get(runId);
     if (!item) return;
     items.delete(runId);
+    if (item.run.status === "sleeping") sleepers--;
     drop(item);
   };
   return {
     add(run: QueuedRun) {
       remove(run.id);
-      const { id, workflow, plugin, priority, queuedAt } = run;
+      const { id, workflow, plugin, priority, queuedAt, status } = run;
+      if (status === "sleeping") sleepers++;
       const item: QueueItem = {
-        run: { id, workflow, plugin, priority, queuedAt },
+        run: { id, workflow, plugin, priority, queuedAt, ...(status === "sleeping" ? { status } : {}) },
         // A time that is not a number would break the order every lookup relies on: such a run is ready now.
         readyAt: Number.isFinite(queuedAt) ? queuedAt! : 0,
         priority: Number.isFinite(priority) ? priority! : 5,
@@ -1958,6 +1968,8 @@ export const makeRunQueue = () => {
     remove,
     has: (runId: string) => items.has(runId),
     size: () => items.size,
+    /** Runs that wait for a slot (or their start time): what `KEEL_MAX_QUEUED` caps. Sleeping runs are not counted. */
+    waiting: () => items.size - sleepers,
     /** Items ready at `now`, best first: higher priority, then earlier, then first queued. */
     ready(now: number): QueueItem[] {
       const out: QueueItem[] = [];

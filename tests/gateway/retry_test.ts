@@ -151,6 +151,15 @@ Deno.test("backoffDelay() draws full jitter below min(cap, base·2^(n-1)); nextR
     nextRetryDelay(read, { _tag: "PluginFailedError", details: { retryable: false } }, 1, 0, 0.5),
     undefined,
   );
+  assert.equal(
+    nextRetryDelay(read, { _tag: "PluginFailedError", details: { retryable: false, outcomeUnknown: true } }, 1, 0, 0.5),
+    undefined,
+    "a plugin's no to retrying stands even when it cannot tell whether the call happened",
+  );
+  assert.equal(
+    typeof nextRetryDelay(read, { _tag: "PluginFailedError", details: { outcomeUnknown: true } }, 1, 0, 0.5),
+    "number",
+  );
   assert.equal(nextRetryDelay(read, { _tag: "PolicyDeniedError" }, 1, 0, 0.5), undefined, "Keel's refusals are final");
   assert.equal(typeof nextRetryDelay(read, { _tag: "PluginTimeoutError" }, 1, 0, 0.5), "number");
 });
