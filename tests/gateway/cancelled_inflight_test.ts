@@ -3,38 +3,17 @@
  * The call's later unknown outcome must not park the ended run on a fresh approval.
  */
 import assert from "node:assert/strict";
-import { ROOT, startTestKeel } from "../_support/keel.ts";
+import { startTestKeel } from "../_support/keel.ts";
+import { ALLOW_FLAKY, installFlaky, startWitness } from "../_support/witness.ts";
 
 Deno.test("a cancelled run stays cancelled when its in-flight irreversible call later times out", async () => {
-  const gate = Promise.withResolvers<void>();
-  const arrived = Promise.withResolvers<void>();
-  const ready = Promise.withResolvers<number>();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
-    async (req) => {
-      await req.json();
-      arrived.resolve();
-      await gate.promise;
-      return Response.json({ n: 1 });
-    },
-  );
-  const port = await ready.promise;
+  const witness = await startWitness("all");
   const k = await startTestKeel({
     rpcTimeoutMs: 2500,
-    policies: {
-      "p.yaml": 'default: allow\nrules:\n  - id: allow-flaky\n    match: { effect: "flaky.*" }\n    decision: allow\n',
-    },
+    policies: { "p.yaml": ALLOW_FLAKY },
   });
   try {
-    for (
-      const [path, body] of [
-        ["flaky", { grant: { net: [`127.0.0.1:${port}`] }, config: { host: "127.0.0.1", port } }],
-        ["crasher", { grant: { read: ["."], write: ["."] } }],
-      ] as const
-    ) {
-      const r = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
-      assert.equal(r.status, 201, JSON.stringify(r.body));
-    }
+    await installFlaky(k, witness.port, "crasher");
     const dir = `${k.dataDir}/plugin-data/crasher`;
     await Deno.mkdir(dir, { recursive: true });
     const started = await k.api("POST", "/api/workflows/send_then_crash/runs", {
@@ -42,7 +21,7 @@ Deno.test("a cancelled run stays cancelled when its in-flight irreversible call 
     });
     assert.equal(started.status, 202, JSON.stringify(started.body));
     const runId = started.body.runId;
-    await arrived.promise;
+    await witness.arrived;
     // The agent dies; the run is queued for a replay 500 ms later. Cancel it in that pause.
     let status = "";
     for (let i = 0; i < 200 && status !== "queued"; i++) {
@@ -60,8 +39,8 @@ Deno.test("a cancelled run stays cancelled when its in-flight irreversible call 
     const asked = (await k.api("GET", "/api/approvals?status=pending")).body.approvals;
     assert.deepEqual(asked, [], "no operator prompt for an ended run");
   } finally {
-    gate.resolve();
+    witness.release();
     await k.close();
-    await server.shutdown();
+    await witness.close();
   }
 });

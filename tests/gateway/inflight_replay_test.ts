@@ -6,50 +6,15 @@
  * outcome Keel is about to learn.
  */
 import assert from "node:assert/strict";
-import { ROOT, startTestKeel } from "../_support/keel.ts";
-
-/** A witness for the flaky connector that holds every call until released. */
-const startWitness = async () => {
-  const calls: Array<{ effect: string; key: string }> = [];
-  const gate = Promise.withResolvers<void>();
-  const arrived = Promise.withResolvers<void>();
-  const ready = Promise.withResolvers<number>();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
-    async (req) => {
-      const call = await req.json();
-      calls.push(call);
-      arrived.resolve();
-      await gate.promise;
-      return Response.json({ n: calls.length });
-    },
-  );
-  const port = await ready.promise;
-  return { port, calls, arrived: arrived.promise, release: () => gate.resolve(), close: () => server.shutdown() };
-};
+import { startTestKeel } from "../_support/keel.ts";
+import { ALLOW_FLAKY, installFlaky, startWitness } from "../_support/witness.ts";
 
 for (const effect of ["flaky.send", "flaky.note"]) {
   Deno.test(`an agent that dies while ${effect} is with the connector: the replay gets that call's outcome, sent once`, async () => {
-    const witness = await startWitness();
-    const k = await startTestKeel({
-      policies: {
-        "p.yaml":
-          'default: allow\nrules:\n  - id: allow-flaky\n    match: { effect: "flaky.*" }\n    decision: allow\n',
-      },
-    });
+    const witness = await startWitness("all");
+    const k = await startTestKeel({ policies: { "p.yaml": ALLOW_FLAKY } });
     try {
-      for (
-        const [path, body] of [
-          ["flaky", {
-            grant: { net: [`127.0.0.1:${witness.port}`] },
-            config: { host: "127.0.0.1", port: witness.port },
-          }],
-          ["crasher", { grant: { read: ["."], write: ["."] } }],
-        ] as const
-      ) {
-        const r = await k.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
-        assert.equal(r.status, 201, JSON.stringify(r.body));
-      }
+      await installFlaky(k, witness.port, "crasher");
       const dir = `${k.dataDir}/plugin-data/crasher`;
       await Deno.mkdir(dir, { recursive: true });
       const started = await k.api("POST", "/api/workflows/send_then_crash/runs", {

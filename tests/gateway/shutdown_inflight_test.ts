@@ -7,30 +7,8 @@
  * keyed write only if its policy allows it, and otherwise asks the operator.
  */
 import assert from "node:assert/strict";
-import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
-
-/** A witness for the flaky connector that holds its first call until released. */
-const startWitness = async () => {
-  const calls: unknown[] = [];
-  const gate = Promise.withResolvers<void>();
-  let holdFirst = true;
-  const arrived = Promise.withResolvers<void>();
-  const ready = Promise.withResolvers<number>();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
-    async (req) => {
-      calls.push(await req.json());
-      if (holdFirst) {
-        holdFirst = false;
-        arrived.resolve();
-        await gate.promise;
-      }
-      return Response.json({ n: calls.length });
-    },
-  );
-  const port = await ready.promise;
-  return { port, calls, arrived: arrived.promise, release: () => gate.resolve(), close: () => server.shutdown() };
-};
+import { startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { installFlaky, startWitness } from "../_support/witness.ts";
 
 const policy = (decision: string, effect: string) =>
   `default: allow
@@ -45,19 +23,11 @@ rules:
 for (const effect of ["flaky.note", "flaky.read", "flaky.send", "flaky.post"]) {
   Deno.test(`${effect} in flight when Keel closes is not sent again by the closed Keel`, async () => {
     const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-    const witness = await startWitness();
+    const witness = await startWitness("first");
     let k: TestKeel | undefined;
     try {
       k = await startTestKeel({ dataDir, policies: { "p.yaml": policy("allow", "flaky.*") } });
-      const install = async (path: string, body: Record<string, unknown>) => {
-        const r = await k!.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
-        assert.equal(r.status, 201, JSON.stringify(r.body));
-      };
-      await install("flaky", {
-        grant: { net: [`127.0.0.1:${witness.port}`] },
-        config: { host: "127.0.0.1", port: witness.port },
-      });
-      await install("caller", { grant: {} });
+      await installFlaky(k, witness.port, "caller");
       const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
         input: { effect, args: { tag: "cut" } },
       });

@@ -9,37 +9,14 @@
  * edit).
  */
 import assert from "node:assert/strict";
-import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { installFlaky, startWitness } from "../_support/witness.ts";
 
 interface Call {
   readonly effect: string;
   readonly args: { tag: string };
   readonly key: string;
 }
-
-/** A witness for the flaky connector that can hold its first call until released. */
-const startWitness = async () => {
-  const calls: Call[] = [];
-  const gate = Promise.withResolvers<void>();
-  let holdFirst = true;
-  const arrived = Promise.withResolvers<void>();
-  const ready = Promise.withResolvers<number>();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: ({ port }) => ready.resolve(port), onError: () => new Response() },
-    async (req) => {
-      const call = await req.json() as Call;
-      calls.push(call);
-      if (holdFirst) {
-        holdFirst = false;
-        arrived.resolve();
-        await gate.promise;
-      }
-      return Response.json({ n: calls.length });
-    },
-  );
-  const port = await ready.promise;
-  return { port, calls, arrived: arrived.promise, release: () => gate.resolve(), close: () => server.shutdown() };
-};
 
 const ALLOW = `default: allow
 rules:
@@ -56,19 +33,11 @@ rules:
 
 Deno.test("a denied unknown_outcome of a keyed write is final: the write is not resent when the policy allows it again", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "keel-test-" });
-  const witness = await startWitness();
+  const witness = await startWitness("first");
   let k: TestKeel | undefined;
   try {
     k = await startTestKeel({ dataDir, policies: { "p.yaml": ALLOW } });
-    const install = async (path: string, body: Record<string, unknown>) => {
-      const r = await k!.api("POST", "/api/plugins", { path: `${ROOT}/tests/fixtures/retry/${path}`, ...body });
-      assert.equal(r.status, 201, JSON.stringify(r.body));
-    };
-    await install("flaky", {
-      grant: { net: [`127.0.0.1:${witness.port}`] },
-      config: { host: "127.0.0.1", port: witness.port },
-    });
-    await install("caller", { grant: {} });
+    await installFlaky(k, witness.port, "caller");
     const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
       input: { effect: "flaky.note", args: { tag: "gone" } },
     });
