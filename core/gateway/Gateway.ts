@@ -711,6 +711,15 @@ export class Gateway extends Context.Service<Gateway, {
           const delay = ended
             ? undefined
             : nextRetryDelay(auth.decl, outcome.failure, attempts, sleptMs, yield* Random.next);
+          /** The step as it stands if this failure is the last. */
+          const failedStep: StepRecord = {
+            ...intent,
+            ...tried,
+            status: "failed",
+            error,
+            endedAt: new Date(endedAt).toISOString(),
+            latencyMs,
+          };
           if (delay === undefined) {
             const { write } = yield* audit.prepare({
               type: "effect.failed",
@@ -718,14 +727,7 @@ export class Gateway extends Context.Service<Gateway, {
               runId: r.runId,
               data: { ...base, latencyMs, error, ...(attempts > 1 ? { attempts } : {}) },
             });
-            yield* journal.recordStep(r.runId, {
-              ...intent,
-              ...tried,
-              status: "failed",
-              error,
-              endedAt: new Date(endedAt).toISOString(),
-              latencyMs,
-            }, [write]);
+            yield* journal.recordStep(r.runId, failedStep, [write]);
             return yield* outcome.failure;
           }
           const nextAttemptAt = new Date(endedAt + delay).toISOString();
@@ -740,14 +742,7 @@ export class Gateway extends Context.Service<Gateway, {
           yield* Effect.sleep(delay);
           if (yield* runEnded(r)) {
             // Cancelled during the backoff: the call is not sent again; its last failure stands.
-            yield* journal.recordStep(r.runId, {
-              ...intent,
-              ...tried,
-              status: "failed",
-              error,
-              endedAt: new Date(endedAt).toISOString(),
-              latencyMs,
-            }, []);
+            yield* journal.recordStep(r.runId, failedStep, []);
             return yield* outcome.failure;
           }
           sleptMs += delay;
