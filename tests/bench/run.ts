@@ -533,10 +533,51 @@ const main = async () => {
   }
 };
 
-try {
-  if (ONLY !== undefined && !SECTIONS.includes(ONLY)) {
-    throw new Error(`Unknown bench section "${ONLY}": --only takes one of ${SECTIONS.join(", ")}`);
+const USAGE = `Usage: deno task bench [--quick] [--only workflows|w2] [--memory-100k]
+
+Measures Keel on this machine and prints the result tables to stdout
+(progress goes to stderr). Takes 10-20 minutes; nothing is written into the
+repository.
+
+  --quick          a tenth of the iterations (to check the bench itself)
+  --only SECTION   run one section: workflows (W1 and W2) or w2 (W2 only)
+  --memory-100k    also measure memory recall at 100k items (slow)
+  -h, --help       show this help`;
+
+/** Every argument the bench knows; anything else is refused before any work starts. */
+const unknownArg = (args: readonly string[]): string | undefined => {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--only") {
+      i++;
+      continue;
+    }
+    if (a === "--quick" || a === "--memory-100k" || a.startsWith("--only=")) continue;
+    return a;
   }
+  return undefined;
+};
+
+if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+  console.log(USAGE);
+  Deno.exit(0);
+}
+const stray = unknownArg(Deno.args);
+if (stray !== undefined || (Deno.args.includes("--only") && ONLY === undefined)) {
+  console.error(
+    stray !== undefined
+      ? `bench: unknown argument "${stray}"\n\n${USAGE}`
+      : `bench: --only needs a section\n\n${USAGE}`,
+  );
+  Deno.exit(2);
+}
+
+if (ONLY !== undefined && !SECTIONS.includes(ONLY)) {
+  console.error(`bench: unknown section "${ONLY}": --only takes one of ${SECTIONS.join(", ")}`);
+  Deno.exit(2);
+}
+
+try {
   if (ONLY === undefined) await main();
   await benchWorkflows({ quick: QUICK, w2Only: ONLY === "w2", progress });
   if (ONLY === undefined) {
