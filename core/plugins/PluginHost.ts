@@ -469,6 +469,16 @@ export class PluginHost extends Context.Service<PluginHost, {
         sdkDir,
         launch: (plugin) =>
           Effect.suspend(() => {
+            // A grant or upgrade that reaches here after plugins were stopped starts nothing: a Worker started now
+            // would outlive the host.
+            if (closing) {
+              return Effect.fail(
+                new PluginCrashedError({
+                  message: `Plugin "${plugin.name}" was not started: Keel is shutting down`,
+                  details: { plugin: plugin.name, shutdown: true },
+                }),
+              );
+            }
             stop(plugin, "started again with a new grant");
             const conn = start(plugin);
             return Effect.tryPromise({
