@@ -1319,6 +1319,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           return pins;
         });
 
+      /** Capped starts past the queue check whose run is not in the queue yet (see `start`). */
+      let admitting = 0;
       const start: OrchestratorStart = Effect.fnUntraced(function* (
         workflow: string,
         input: unknown,
@@ -1369,13 +1371,31 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             details: { errors: problems },
           });
         }
-        // After the checks a retry cannot fix: a start that is wrong hears why, not "try again later".
-        if (options.capped && queue.waiting() >= maxQueued) {
+        // After the checks a retry cannot fix: a start that is wrong hears why, not "try again later". Starts
+        // admitted but not queued yet (their write is on its way) count too, so starts at once cannot overfill it.
+        if (!options.capped) return yield* create(workflow, input, actor, options, plugin, priority);
+        const queued = queue.waiting() + admitting;
+        if (queued >= maxQueued) {
           return yield* new QueueFullError({
-            message: `${queue.waiting()} runs are queued (KEEL_MAX_QUEUED is ${maxQueued}); try again later`,
-            details: { queued: queue.waiting(), limit: maxQueued },
+            message: `${queued} runs are queued (KEEL_MAX_QUEUED is ${maxQueued}); try again later`,
+            details: { queued, limit: maxQueued },
           });
         }
+        admitting++;
+        return yield* create(workflow, input, actor, options, plugin, priority).pipe(
+          Effect.ensuring(Effect.sync(() => admitting--)),
+        );
+      });
+
+      /** `start` once its checks passed: the run is written, then executed or queued. */
+      const create = Effect.fnUntraced(function* (
+        workflow: string,
+        input: unknown,
+        actor: string,
+        options: StartOptions & { parent?: { runId: string; seq: number } },
+        plugin: InstalledPlugin,
+        priority: number,
+      ) {
         const now = yield* Clock.currentTimeMillis;
         const at = new Date(now).toISOString();
         const base = {

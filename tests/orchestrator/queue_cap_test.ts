@@ -135,3 +135,24 @@ Deno.test("a child started while the queue is full queues past the cap: work Kee
     await k.close();
   }
 });
+
+Deno.test("starts that arrive at once cannot overfill the queue: admitted starts count before their runs are queued", async () => {
+  const k = await startTestKeel({ maxRuns: 1, maxQueued: 3 });
+  try {
+    for (const path of [`${ROOT}/tests/fixtures/engine_slow`, `${ROOT}/tests/fixtures/conc_limits`]) {
+      assert.equal((await k.api("POST", "/api/plugins", { path, grant: {} })).status, 201);
+    }
+    const first = await k.api("POST", "/api/workflows/one/runs", { input: { ms: 3000 } });
+    assert.equal(first.body.status, "running", JSON.stringify(first.body));
+    // Twelve starts at once against room for three: each one's check used to pass before any of their writes.
+    const answers = await Promise.all(Array.from({ length: 12 }, () => startRaw(k, "one", { ms: 0 })));
+    const statuses = answers.map((r) => r.status);
+    await Promise.all(answers.map((r) => r.body?.cancel()));
+    assert.equal(statuses.filter((s) => s === 202).length, 3, `statuses: ${statuses.join(" ")}`);
+    assert.equal(statuses.filter((s) => s === 429).length, 9, `statuses: ${statuses.join(" ")}`);
+    // The refused starts wrote nothing: the first run and three queued ones are all that started.
+    assert.equal((await events(k, "run.started")).length, 4);
+  } finally {
+    await k.close();
+  }
+});
