@@ -1,7 +1,7 @@
 /**
  * @module
- * Runs, approvals and the audit trail from the command line: `run`, `runs
- * show`, `cancel`, `approvals`, `approve`, `deny`, `audit`.
+ * Runs, approvals and the audit trail from the command line: `run`, `runs`
+ * (list and show), `cancel`, `approvals`, `approve`, `deny`, `audit`.
  */
 import { api, atMost, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
 
@@ -57,15 +57,55 @@ run queue); --priority (default 5) orders it among queued runs, 9 first.`,
   },
 };
 
-/** `keel runs show ID`. */
+/** One line of `keel runs`: id, status, workflow, when, and why it waits or failed. */
+const runLine = (run: Record<string, any>): string => {
+  const why = run.waitingFor?.reason ?? run.error?.message ?? run.cancelled?.reason;
+  return `${run.id}  ${run.status.padEnd(16)}  ${run.workflow}  ${run.createdAt}${why ? `  ${why}` : ""}`;
+};
+
+/** `keel runs [--status S] [--workflow W] [--limit N] [--before ID]` and `keel runs show ID`. */
 export const runsCommand: Command = {
-  summary: ["runs show ID                  Show a run: status, steps, output, error"],
-  help: "Usage: deno task keel runs show RUN_ID",
+  summary: [
+    "runs [--status S]             List runs, newest first (--workflow, --limit, --before)",
+    "runs show ID                  Show a run: status, steps, output, error",
+  ],
+  help: `Usage: deno task keel runs [list] [--status STATUS] [--workflow NAME] [--limit N] [--before RUN_ID]
+       deno task keel runs show RUN_ID
+
+List runs, newest first: id, status, workflow, when it was created, and why
+it waits or failed. STATUS is one of queued, running, waiting_approval,
+sleeping, waiting_child, succeeded, failed, cancelled. --limit (default 50,
+at most 1000) caps the list; when there may be more, the last line says how
+to go on (--before). \`runs show\` prints one run whole: steps, output, error.`,
   async run(args) {
-    const { positionals } = flagsOf(args, {});
-    if (positionals[0] !== "show" || !positionals[1]) throw new UsageError("Usage: runs show RUN_ID");
-    atMost(positionals.slice(1), 1, "runs show");
-    print(await api("GET", `/api/runs/${encodeURIComponent(positionals[1])}`));
+    const { values, positionals } = flagsOf(args, {
+      status: { type: "string" },
+      workflow: { type: "string" },
+      limit: { type: "string" },
+      before: { type: "string" },
+    });
+    if (positionals[0] === "show") {
+      if (!positionals[1]) throw new UsageError("Usage: runs show RUN_ID");
+      atMost(positionals.slice(1), 1, "runs show");
+      return print(await api("GET", `/api/runs/${encodeURIComponent(positionals[1])}`));
+    }
+    if (positionals[0] !== undefined && positionals[0] !== "list") {
+      throw new UsageError(`runs takes "list" or "show RUN_ID": got "${positionals[0]}"`);
+    }
+    atMost(positionals.slice(1), 0, "runs list");
+    // The API checks the values and says what is wrong with them.
+    const q = new URLSearchParams();
+    for (const name of ["status", "workflow", "limit", "before"] as const) {
+      if (values[name] !== undefined) q.set(name, values[name]!);
+    }
+    const { runs, next } = await api("GET", `/api/runs${q.size ? `?${q}` : ""}`);
+    if (!runs.length) console.log(values.status ? `No ${values.status} runs` : "No runs");
+    for (const run of runs) console.log(runLine(run));
+    if (next) {
+      q.set("before", next);
+      const flags = [...q].map(([k, v]) => `--${k} ${v}`).join(" ");
+      console.log(`More: deno task keel runs ${flags}`);
+    }
   },
 };
 

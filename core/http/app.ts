@@ -12,7 +12,7 @@ import type { Context as HonoContext } from "hono";
 import { InvalidInputError, PayloadTooLargeError, UnauthorizedError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { MAX_NOTE_CHARS, Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
-import { Journal } from "../journal/mod.ts";
+import { Journal, RUN_STATUSES, type RunRecord, type RunStatus } from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { argsDepth, type Limits, type Policy } from "../policy/mod.ts";
 import { errorResponse, RETRY_AFTER_SECONDS } from "./errors.ts";
@@ -66,6 +66,12 @@ const equalTokens = (a: string, b: string): boolean => {
 
 /** What any run, approval or webhook id looks like (generated ids, and those from webhooks and schedules). */
 const ID = /^[\w.:-]{1,200}$/;
+
+/** A run as the run list shows it: what it is and where it stands, without its input and output. */
+const runSummary = (run: RunRecord) => {
+  const { input: _i, output: _o, pins: _p, lease: _l, queuedAt: _q, agentCrashes: _a, ...summary } = run;
+  return summary;
+};
 
 /** The decoded path segment right after `prefix`, if there is one. */
 const pathSegment = (path: string, prefix: string): string | undefined => {
@@ -221,6 +227,31 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         return { runId: run.id, ...(yield* orchestrator.wait(run.id, wait)) };
       }),
       202,
+    ));
+
+  app.get("/api/runs", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const { status, workflow, before } = c.req.query();
+        if (status !== undefined && !RUN_STATUSES.includes(status as RunStatus)) {
+          return yield* new InvalidInputError({
+            message: `Query "status" must be one of ${RUN_STATUSES.join(", ")}: got "${status}"`,
+          });
+        }
+        if (workflow !== undefined && !ID.test(workflow)) {
+          return yield* new InvalidInputError({
+            message: `Query "workflow" must be a workflow name: got "${workflow}"`,
+          });
+        }
+        if (before !== undefined && !ID.test(before)) {
+          return yield* new InvalidInputError({ message: `Query "before" must be a run id: got "${before}"` });
+        }
+        const limit = yield* queryLimit(c.req.query("limit"), 50, 1000);
+        const journal = yield* Journal;
+        const page = yield* journal.browseRuns({ status: status as RunStatus | undefined, workflow, limit, before });
+        return { runs: page.runs.map(runSummary), ...(page.next ? { next: page.next } : {}) };
+      }),
     ));
 
   app.get("/api/runs/:id", (c) =>

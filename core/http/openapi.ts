@@ -5,6 +5,8 @@
  * route the app serves is documented and the other way round.
  */
 
+import { RUN_STATUSES } from "../journal/mod.ts";
+
 const json = (schema: Record<string, unknown>) => ({ content: { "application/json": { schema } } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const errors = (...codes: number[]) =>
@@ -254,18 +256,7 @@ export const openApiDocument = withBodyLimits(
             plugin: { type: "string" },
             pluginVersion: { type: "string" },
             input: {},
-            status: {
-              enum: [
-                "queued",
-                "running",
-                "waiting_approval",
-                "sleeping",
-                "waiting_child",
-                "succeeded",
-                "failed",
-                "cancelled",
-              ],
-            },
+            status: { enum: RUN_STATUSES },
             output: {},
             error: {},
             waitingFor: {
@@ -301,6 +292,41 @@ export const openApiDocument = withBodyLimits(
               type: "array",
               items: ref("RecallLogEntry"),
               description: "What the run recalled from memory and why; present when it recalled anything",
+            },
+            createdAt: { type: "string" },
+            updatedAt: { type: "string" },
+          },
+        },
+        RunSummary: {
+          type: "object",
+          description: "A run in the run list: `Run` without input, output, steps, pins, lease and queue place",
+          required: ["id", "workflow", "plugin", "pluginVersion", "status", "createdAt", "updatedAt"],
+          properties: {
+            id: { type: "string" },
+            workflow: { type: "string" },
+            plugin: { type: "string" },
+            pluginVersion: { type: "string" },
+            status: { enum: RUN_STATUSES },
+            error: {},
+            waitingFor: {
+              type: "object",
+              properties: { approvalId: { type: "string" }, reason: { type: "string" } },
+            },
+            priority: { type: "integer", minimum: 0, maximum: 9 },
+            notBefore: { type: "integer" },
+            wakeAt: { type: "integer" },
+            trigger: {
+              type: "object",
+              properties: {
+                kind: { enum: ["http", "cli", "cron", "webhook", "child", "api"] },
+                id: { type: "string" },
+              },
+            },
+            parentRunId: { type: "string" },
+            parentSeq: { type: "integer" },
+            cancelled: {
+              type: "object",
+              properties: { by: { type: "string" }, reason: { type: "string" }, at: { type: "string" } },
             },
             createdAt: { type: "string" },
             updatedAt: { type: "string" },
@@ -738,6 +764,39 @@ export const openApiDocument = withBodyLimits(
             },
             ...errors(400, 401, 404, 413),
             ...queueFull,
+          },
+        },
+      },
+      "/api/runs": {
+        get: {
+          summary:
+            "Runs, newest first (fresh run ids are time-ordered), optionally by status and workflow, without their input, output and steps. A status a run can still leave is read from the index of runs not ended; otherwise one call reads at most 5,000 runs and `next` says where to go on",
+          parameters: [
+            { name: "status", in: "query", schema: { enum: RUN_STATUSES } },
+            { name: "workflow", in: "query", schema: { type: "string", pattern: "^[\\w.:-]{1,200}$" } },
+            {
+              name: "limit",
+              in: "query",
+              schema: { type: "integer", minimum: 1, maximum: 1000, default: 50 },
+              description: "How many runs at most (plain digits)",
+            },
+            {
+              name: "before",
+              in: "query",
+              schema: { type: "string", pattern: "^[\\w.:-]{1,200}$" },
+              description: "Only runs whose id sorts before this one: the `next` of the previous page",
+            },
+          ],
+          responses: {
+            "200": {
+              description: "A page of runs; `next` is present when there may be more",
+              ...json({
+                type: "object",
+                required: ["runs"],
+                properties: { runs: { type: "array", items: ref("RunSummary") }, next: { type: "string" } },
+              }),
+            },
+            ...errors(400, 401),
           },
         },
       },

@@ -151,6 +151,21 @@ export const timeOrderedId = (prefix: string, millis: number): string => {
   return `${prefix}_${Math.floor(millis).toString(16).padStart(12, "0").slice(-12)}${hex}`;
 };
 
+/** Runs `browseRuns` reads at most in one call when it cannot use an index. */
+export const RUN_SCAN = 5000;
+
+/** Every run status. */
+export const RUN_STATUSES: ReadonlyArray<RunStatus> = [
+  "queued",
+  "running",
+  "waiting_approval",
+  "sleeping",
+  "waiting_child",
+  "succeeded",
+  "failed",
+  "cancelled",
+];
+
 /** Statuses a run never leaves. */
 export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
 const inQueue = (run: RunRecord | undefined) =>
@@ -220,6 +235,18 @@ export class Journal extends Context.Service<Journal, {
   /** Several runs, read ten at a time (`undefined` where there is none), in the order of `ids`. */
   getRuns(ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<RunRecord | undefined>, StoreError>;
   listRuns(filter: { status?: RunStatus; limit?: number }): Effect.Effect<RunRecord[], StoreError>;
+  /**
+   * Runs for an operator to look through, newest id first (fresh ids are time-ordered), up to `limit`, with
+   * `status` and `workflow` if given, from just before the id `before`. A status a run can still leave is read
+   * through the active-runs index; otherwise at most `RUN_SCAN` runs are read per call, and `next` (the last id
+   * read) says where to go on when the list may not be complete.
+   */
+  browseRuns(filter: {
+    status?: RunStatus;
+    workflow?: string;
+    limit: number;
+    before?: string;
+  }): Effect.Effect<{ runs: RunRecord[]; next?: string }, StoreError>;
   /** Update a run; `expect` guards against racing writers (false when the status moved). */
   updateRun(
     id: string,
@@ -535,6 +562,38 @@ export class Journal extends Context.Service<Journal, {
               if (limit && out.length >= limit) break;
             }
             return out;
+          }),
+        browseRuns: ({ status, workflow, limit, before }) =>
+          kvTry("Cannot list runs", async () => {
+            const wanted = (run: RunRecord | null | undefined): run is RunRecord =>
+              !!run && (!status || run.status === status) && (!workflow || run.workflow === workflow);
+            const runs: RunRecord[] = [];
+            if (status && !TERMINAL.has(status)) {
+              const ids: string[] = [];
+              for await (const e of kv.list({ prefix: ["run_active"] })) ids.push(e.key[1] as string);
+              const older = ids.filter((id) => before === undefined || id < before).reverse();
+              for (let i = 0; i < older.length; i += 10) {
+                for (const g of await kv.getMany<RunRecord[]>(older.slice(i, i + 10).map(runKey))) {
+                  if (!wanted(g.value)) continue;
+                  if (runs.length === limit) return { runs, next: runs[limit - 1].id };
+                  runs.push(g.value);
+                }
+              }
+              return { runs };
+            }
+            const selector = before === undefined ? { prefix: ["run"] } : { prefix: ["run"], end: runKey(before) };
+            let read = 0;
+            let last: string | undefined;
+            for await (const e of kv.list<RunRecord>(selector, { reverse: true, batchSize: 100 })) {
+              if (wanted(e.value)) {
+                // One more than asked for says whether there is a next page.
+                if (runs.length === limit) return { runs, next: runs[limit - 1].id };
+                runs.push(e.value);
+              }
+              last = e.value.id;
+              if (++read >= RUN_SCAN) return { runs, next: last };
+            }
+            return { runs };
           }),
         updateRun: (id, patch, expect) =>
           // In order with the grouped writes: it reads the run after every write submitted before it (a run's

@@ -250,6 +250,18 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       assert.deepEqual(await eventTypes(k), before);
     });
 
+    await t.step("`runs` lists runs, and its bad filters are Keel's clear errors", async () => {
+      const [none, bogus, word] = await keelAll([
+        [["runs"], env],
+        [["runs", "--status", "bogus"], env],
+        [["runs", "lots"], env],
+      ]);
+      assert.equal(none.code, 0, none.stderr);
+      assert.equal(none.stdout.trim(), "No runs");
+      cleanError(bogus, /^error: InvalidInputError: Query "status" must be one of queued, running/);
+      cleanError(word, 'error: runs takes "list" or "show RUN_ID": got "lots"');
+    });
+
     await t.step("`approvals` and `audit` work against the running Keel", async () => {
       const approvals = await keel(["approvals"], env);
       assert.equal(approvals.code, 0, approvals.stderr);
