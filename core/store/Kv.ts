@@ -98,7 +98,9 @@ export const lockDataDir = (dataDir: string) =>
           : Effect.succeed(file)
       ),
     ),
-    (file) => Effect.sync(() => file.close()),
+    // Unlock, then close. An flock belongs to the open file, not the fd: a process being spawned from any thread of
+    // this one holds a copy of every fd until it execs, and that copy alone would keep the lock after `close()`.
+    (file) => Effect.sync(() => file.unlockSync()).pipe(Effect.ensuring(Effect.sync(() => file.close()))),
   );
 
 const ownerOf = (dataDir: string): string => {

@@ -84,6 +84,48 @@ Deno.test("after the first Keel closes, a new one starts on the same data dir an
   }
 });
 
+/** The fd numbers of this process open on `path` (Linux: read from `/proc/self/fd`). */
+const fdsOn = (path: string): number[] =>
+  [...Deno.readDirSync("/proc/self/fd")].flatMap((entry) => {
+    try {
+      return Deno.readLinkSync(`/proc/self/fd/${entry.name}`) === path ? [Number(entry.name)] : [];
+    } catch {
+      return []; // the fd of the directory listing itself, already closed
+    }
+  });
+
+Deno.test({
+  name: "close() frees the data dir even while another fd shares the lock's open file (a child being spawned)",
+  // A process spawned from any thread (in `deno test --parallel`, any test file) holds a copy of every fd of this
+  // process until it execs. The copy is stood in for by dup(2): same open file, so the same flock.
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const dataDir = await Deno.makeTempDir({ prefix: "keel-lock-" });
+    const libc = Deno.dlopen("libc.so.6", {
+      dup: { parameters: ["i32"], result: "i32" },
+      close: { parameters: ["i32"], result: "i32" },
+    });
+    let copy = -1;
+    try {
+      const first = await startTestKeel({ dataDir });
+      try {
+        const [fd] = fdsOn(await Deno.realPath(`${dataDir}/keel.lock`));
+        assert.ok(fd !== undefined, "the running Keel has its lock file open");
+        copy = libc.symbols.dup(fd);
+        assert.ok(copy >= 0, "dup(2) of the lock fd");
+      } finally {
+        await first.close();
+      }
+      const again = await startTestKeel({ dataDir }); // refused with DataDirLockedError if close() left the lock
+      await again.close();
+    } finally {
+      if (copy >= 0) libc.symbols.close(copy);
+      libc.close();
+      await Deno.remove(dataDir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("`main.ts serve` on a data dir another Keel owns exits 1 with a one-line DataDirLockedError message", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "keel-lock-" });
   try {
