@@ -99,7 +99,7 @@ export interface PluginSpec {
 export const openConnection = (spec: PluginSpec): Connection =>
   new Connection(
     spec.name,
-    spec.config,
+    { config: spec.config, dataDir: spec.dataDir },
     spec.startTimeoutMs,
     spec.isolation,
     (sink) => spec.isolation === "process" ? processTransport(spec, sink) : workerTransport(spec, sink),
@@ -156,7 +156,7 @@ export class Connection {
   /** Start a plugin over the transport `open` makes, and send it `init`. */
   constructor(
     readonly name: string,
-    config: Record<string, unknown>,
+    init: { readonly config: Record<string, unknown>; readonly dataDir?: string },
     startTimeoutMs: number,
     /** The plugin's isolation mode. */
     readonly isolation: Isolation,
@@ -205,7 +205,7 @@ export class Connection {
       return;
     }
     if (this.#dead) this.#transport.close();
-    else this.#post({ t: "init", config });
+    else this.#post({ t: "init", ...init });
   }
 
   /** True until the plugin crashed, timed out or was stopped. */

@@ -44,9 +44,11 @@ export type EffectCaller<Uses> = string extends keyof Uses ? <T = unknown>(name:
  */
 export type HealthAnswer = boolean | { readonly ok: boolean; readonly message?: string };
 
-/** What a health handler learns: the plugin's config, typed by `Config`. */
+/** What a health handler learns: the plugin's config, typed by `Config`, and its data dir. */
 export interface HealthContext<Config = Readonly<Record<string, unknown>>> {
   readonly config: Config;
+  /** The plugin's own folder (see `EffectContext.dataDir`). */
+  readonly dataDir: string;
 }
 
 /** A plugin's answer to the host's periodic health question. */

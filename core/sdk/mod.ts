@@ -51,6 +51,11 @@ export interface EffectContext<Config = Readonly<Record<string, unknown>>> {
   readonly idempotencyKey: string;
   /** The operator's configuration for this plugin, as installed. */
   readonly config: Config;
+  /**
+   * The plugin's own folder, `<Keel data dir>/plugin-data/<name>/`: its `read` and `write` grants are relative to
+   * it. It is kept across restarts and upgrades and deleted when the plugin is removed.
+   */
+  readonly dataDir: string;
 }
 
 /** A connector's implementation of one declared effect. */
@@ -190,6 +195,7 @@ const toWire = (error: unknown): WireError => {
  */
 export function definePlugin(def: PluginDefinition, port: Port = self as unknown as Port): void {
   let config: Record<string, unknown> = {};
+  let dataDir = "";
   let nextCall = 1;
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
 
@@ -502,6 +508,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
     switch (message.t) {
       case "init":
         config = message.config;
+        dataDir = message.dataDir ?? "";
         send({ t: "ready", effects: Object.keys(def.effects ?? {}), workflows: Object.keys(def.workflows ?? {}) });
         return;
       case "effect": {
@@ -510,7 +517,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
           if (!handler) {
             throw new PluginError("EffectNotImplemented", `Plugin does not implement effect "${message.name}"`);
           }
-          return handler(message.args, { idempotencyKey: message.idempotencyKey, config });
+          return handler(message.args, { idempotencyKey: message.idempotencyKey, config, dataDir });
         });
       }
       case "workflow": {
@@ -524,7 +531,7 @@ export function definePlugin(def: PluginDefinition, port: Port = self as unknown
         }, out);
       }
       case "health":
-        return answer(message.id, async () => (def.health ? await def.health({ config }) : true));
+        return answer(message.id, async () => (def.health ? await def.health({ config, dataDir }) : true));
       case "reply": {
         const waiter = pending.get(message.id);
         if (!waiter) return;

@@ -49,7 +49,12 @@ export interface WireError {
 
 /** Host → plugin messages. */
 export type HostMessage =
-  | { readonly t: "init"; readonly config: Record<string, unknown> }
+  | {
+    readonly t: "init";
+    readonly config: Record<string, unknown>;
+    /** The plugin's data dir: its `read`/`write` grants are relative to it (the same path in every isolation mode). */
+    readonly dataDir?: string;
+  }
   | {
     readonly t: "effect";
     readonly id: number;
