@@ -8,6 +8,8 @@
  * KEEL_HOST (default 127.0.0.1), KEEL_TOKEN (default: generated on first start
  * and kept in <data dir>/token), KEEL_POLICIES (default: policies/ in Keel's
  * folder), KEEL_URL (client commands; default http://127.0.0.1:$KEEL_PORT),
+ * KEEL_CLIENT_TIMEOUT (client commands: seconds to wait for an answer beyond a
+ * --wait, 1 to 86,400; default 120),
  * KEEL_RPC_TIMEOUT_MS (100 to 3,600,000; default 30,000), KEEL_MAX_RUNS (1 to
  * 10,000; default 32), KEEL_MAX_QUEUED (1 to 10,000,000; default 10,000), KEEL_EMBEDDER (memory's embedder: offline, ollama or
  * ollama:MODEL) and OLLAMA_HOST (default http://127.0.0.1:11434).
@@ -38,7 +40,8 @@ const mainHelp = () =>
     "",
     "Options for every command: --help",
     "Environment: KEEL_DATA_DIR, KEEL_PORT, KEEL_HOST, KEEL_TOKEN, KEEL_POLICIES, KEEL_URL,",
-    "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_MAX_QUEUED, KEEL_EMBEDDER, OLLAMA_HOST",
+    "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_MAX_QUEUED, KEEL_EMBEDDER, OLLAMA_HOST,",
+    "             KEEL_CLIENT_TIMEOUT",
   ].join("\n");
 
 const ensureToken = (): { token: string; generated: boolean } => {
@@ -60,6 +63,15 @@ const serve = async () => {
   const rpcTimeoutMs = parseRpcTimeout(env("KEEL_RPC_TIMEOUT_MS"));
   const maxRuns = parseMaxRuns(env("KEEL_MAX_RUNS"));
   const maxQueued = parseMaxQueued(env("KEEL_MAX_QUEUED"));
+  const dir = dataDir();
+  const kind = (() => {
+    try {
+      return Deno.statSync(dir).isDirectory ? "folder" : "other";
+    } catch {
+      return "none";
+    }
+  })();
+  if (kind === "other") throw new UsageError(`KEEL_DATA_DIR "${dir}" is not a folder`);
   const { token, generated } = ensureToken();
   const root = keelRoot();
   const config = {
@@ -76,7 +88,14 @@ const serve = async () => {
     maxRuns,
     maxQueued,
   };
-  const keel = await startKeel(config);
+  const keel = await startKeel(config).catch((error) => {
+    // A token made by a start that failed is not kept: the next start makes one and shows it.
+    if (generated) Deno.removeSync(`${config.dataDir}/token`);
+    if (error instanceof KeelStartError && error.body.tag === "ListenError") {
+      throw new KeelStartError({ ...error.body, message: `${error.message} (set KEEL_PORT or KEEL_HOST)` });
+    }
+    throw error;
+  });
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);
   if (generated) console.log(`API token (also saved in ${config.dataDir}/token): ${token}`);
   if (keel.recovered) console.log(`Resumed ${keel.recovered} interrupted run(s)`);

@@ -113,7 +113,17 @@ export const startKeel = async (
         }
       });
     };
-    server = serve();
+    try {
+      server = serve();
+    } catch (error) {
+      // Nothing else started may outlive a start that failed: the runtime (stores, plugins) closes first.
+      await runtime.dispose().catch(() => {});
+      throw new KeelStartError({
+        tag: "ListenError",
+        message: `Cannot listen on ${config.hostname}:${config.port}: ${String((error as Error)?.message ?? error)}`,
+        details: { hostname: config.hostname, port: config.port },
+      });
+    }
     watch(server);
     await listening.promise;
   }

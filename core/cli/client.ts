@@ -41,21 +41,46 @@ export const keelUrl = (): string => {
   return given.replace(/\/+$/, "");
 };
 
+/**
+ * Seconds a command waits for Keel's answer beyond a `?wait=` it asked for: `KEEL_CLIENT_TIMEOUT` (1 to 86400),
+ * default 120 (a forced cancel waits up to 10 s, an undo runs compensations).
+ */
+export const clientTimeout = (): number => {
+  const raw = env("KEEL_CLIENT_TIMEOUT");
+  if (raw === undefined) return 120;
+  const seconds = /^\d{1,5}$/.test(raw) ? Number(raw) : NaN;
+  if (!(seconds >= 1 && seconds <= 86_400)) {
+    throw new UsageError(`KEEL_CLIENT_TIMEOUT must be seconds from 1 to 86400: got "${raw}"`);
+  }
+  return seconds;
+};
+
 /** Call the running Keel's API; a failure becomes a one-line `UsageError`. */
 export const api = async (method: string, path: string, body?: unknown): Promise<any> => {
   const base = keelUrl();
   const token = readToken();
+  // Something that takes the connection and never answers (a hung process, another service) is not waited for
+  // forever: the request's own `?wait=` plus the client timeout.
+  const wait = Number(new URL(path, "http://keel").searchParams.get("wait") ?? 0) || 0;
+  const seconds = Math.ceil(wait) + clientTimeout();
+  const signal = AbortSignal.timeout(seconds * 1000);
+  const late = () => new UsageError(`Keel at ${base} did not answer within ${seconds} s (KEEL_CLIENT_TIMEOUT)`);
   let res: Response;
   try {
     res = await fetch(`${base}${path}`, {
       method,
       headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
     });
   } catch {
+    if (signal.aborted) throw late();
     throw new UsageError(`Keel is not running at ${base}: start it with "deno task start"`);
   }
-  const json = await res.json().catch(() => ({}));
+  const json = await res.json().catch(() => {
+    if (signal.aborted) throw late();
+    return {};
+  });
   if (!res.ok) {
     const e = json?.error ?? { tag: `HTTP ${res.status}`, message: res.statusText };
     throw new UsageError(`${e.tag}: ${e.message}`);

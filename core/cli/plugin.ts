@@ -318,7 +318,7 @@ active version; the previous one stays installed for the runs pinned to it.
 
 remove deletes a plugin's versions, stored files and data (or one version with
 --version). Keel refuses while runs pinned to it are running or waiting for an
-approval; --force removes it anyway and those runs fail.
+approval; --force removes it anyway and cancels those runs.
 
 new creates a plugin folder whose test passes as it is (see docs/plugins.md).`,
   async run(args) {

@@ -12,7 +12,7 @@ export const runCommand: Command = {
 
 Start a run of WORKFLOW with the given input. With --wait, wait (default 30 s)
 until the run ends or pauses (for an approval, a timer or a child run), and
-print it. --delay starts it no earlier than SECONDS from now (it waits in the
+print it; the command then exits 1 if the run failed or was cancelled. --delay starts it no earlier than SECONDS from now (it waits in the
 run queue); --priority (default 5) orders it among queued runs, 9 first.`,
   async run(args) {
     // `--wait` may stand alone (30 s) or take a number of seconds: a word after it is the next argument.
@@ -54,6 +54,8 @@ run queue); --priority (default 5) orders it among queued runs, 9 first.`,
     if (result.status === "waiting_approval") {
       console.log(`Waiting for approval: deno task keel approve ${result.waitingFor?.approvalId}`);
     }
+    // Scripts check the exit code: a run that ended without succeeding fails the command.
+    if (result.status === "failed" || result.status === "cancelled") Deno.exitCode = 1;
   },
 };
 
@@ -125,7 +127,12 @@ what it already did, use \`keel undo RUN_ID\`.`,
     const run = await api("POST", `/api/runs/${encodeURIComponent(positionals[0])}/cancel`, {
       ...(values.reason ? { reason: values.reason } : {}),
     });
-    console.log(`Run ${run.id} is ${run.status}`);
+    // A running run stops at its workflow's next call to Keel; the cancel waited a while for that, and it is still on.
+    console.log(
+      run.status === "cancelled"
+        ? `Run ${run.id} is cancelled`
+        : `Cancel requested: run ${run.id} is still ${run.status}; it stops at its workflow's next call to Keel`,
+    );
   },
 };
 
@@ -160,12 +167,16 @@ const decide = (verb: "approve" | "deny"): Command => ({
 (after a crash): "delivered" if it did, "retry" to perform it again.`
     : "Usage: deno task keel deny APPROVAL_ID [--note TEXT]",
   async run(args) {
-    const { values, positionals } = flagsOf(args, { note: { type: "string" }, resolution: { type: "string" } });
+    // Only approve takes --resolution: a deny never performs the effect, so the flag would be ignored silently.
+    const { values, positionals } = flagsOf(
+      args,
+      verb === "approve" ? { note: { type: "string" }, resolution: { type: "string" } } : { note: { type: "string" } },
+    );
     if (!positionals[0]) throw new UsageError(`${verb} needs an APPROVAL_ID`);
     atMost(positionals, 1, verb);
     const { approval } = await api("POST", `/api/approvals/${encodeURIComponent(positionals[0])}/${verb}`, {
       note: values.note,
-      resolution: values.resolution,
+      ...(verb === "approve" ? { resolution: values.resolution } : {}),
     });
     console.log(`${approval.id} ${approval.status} by ${approval.decidedBy}`);
   },
@@ -182,8 +193,8 @@ export const auditCommand: Command = {
   help: `Usage: deno task keel audit [--run RUN_ID] [--limit N] [--verify]
 
 Print the newest N audit events (default 1000, at most 10000), oldest first,
-of the whole log or of one run. --verify checks the hash chain instead and
-exits 1 if it is broken.`,
+of the whole log or of one run. --verify checks the whole hash chain instead
+and exits 1 if it is broken.`,
   async run(args) {
     const { values, positionals } = flagsOf(args, {
       run: { type: "string" },
@@ -191,6 +202,9 @@ exits 1 if it is broken.`,
       verify: { type: "boolean" },
     });
     atMost(positionals, 0, "audit");
+    if (values.verify && (values.run !== undefined || values.limit !== undefined)) {
+      throw new UsageError("audit --verify checks the whole chain: it takes no --run or --limit");
+    }
     if (values.verify) {
       const report = await api("GET", "/api/audit/verify");
       // A broken chain fails the command too: scripts check the exit code.

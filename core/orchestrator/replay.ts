@@ -151,6 +151,8 @@ export const replayRun = Effect.fn("Orchestrator.replay")(function* (
     asked.add(call.seq);
     const recorded = bySeq.get(call.seq);
     if (!recorded) {
+      // A cancelled run's journal simply ends where the cancel caught it: that is not a divergence.
+      if (run.status === "cancelled") return stop(`The recorded run was cancelled before step ${call.seq}`);
       divergences.push({
         seq: call.seq,
         expected: null,

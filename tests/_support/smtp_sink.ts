@@ -13,7 +13,14 @@ if (import.meta.main) {
   }
   const i = Deno.args.indexOf("--port");
   const port = i >= 0 ? Number(Deno.args[i + 1]) : 2525;
-  const peer = await startSmtpPeer({ port });
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    console.error(`error: --port must be an integer from 1 to 65535: got "${Deno.args[i + 1] ?? ""}"`);
+    Deno.exit(1);
+  }
+  const peer = await startSmtpPeer({ port }).catch((error: Error) => {
+    console.error(`error: cannot listen on 127.0.0.1:${port}: ${error.message}`);
+    Deno.exit(1);
+  });
   console.log(`SMTP sink listening on ${peer.host}:${peer.port} (Ctrl-C to stop)`);
   let shown = 0;
   setInterval(() => {

@@ -90,6 +90,50 @@ Deno.test('client commands exit 1 with "Keel is not running at …" when nothing
   cleanError(await keel(["approvals"], { KEEL_PORT: String(port) }), new RegExp(`not running at ${url}:`));
 });
 
+Deno.test("a client command gives up on a Keel that takes the connection and never answers, saying so", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn); // taken, never answered
+  })().catch(() => {});
+  try {
+    const url = `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+    const [stuck, bad] = await keelAll([
+      [["approvals"], { KEEL_URL: url, KEEL_TOKEN: "t", KEEL_CLIENT_TIMEOUT: "1" }],
+      [["approvals"], { KEEL_URL: url, KEEL_TOKEN: "t", KEEL_CLIENT_TIMEOUT: "0" }],
+    ]);
+    cleanError(stuck, `error: Keel at ${url} did not answer within 1 s (KEEL_CLIENT_TIMEOUT)`);
+    cleanError(bad, 'error: KEEL_CLIENT_TIMEOUT must be seconds from 1 to 86400: got "0"');
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting;
+  }
+});
+
+Deno.test("`serve` on a data dir that is a file, or a port it cannot listen on, says which setting; no token is kept", async () => {
+  const file = `${scratch}/a-file`;
+  await Deno.writeTextFile(file, "");
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = String((busy.addr as Deno.NetAddr).port);
+  const fresh = `${scratch}/fresh-data`;
+  try {
+    const [notDir, inUse] = await keelAll([
+      [["serve"], { KEEL_DATA_DIR: file }],
+      [["serve"], { KEEL_DATA_DIR: fresh, KEEL_PORT: port, KEEL_TOKEN: "" }],
+    ]);
+    cleanError(notDir, `error: KEEL_DATA_DIR "${file}" is not a folder`);
+    cleanError(
+      inUse,
+      new RegExp(`^Keel cannot start: Cannot listen on 127\\.0\\.0\\.1:${port}: .*\\(set KEEL_PORT or KEEL_HOST\\)$`),
+    );
+    // The token that start made was never shown: it is not kept, so the next start makes one and shows it.
+    assert.throws(() => Deno.statSync(`${fresh}/token`), Deno.errors.NotFound);
+  } finally {
+    busy.close();
+  }
+});
+
 Deno.test("bad JSON in --input, --config or --grant is a clear error before anything is sent", async () => {
   const [input, config, grant] = await keelAll([
     [["run", "onboard_client", "--input", "notjson"]],
@@ -118,6 +162,19 @@ Deno.test("`run --wait` takes seconds or stands alone before the workflow name; 
     ]);
     cleanError(zero, /^error: --wait takes seconds from 1 to 300: got "0"/);
     cleanError(words, 'error: --wait takes seconds from 1 to 300, or stands alone: got "soon"');
+
+    // A run that fails fails the command: scripts check the exit code.
+    for (const [path, config] of [["connector", { greeting: "Hi" }], ["agent", undefined]] as const) {
+      const res = await k.api("POST", "/api/plugins", {
+        path: `${ROOT}/tests/fixtures/sdk/${path}`,
+        grant: {},
+        config,
+      });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+    }
+    const failed = await keel(["run", "sdk_fail", "--wait", "--input", '{"how":"rejected","handle":false}'], env);
+    assert.equal(failed.code, 1, failed.stdout + failed.stderr);
+    assert.match(failed.stdout, /"status": "failed"/);
   } finally {
     await k.close();
   }
@@ -127,7 +184,7 @@ Deno.test("every command refuses arguments it does not take, and KEEL_URL may en
   const k = await startTestKeel();
   try {
     const env = { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN };
-    const cases: Array<[string[], string]> = [
+    const cases: Array<[string[], string | RegExp]> = [
       [["approve", "a", "b"], 'approve takes one argument: got also "b"'],
       [["deny", "a", "b"], 'deny takes one argument: got also "b"'],
       [["cancel", "a", "b"], 'cancel takes one argument: got also "b"'],
@@ -140,9 +197,15 @@ Deno.test("every command refuses arguments it does not take, and KEEL_URL may en
       [["plugin", "list", "extra"], 'plugin list takes no arguments: got also "extra"'],
       [["plugin", "remove", "a", "b"], 'plugin remove takes one argument: got also "b"'],
       [["hooks", "list", "extra"], 'hooks list takes no arguments: got also "extra"'],
+      // deny never performs the effect: a resolution there is a mix-up, not something to ignore.
+      [["deny", "a", "--resolution", "retry"], /^error: Unknown option '--resolution'/],
+      [["audit", "--verify", "--run", "r"], "audit --verify checks the whole chain: it takes no --run or --limit"],
     ];
     const results = await keelAll(cases.map(([args]) => [args, env]));
-    for (const [i, r] of results.entries()) cleanError(r, `error: ${cases[i][1]}`);
+    for (const [i, r] of results.entries()) {
+      const expected = cases[i][1];
+      cleanError(r, typeof expected === "string" ? `error: ${expected}` : expected);
+    }
     // Nothing was asked of Keel: no approval decided, no run cancelled, nothing audited but the test's own start.
     assert.equal((await k.api("GET", "/api/audit")).body.events.length, 0);
 
@@ -285,5 +348,30 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
     });
   } finally {
     await k.close();
+  }
+});
+
+Deno.test("`deno task smtp-sink` with a bad or busy port says so in one line, no stack trace", async () => {
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = String((busy.addr as Deno.NetAddr).port);
+  try {
+    for (
+      const [arg, expected] of [
+        ["abc", 'error: --port must be an integer from 1 to 65535: got "abc"'],
+        [port, `error: cannot listen on 127.0.0.1:${port}: `],
+      ]
+    ) {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `${ROOT}/tests/_support/smtp_sink.ts`, "--port", arg],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 1, stderr);
+      assert.ok(stderr.startsWith(expected), stderr);
+      assert.equal(stderr.trim().split("\n").length, 1, `more than one line: ${stderr}`);
+    }
+  } finally {
+    busy.close();
   }
 });

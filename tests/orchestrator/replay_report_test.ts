@@ -120,3 +120,34 @@ Deno.test("replay refuses an unfinished run (409), an unknown run or version (40
     await k.close();
   }
 });
+
+Deno.test("replay of a run cancelled before its first step finds no divergence: its journal just ends there", async () => {
+  const witness = await startWitness();
+  const k = await startTestKeel();
+  try {
+    const ledger = await k.api("POST", "/api/plugins", {
+      path: `${ROOT}/tests/gateway/fixtures/ledger`,
+      grant: { net: [`${witness.host}:${witness.port}`] },
+      config: { host: witness.host, port: witness.port },
+    });
+    assert.equal(ledger.status, 201, JSON.stringify(ledger.body));
+    assert.equal((await k.api("POST", "/api/plugins", { path: `${FIXTURES}/agent_v1`, grant: {} })).status, 201);
+    const queued = await k.api("POST", "/api/workflows/rp_flow/runs?delay=3600", { input: { account: "acme" } });
+    assert.equal(queued.body.status, "queued", JSON.stringify(queued.body));
+    const runId = queued.body.runId;
+    assert.equal((await k.api("POST", `/api/runs/${runId}/cancel`, {})).body.status, "cancelled");
+    const replayed = await k.api("POST", `/api/runs/${runId}/replay`, {});
+    assert.equal(replayed.status, 200, JSON.stringify(replayed.body));
+    assert.deepEqual(replayed.body.divergences, [], JSON.stringify(replayed.body));
+    const cli = await cliReplay(k, runId);
+    assert.equal(cli.code, 0, cli.stdout + cli.stderr);
+    assert.match(cli.stdout, /No divergence/);
+    assert.equal(witness.calls.length, 0, "replay performed an effect");
+  } finally {
+    await k.close();
+    await witness.close();
+  }
+});
+
+const cliReplay = (k: TestKeel, runId: string) =>
+  cli.keel(["replay", runId], { KEEL_URL: k.url, KEEL_TOKEN: TEST_TOKEN });
