@@ -67,6 +67,9 @@ const equalTokens = (a: string, b: string): boolean => {
 /** What any run, approval or webhook id looks like (generated ids, and those from webhooks and schedules). */
 const ID = /^[\w.:-]{1,200}$/;
 
+/** The fields of a run's start (`POST /api/workflows/{name}/runs`). */
+const RUN_START_FIELDS = ["input", "startAt", "priority"];
+
 /** A run as the run list shows it: what it is and where it stands, without its input and output. */
 const runSummary = (run: RunRecord) => {
   const { input: _i, output: _o, pins: _p, lease: _l, queuedAt: _q, agentCrashes: _a, ...summary } = run;
@@ -216,6 +219,15 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       c,
       Effect.gen(function* () {
         const b = yield* body(c);
+        // A field the start does not know (a "delay" meant for the query, a typo) is refused, not ignored.
+        const unknown = Object.keys(b).find((key) => !RUN_START_FIELDS.includes(key));
+        if (unknown !== undefined) {
+          return yield* new InvalidInputError({
+            message: `Unknown field "${
+              unknown.length > 80 ? `${unknown.slice(0, 80)}…` : unknown
+            }": a run's start takes ${RUN_START_FIELDS.join(", ")} (delay and priority can also be queries)`,
+          });
+        }
         const wait = yield* querySeconds(c.req.query("wait"), "wait", MAX_WAIT_SECONDS);
         const orchestrator = yield* Orchestrator;
         const options = yield* startOptions(b, c.req.query());

@@ -747,6 +747,7 @@ export const openApiDocument = withBodyLimits(
           ],
           requestBody: json({
             type: "object",
+            additionalProperties: false,
             properties: {
               input: { description: "The workflow's input: at most 48 KiB of JSON (413 over)" },
               startAt: {

@@ -133,6 +133,24 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
       assert.equal(await runsStarted(k), 0);
     });
 
+    await t.step(
+      "a start with a field it does not take (a delay meant for the query) is a 400 and starts no run",
+      async () => {
+        for (const extra of [{ delay: 5 }, { inputs: ADA }, { runId: "mine" }]) {
+          await changesNothing(k, async () => {
+            const start = await request(k, "POST", "/api/workflows/onboard_client/runs", {
+              body: JSON.stringify({ input: ADA, ...extra }),
+            });
+            assert.match(
+              isError(start, 400, "InvalidInputError"),
+              new RegExp(`^Unknown field "${Object.keys(extra)[0]}": a run's start takes input, startAt, priority`),
+            );
+          });
+        }
+        assert.equal(await runsStarted(k), 0);
+      },
+    );
+
     await t.step("an unknown run is a 404 NotFoundError", async () => {
       await changesNothing(k, async () => {
         const reply = await request(k, "GET", "/api/runs/run_unknown");
