@@ -25,32 +25,28 @@ import {
   validateConfig,
   validateManifest,
 } from "../manifest/mod.ts";
-import { isArchivePath, readArchiveManifest } from "../plugins/mod.ts";
+import { locatePackage, readArchiveManifest } from "../plugins/mod.ts";
 import { api, atMost, type Command, confirm, flagsOf, parseJson, UsageError } from "./client.ts";
 import { describeHealth } from "./describeHealth.ts";
 import { newPluginCommand } from "./scaffold.ts";
 
-/** Read a folder's or archive's manifest here, to show it; never contacts Keel. */
+/**
+ * Read a folder's or archive's manifest here, to show it; never contacts Keel. A path that holds neither is refused
+ * in the API's words. Returns the manifest and the package's real path, which is what Keel is sent.
+ */
 const readLocal = (path: string) =>
   Effect.runPromise(
     Effect.gen(function* () {
-      if (isArchivePath(path)) {
+      const { source, kind } = yield* locatePackage(path);
+      if (kind === "archive") {
         const raw = yield* readArchiveManifest(path);
-        return yield* validateManifest(raw, `${path}/plugin.json`);
+        return { source, manifest: yield* validateManifest(raw, `${path}/plugin.json`) };
       }
-      return yield* readManifest(path);
+      return { source, manifest: yield* readManifest(path) };
     }).pipe(Effect.mapError((e) => new UsageError(e.message))),
   ).catch((e) => {
     throw e instanceof UsageError ? e : new UsageError(String(e?.message ?? e));
   });
-
-const realPath = (path: string) => {
-  try {
-    return Deno.realPathSync(path);
-  } catch {
-    throw new UsageError(`No folder or .tar.gz archive at "${path}"`);
-  }
-};
 
 const isolationFlag = (isolation: string | undefined) => {
   if (isolation !== undefined && isolation !== "worker" && isolation !== "process") {
@@ -110,7 +106,7 @@ const install = async (
   if (!path) throw new UsageError("plugin install needs a PATH to the plugin folder or .tar.gz archive");
   const config = parseJson("config", flags.config);
   const isolation = isolationFlag(flags.isolation);
-  const manifest = await readLocal(path);
+  const { source, manifest } = await readLocal(path);
   // run/ffi/sys/all need no config to name: refuse an unstated one before anything else.
   const powers = powerRequests(manifest);
   if (powers.some((p) => !flags.override?.includes(p))) {
@@ -134,7 +130,7 @@ const install = async (
     throw new UsageError("Not installed (answer y, or pass --yes in scripts)");
   }
   const { plugin } = await api("POST", "/api/plugins", {
-    path: realPath(path),
+    path: source,
     grant,
     config,
     isolation,
@@ -150,9 +146,9 @@ const upgrade = async (
   if (!path) throw new UsageError("plugin upgrade needs a PATH to the new version's folder or .tar.gz archive");
   const config = parseJson("config", flags.config);
   const isolation = isolationFlag(flags.isolation);
-  const manifest = await readLocal(path);
+  const { source, manifest } = await readLocal(path);
   const override = flags.override?.length ? flags.override : undefined;
-  const body = { path: realPath(path), config, isolation, ...(override ? { override } : {}) };
+  const body = { path: source, config, isolation, ...(override ? { override } : {}) };
   const route = `/api/plugins/${encodeURIComponent(manifest.name)}/upgrade`;
   const preview = await api("POST", route, { ...body, dryRun: true });
   console.log(`Upgrade ${manifest.name} ${preview.from} → ${manifest.version}: ${manifest.description}`);

@@ -621,11 +621,19 @@ export const openApiDocument = withBodyLimits(
           requestBody: json({
             type: "object",
             required: ["path"],
-            properties: { path: { type: "string" }, config: { type: "object" } },
+            properties: {
+              path: { type: "string" },
+              config: {
+                type: "object",
+                description:
+                  "Checked against the plugin's config schema when given; without it, a permission naming a config field keeps its {field} template",
+              },
+            },
           }),
           responses: {
             "200": {
-              description: "The manifest and the permissions it requests with this config",
+              description:
+                "The manifest and the permissions it requests with this config ({field} templates unfilled without one)",
               ...json({ type: "object", properties: { manifest: { type: "object" }, requested: ref("Grant") } }),
             },
             ...errors(400, 401),

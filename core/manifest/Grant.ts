@@ -66,9 +66,15 @@ export const validateConfig = (manifest: Manifest, config: unknown) =>
  * The manifest's requested permissions with `{field}` templates filled from
  * config. Requests Keel refuses by default are not refused here: they are
  * listed in `needsOverride` (`run`, `run:git`, `net:*`, `read:/etc` …) and
- * left out of the ordinary lists; `checkOverride` decides.
+ * left out of the ordinary lists; `checkOverride` decides. With
+ * `keepTemplates` (a preview without config) an entry config would fill is
+ * listed as written, unjudged: only its filled form can be judged.
  */
-export const requestedPermissions = (manifest: Manifest, config: Record<string, unknown>) =>
+export const requestedPermissions = (
+  manifest: Manifest,
+  config: Record<string, unknown>,
+  options: { readonly keepTemplates?: boolean } = {},
+) =>
   Effect.gen(function* () {
     const fill = (entry: string) =>
       entry.replace(/\{([A-Za-z0-9_]+)\}/g, (_m, key: string) => {
@@ -79,14 +85,16 @@ export const requestedPermissions = (manifest: Manifest, config: Record<string, 
     const net = p.net.map(fill);
     const read = p.read.map(fill);
     const write = p.write.map(fill);
-    const unfilled = [...net, ...read, ...write].find((e) => /\{[A-Za-z0-9_]+\}/.test(e));
-    if (unfilled) {
+    const templated = (entry: string) => /\{[A-Za-z0-9_]+\}/.test(entry);
+    const unfilled = [...net, ...read, ...write].find(templated);
+    if (unfilled && !options.keepTemplates) {
       return yield* new InvalidInputError({
         message: `Plugin "${manifest.name}" needs config to resolve permission "${unfilled}"`,
       });
     }
     const needsOverride: string[] = powerRequests(manifest);
     for (const entry of net) {
+      if (templated(entry)) continue;
       const problem = netProblem(entry);
       if (problem === undefined) continue;
       if (!overridableNet(entry)) {
@@ -95,7 +103,7 @@ export const requestedPermissions = (manifest: Manifest, config: Record<string, 
       needsOverride.push(`net:${entry}`);
     }
     for (const [key, list] of [["read", read], ["write", write]] as const) {
-      for (const path of list) if (pathProblem(path)) needsOverride.push(`${key}:${path}`);
+      for (const path of list) if (!templated(path) && pathProblem(path)) needsOverride.push(`${key}:${path}`);
     }
     // Deno reads `*` in an env name as a wildcard: `*` is the whole environment (Keel's token, API keys).
     for (const name of p.env) if (name.includes("*")) needsOverride.push(`env:${name}`);

@@ -231,8 +231,11 @@ export const schemaErrors = (validator: Validator, value: unknown, limit = 5): s
     const at = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".");
     const missing = e.keyword === "required" ? /required property "([^"]+)"/.exec(e.error)?.[1] : undefined;
     const field = missing ? (at ? `${at}.${missing}` : missing) : at || "(root)";
+    // A `false` schema (`additionalProperties: false`, say) reports "False boolean schema": say what it means.
     const line = missing
       ? `field "${field}" is required`
+      : e.keyword === "false"
+      ? `field "${field}" is not allowed`
       : `field "${field}" ${e.error.replace(/^Instance /, "").replace(/\.$/, "")}`;
     if (e.keyword === "properties" || e.keyword === "items" || seen.has(field)) continue;
     seen.add(field);

@@ -502,7 +502,7 @@ export class PluginHost extends Context.Service<PluginHost, {
         audit: (type, actor, data) => audit.append({ type, actor, data }),
       });
       const preview = Effect.fn("PluginHost.preview")(function* (path: string, rawConfig?: unknown) {
-        const pkg = yield* lifecycle.readPackage(path, rawConfig);
+        const pkg = yield* lifecycle.readPackage(path, rawConfig, { preview: true });
         yield* lifecycle.discardPackage(pkg);
         return { manifest: pkg.manifest, requested: pkg.requested };
       });

@@ -62,7 +62,7 @@ import { checkModuleGraph } from "./moduleGraph.ts";
 import { type PluginRegistry, versionKey } from "./registry.ts";
 import type { InstalledPlugin, InstallRequest } from "./PluginHost.ts";
 import type { Isolation } from "./_connection.ts";
-import type { PluginStore, StagedPackage } from "./store.ts";
+import { locatePackage, type PluginStore, type StagedPackage } from "./store.ts";
 
 /** What `upgrade` needs: the installed name, the new package, and config (default: the serving version's). */
 export interface UpgradeRequest {
@@ -162,32 +162,36 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
     const discardOnError = <A, E, R>(staged: StagedPackage | undefined, effect: Effect.Effect<A, E, R>) =>
       staged ? Effect.tapError(effect, () => store.discard(staged.dir)) : effect;
 
-    /** Read a package's manifest, config and permission request (an archive is staged to read it). */
+    /**
+     * Read a package's manifest, config and permission request (an archive is staged to read it). An upgrade names
+     * the version it replaces: the package must hold that plugin before its config is tried as the default. A
+     * preview without a config leaves the permissions' `{field}` templates unfilled rather than require one.
+     */
     const readPackage = Effect.fn("PluginLifecycle.readPackage")(function* (
       path: string,
       rawConfig: unknown,
-      fallbackConfig?: Record<string, unknown>,
+      options: { readonly replaces?: InstalledPlugin; readonly preview?: boolean } = {},
     ) {
-      const source = yield* Effect.try({
-        try: () => Deno.realPathSync(path),
-        catch: () =>
-          new InvalidInputError({ message: `Cannot install plugin: no folder or .tar.gz archive at "${path}"` }),
-      });
-      const isDir = yield* Effect.try({
-        try: () => Deno.statSync(source).isDirectory,
-        catch: () => new InvalidInputError({ message: `Cannot install plugin: cannot read "${path}"` }),
-      });
-      const staged = isDir ? undefined : yield* store.stage(source);
+      const { source, kind } = yield* locatePackage(path);
+      const staged = kind === "folder" ? undefined : yield* store.stage(source);
       const root = staged?.dir ?? source;
+      const { replaces } = options;
       return yield* discardOnError(
         staged,
         namedBySource(
           staged,
           Effect.gen(function* () {
             const manifest = yield* readManifest(root);
-            const config = yield* validateConfig(manifest, rawConfig ?? fallbackConfig);
-            const requested = yield* requestedPermissions(manifest, config);
-            return { source, kind: isDir ? "folder" : "archive", root, staged, manifest, config, requested } as Package;
+            // Before the old config is tried: another plugin's schema would only report it as invalid.
+            if (replaces && manifest.name !== replaces.name) {
+              return yield* new InvalidInputError({
+                message: `Cannot upgrade "${replaces.name}": "${source}" holds plugin "${manifest.name}"`,
+              });
+            }
+            const unconfigured = options.preview === true && rawConfig === undefined;
+            const config = unconfigured ? {} : yield* validateConfig(manifest, rawConfig ?? replaces?.config);
+            const requested = yield* requestedPermissions(manifest, config, { keepTemplates: unconfigured });
+            return { source, kind, root, staged, manifest, config, requested } as Package;
           }),
         ),
       );
@@ -408,12 +412,8 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
 
     const readUpgrade = Effect.fn("PluginLifecycle.readUpgrade")(function* (request: UpgradeRequest) {
       const current = yield* baseline(request.name);
-      const pkg = yield* readPackage(request.path, request.config, current.config);
-      const problem = pkg.manifest.name !== request.name
-        ? new InvalidInputError({
-          message: `Cannot upgrade "${request.name}": "${pkg.source}" holds plugin "${pkg.manifest.name}"`,
-        })
-        : registry.get(request.name, pkg.manifest.version)
+      const pkg = yield* readPackage(request.path, request.config, { replaces: current });
+      const problem = registry.get(request.name, pkg.manifest.version)
         ? new ConflictError({
           message: `Plugin "${request.name}" ${pkg.manifest.version} is already installed (${
             registry.get(request.name, pkg.manifest.version)!.activation.replace("_", " ")

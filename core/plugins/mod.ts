@@ -7,7 +7,7 @@
 export * from "./PluginHost.ts";
 export { checkModuleGraph } from "./moduleGraph.ts";
 export { PACKAGE_LIMITS, type PackageLimits, readArchiveManifest, readTarGz } from "./archive.ts";
-export { isArchivePath } from "./store.ts";
+export { isArchivePath, locatePackage } from "./store.ts";
 export { type Activation, compareSemver } from "./registry.ts";
 export type { RemoveRequest, UpgradePreview, UpgradeRequest, UpgradeResult } from "./lifecycle.ts";
 export {

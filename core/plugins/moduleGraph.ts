@@ -21,7 +21,28 @@ interface InfoModule {
   readonly local?: string;
   readonly error?: string;
   readonly kind?: string;
+  readonly dependencies?: ReadonlyArray<{
+    readonly specifier: string;
+    readonly code?: { readonly specifier?: string };
+    readonly type?: { readonly specifier?: string };
+  }>;
 }
+
+/**
+ * Why an SDK import does not resolve, in words that say what to do: a plugin folder moved away from Keel's tree
+ * keeps its relative SDK import (`../../core/sdk/mod.ts`), which then points at nothing.
+ */
+const brokenSdkImport = (broken: string, modules: ReadonlyArray<InfoModule>): string | undefined => {
+  if (!broken.startsWith("file://") || !/\/core\/sdk\/[^/]/.test(new URL(broken).pathname)) return undefined;
+  for (const m of modules) {
+    const dep = m.dependencies?.find((d) => d.code?.specifier === broken || d.type?.specifier === broken);
+    if (!dep || !m.specifier.startsWith("file://")) continue;
+    const path = decodeURIComponent(new URL(m.specifier).pathname);
+    const folder = path.slice(0, path.lastIndexOf("/")) || "/";
+    return `The plugin imports Keel's SDK as "${dep.specifier}", which does not resolve from "${folder}": pack it as a .tar.gz (see docs/plugins.md) or fix the relative path`;
+  }
+  return undefined;
+};
 
 /** `npm:name@version[/sub]` (or `npm:/…`) as name and version; undefined when it is not one. */
 export const parseNpmSpecifier = (specifier: string): { name: string; version?: string } | undefined => {
@@ -81,7 +102,8 @@ export const checkModuleGraph = (entry: string, allowedDirs: ReadonlyArray<strin
       }
       if (m.error) {
         return yield* new ModuleGraphError({
-          message: `Plugin module graph is broken at "${m.specifier}": ${m.error}`,
+          message: brokenSdkImport(m.specifier, info.modules) ??
+            `Plugin module graph is broken at "${m.specifier}": ${m.error}`,
           details: { specifier: m.specifier },
         });
       }

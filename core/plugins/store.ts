@@ -20,7 +20,7 @@
  * the protocol of the Keel that runs it, rather than a stale copy of the SDK.
  */
 import { Effect } from "effect";
-import { ModuleGraphError, PluginPackageError, StoreError } from "../errors/mod.ts";
+import { InvalidInputError, ModuleGraphError, PluginPackageError, StoreError } from "../errors/mod.ts";
 import { sha256Hex } from "../manifest/mod.ts";
 import { type ArchiveEntry, CONTROL_CHARS, PACKAGE_LIMITS, type PackageLimits, readTarGz } from "./archive.ts";
 
@@ -44,6 +44,27 @@ const refuse = (source: string, why: string, details: Record<string, unknown> = 
   new PluginPackageError({
     message: `Cannot install plugin from "${source}": ${why}`,
     details: { source, ...details },
+  });
+
+/**
+ * Where a plugin package is (its real path) and whether it is a folder or a `.tar.gz` archive. Anything else is
+ * refused here, so the API and the CLI say the same about a bad path.
+ */
+export const locatePackage = (
+  path: string,
+): Effect.Effect<{ source: string; kind: "folder" | "archive" }, InvalidInputError | PluginPackageError> =>
+  Effect.gen(function* () {
+    const { source, info } = yield* Effect.try({
+      try: () => {
+        const source = Deno.realPathSync(path);
+        return { source, info: Deno.statSync(source) };
+      },
+      catch: () =>
+        new InvalidInputError({ message: `Cannot install plugin: no folder or .tar.gz archive at "${path}"` }),
+    });
+    if (info.isDirectory) return { source, kind: "folder" as const };
+    if (info.isFile && isArchivePath(source)) return { source, kind: "archive" as const };
+    return yield* refuse(path, "it is neither a folder nor a .tar.gz archive");
   });
 
 /** Read a plugin folder into checked entries: no links or special files, within `limits`; `.git` is skipped. */
@@ -147,18 +168,7 @@ export const makePluginStore = (root: string, sdkDir: string, limits: PackageLim
 
   /** Read a folder or archive, check it whole, and write it to a new staging folder inside the store. */
   const stage = Effect.fn("PluginStore.stage")(function* (source: string) {
-    const kind = yield* Effect.tryPromise({
-      try: () => Deno.stat(source),
-      catch: () => refuse(source, "there is no folder or .tar.gz archive there"),
-    }).pipe(
-      Effect.flatMap((info) =>
-        info.isDirectory
-          ? Effect.succeed("folder" as const)
-          : info.isFile && isArchivePath(source)
-          ? Effect.succeed("archive" as const)
-          : Effect.fail(refuse(source, "it is neither a folder nor a .tar.gz archive"))
-      ),
-    );
+    const { kind } = yield* locatePackage(source);
     const entries = kind === "folder" ? yield* readFolder(source, limits) : yield* readTarGz(source, limits);
     const hash = yield* Effect.promise(() => packageHash(entries));
     const dir = `${staging}/${crypto.randomUUID()}`;

@@ -234,6 +234,17 @@ Deno.test("`plugin install` of a bad manifest names the file and field and never
   assert.doesNotMatch(version.stderr + run.stderr, /not running/);
 });
 
+Deno.test("`plugin install` of a path holding no plugin package says so in the API's words and never contacts Keel", async () => {
+  const notes = `${scratch}/notes.txt`;
+  await Deno.writeTextFile(notes, "not a plugin\n");
+  const [missing, file] = await keelAll([
+    [["plugin", "install", `${scratch}/does-not-exist`, "--yes"]],
+    [["plugin", "install", notes, "--yes"]],
+  ]);
+  cleanError(missing, `error: Cannot install plugin: no folder or .tar.gz archive at "${scratch}/does-not-exist"`);
+  cleanError(file, `error: Cannot install plugin from "${notes}": it is neither a folder nor a .tar.gz archive`);
+});
+
 const pluginsOf = async (k: TestKeel) => (await k.api("GET", "/api/plugins")).body.plugins;
 const eventTypes = async (k: TestKeel) =>
   (await k.api("GET", "/api/audit")).body.events.map((e: { type: string }) => e.type) as string[];

@@ -13,6 +13,7 @@ import {
   type Manifest,
   type Permissions,
   readManifest,
+  requestedPermissions,
   resolveRequested,
   validateConfig,
   validateManifest,
@@ -82,6 +83,25 @@ Deno.test("config failing the manifest's config schema is an InvalidInputError n
     assert.ok(error.message.startsWith('Config for plugin "smtp" is invalid: '), error.message);
     assert.ok(error.message.includes(field), `names ${field}: ${error.message}`);
   }
+});
+
+Deno.test("config naming a field the config schema does not take says it is not allowed", async () => {
+  const error = await failureOf(validateConfig(smtp, { ...smtpConfig, tls: true }));
+  assert.equal(error.message, 'Config for plugin "smtp" is invalid: field "tls" is not allowed');
+});
+
+Deno.test("requestedPermissions() keeping templates lists {field} entries as written, for a preview without config", async () => {
+  const m = await withPermissions({ net: ["{host}:{port}", "*"], read: ["{dir}/in"] });
+  const requested = await Effect.runPromise(requestedPermissions(m, {}, { keepTemplates: true }));
+  assert.deepEqual(requested, {
+    net: ["{host}:{port}"],
+    env: [],
+    read: ["{dir}/in"],
+    write: [],
+    needsOverride: ["net:*"],
+  });
+  const error = await failureOf(requestedPermissions(m, {}));
+  assert.match(error.message, /needs config to resolve permission "\{host\}:\{port\}"/);
 });
 
 Deno.test("config that is not a JSON object is an InvalidInputError", async () => {

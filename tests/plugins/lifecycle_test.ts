@@ -129,6 +129,63 @@ Deno.test("install from a .tar.gz made by the OS tar runs the stored copy; previ
   });
 });
 
+Deno.test("preview without config shows the permissions' {field} templates unfilled; a config given is checked and fills them", async () => {
+  await withPlugins(async (k) => {
+    const smtp = `${ROOT}/plugins/smtp`;
+    const bare = ok(await k.api("POST", "/api/plugins/preview", { path: smtp }), 200);
+    assert.equal(bare.manifest.name, "smtp");
+    assert.deepEqual(bare.requested, { net: ["{host}:{port}"], env: [], read: [], write: [] });
+    const config = { host: "127.0.0.1", port: 2525, from: "keel@example.test" };
+    const filled = ok(await k.api("POST", "/api/plugins/preview", { path: smtp, config }), 200);
+    assert.deepEqual(filled.requested, { net: ["127.0.0.1:2525"], env: [], read: [], write: [] });
+    const partial = await k.api("POST", "/api/plugins/preview", { path: smtp, config: { host: "127.0.0.1" } });
+    assert.equal(partial.status, 400);
+    assert.match(partial.body.error.message, /^Config for plugin "smtp" is invalid: field "(port|from)" is required$/);
+    // Installing still needs a config its schema accepts.
+    const unconfigured = await install(k, smtp);
+    assert.equal(unconfigured.status, 400);
+    assert.match(unconfigured.body.error.message, /^Config for plugin "smtp" is invalid: field "host" is required$/);
+    assert.deepEqual(await versions(k, "smtp"), []);
+  });
+});
+
+Deno.test("upgrading with another plugin's package says whose package it is, before the old config is tried on it", async () => {
+  await withPlugins(async (k) => {
+    const config = { type: "object", additionalProperties: false, properties: { greeting: { type: "string" } } };
+    const echo = await variant("echo", { version: "1.0.0", manifest: (m) => ({ ...m, config }) });
+    ok(await k.api("POST", "/api/plugins", { path: echo, grant: {}, config: { greeting: "hi" } }));
+    const other = await variant("agent", {
+      version: "2.0.0",
+      manifest: (m) => ({ ...m, config: { type: "object", additionalProperties: false } }),
+    });
+    for (const extra of [{}, { dryRun: true }, { config: {} }]) {
+      const r = await upgrade(k, "lc-echo", other, extra);
+      assert.equal(r.status, 400, JSON.stringify(extra));
+      assert.equal(r.body.error.tag, "InvalidInputError");
+      assert.equal(r.body.error.message, `Cannot upgrade "lc-echo": "${other}" holds plugin "lc-agent"`);
+    }
+    assert.deepEqual(await versions(k, "lc-echo"), ["1.0.0 active"]);
+  });
+});
+
+Deno.test("a plugin folder moved out of Keel's tree is refused saying how to install it; packed as a .tar.gz it installs", async () => {
+  await withPlugins(async (k) => {
+    const moved = await variant("echo", { version: "1.0.0", dir: `${scratch}/moved/lc-echo` });
+    const mod = await Deno.readTextFile(`${moved}/mod.ts`);
+    await Deno.writeTextFile(`${moved}/mod.ts`, mod.replace(/"[^"]*core\/sdk\/mod\.ts"/, '"../../core/sdk/mod.ts"'));
+    const r = await install(k, moved);
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.tag, "ModuleGraphError");
+    assert.equal(
+      r.body.error.message,
+      `The plugin imports Keel's SDK as "../../core/sdk/mod.ts", which does not resolve from "${moved}": pack it as a .tar.gz (see docs/plugins.md) or fix the relative path`,
+    );
+    assert.deepEqual(await versions(k, "lc-echo"), []);
+    const { plugin } = ok(await install(k, await osTarGz(moved, `${scratch}/moved-lc-echo.tar.gz`)));
+    assert.equal(plugin.activation, "active");
+  });
+});
+
 Deno.test("an upgrade asking for nothing more becomes active with the old grant; the old version stays installed", async () => {
   await withPlugins(async (k) => {
     await installBoth(k);
