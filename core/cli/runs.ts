@@ -139,7 +139,12 @@ what it already did, use \`keel undo RUN_ID\`.`,
 /** `keel approvals [--status S]`. */
 export const approvalsCommand: Command = {
   summary: ["approvals                     List pending approvals"],
-  help: "Usage: deno task keel approvals [--status pending|approved|denied|used|expired]",
+  help: `Usage: deno task keel approvals [--status pending|approved|denied|used|expired|invalidated]
+
+List approvals with the given status (default pending), oldest first. An
+invalidated one was voided by Keel before it could be used (the policy or the
+action changed since it was asked for); its line says why, and the run asks
+again for what it needs now.`,
   async run(args) {
     const { values, positionals } = flagsOf(args, { status: { type: "string" } });
     atMost(positionals, 0, "approvals");
@@ -150,6 +155,11 @@ export const approvalsCommand: Command = {
       console.log(`${a.id}  ${a.effect}  run ${a.runId}  rule ${a.rule}  expires ${a.expiresAt}`);
       console.log(`    args: ${JSON.stringify(a.args)}`);
       if (a.message) console.log(`    ${a.message}`);
+      // Only pending and approved ones are ever voided: a decision on a voided one was an approval.
+      if (a.decidedBy) {
+        console.log(`    ${a.status === "denied" ? "denied" : "approved"} by ${a.decidedBy} at ${a.decidedAt}`);
+      }
+      if (a.reason) console.log(`    ${a.status} at ${a.invalidatedAt}: ${a.reason}`);
     }
   },
 };

@@ -154,6 +154,13 @@ const authorized = (
   usage?: Usage,
 ): Authorized => ({ request, connector, decl, decision, idempotencyKey, approval, usage }) as unknown as Authorized;
 
+/** What an approval voided at use says happened to it, by the reason its audit event gives. */
+const INVALIDATED = {
+  "policy changed": "policy changed: the run asks again under the new policy",
+  "action changed": "action changed: the run asks again for the action it requests now",
+  "expired": "expired before the run could use it: the run asks again",
+} as const;
+
 /** The digest an approval is bound to: the exact effect, args, run, step and policy. */
 export const actionDigest = (e: { effect: string; args: unknown; runId: string; seq: number; policyHash: string }) =>
   Effect.promise(() =>
@@ -179,6 +186,8 @@ const fitsJournal = (r: EffectRequest) => (value: unknown) => {
 /** The Gateway service. */
 export class Gateway extends Context.Service<Gateway, {
   request(request: EffectRequest): Effect.Effect<unknown, GatewayError>;
+  /** The hash of the policy set in force: an effect approval asked for under another one can never be used. */
+  readonly policyHash: Effect.Effect<string>;
 }>()("keel/gateway/Gateway") {
   /** The Gateway over the plugin host, policy engine, journal and audit log. */
   static readonly layer = Layer.effect(
@@ -491,7 +500,13 @@ export class Gateway extends Context.Service<Gateway, {
             const why = approval.digest !== digest
               ? approval.policyHash !== decision.policyHash ? "policy changed" : "action changed"
               : "expired";
-            if (yield* journal.transitionApproval({ ...approval, status: "expired" }, approval.status)) {
+            const voided: ApprovalRecord = {
+              ...approval,
+              status: why === "expired" ? "expired" : "invalidated",
+              reason: INVALIDATED[why],
+              invalidatedAt: new Date(at).toISOString(),
+            };
+            if (yield* journal.transitionApproval(voided, approval.status)) {
               yield* audit.append({
                 type: "approval.invalidated",
                 actor: "system",
@@ -925,7 +940,7 @@ export class Gateway extends Context.Service<Gateway, {
         return yield* dispatch(auth);
       });
 
-      return Gateway.of({ request });
+      return Gateway.of({ request, policyHash: Effect.map(policy.current, (set) => set.hash) });
     }),
   );
 }

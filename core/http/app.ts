@@ -12,7 +12,14 @@ import type { Context as HonoContext } from "hono";
 import { InvalidInputError, PayloadTooLargeError, UnauthorizedError } from "../errors/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { MAX_NOTE_CHARS, Orchestrator, undoRun, type UndoServices } from "../orchestrator/mod.ts";
-import { Journal, RUN_STATUSES, type RunRecord, type RunStatus } from "../journal/mod.ts";
+import {
+  APPROVAL_STATUSES,
+  type ApprovalStatus,
+  Journal,
+  RUN_STATUSES,
+  type RunRecord,
+  type RunStatus,
+} from "../journal/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 import { argsDepth, type Limits, type Policy } from "../policy/mod.ts";
 import { errorResponse, RETRY_AFTER_SECONDS } from "./errors.ts";
@@ -302,15 +309,14 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       c,
       Effect.gen(function* () {
         const status = c.req.query("status");
-        const allowed = ["pending", "approved", "denied", "used", "expired"];
-        if (status !== undefined && !allowed.includes(status)) {
+        if (status !== undefined && !APPROVAL_STATUSES.includes(status as ApprovalStatus)) {
           return yield* new InvalidInputError({
-            message: `Query "status" must be one of ${allowed.join(", ")}: got "${status}"`,
+            message: `Query "status" must be one of ${APPROVAL_STATUSES.join(", ")}: got "${status}"`,
           });
         }
         const limit = yield* queryLimit(c.req.query("limit"), 1000, 10_000);
         const journal = yield* Journal;
-        return { approvals: yield* journal.listApprovals({ status: status as "pending" | undefined, limit }) };
+        return { approvals: yield* journal.listApprovals({ status: status as ApprovalStatus | undefined, limit }) };
       }),
     ));
 

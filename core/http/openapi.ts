@@ -5,7 +5,7 @@
  * route the app serves is documented and the other way round.
  */
 
-import { RUN_STATUSES } from "../journal/mod.ts";
+import { APPROVAL_STATUSES, RUN_STATUSES } from "../journal/mod.ts";
 
 const json = (schema: Record<string, unknown>) => ({ content: { "application/json": { schema } } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
@@ -347,13 +347,15 @@ export const openApiDocument = withBodyLimits(
             rule: { type: "string" },
             approver: { type: "string" },
             message: { type: "string" },
-            status: { enum: ["pending", "approved", "denied", "used", "expired"] },
+            status: { enum: APPROVAL_STATUSES },
             createdAt: { type: "string" },
             expiresAt: { type: "string" },
             decidedBy: { type: "string" },
             decidedAt: { type: "string" },
             note: { type: "string" },
             resolution: { enum: ["retry", "delivered"] },
+            reason: { type: "string", description: "Why Keel voided it, and what the run does next" },
+            invalidatedAt: { type: "string" },
           },
         },
         AuditEvent: {
@@ -866,7 +868,7 @@ export const openApiDocument = withBodyLimits(
             {
               name: "status",
               in: "query",
-              schema: { enum: ["pending", "approved", "denied", "used", "expired"] },
+              schema: { enum: APPROVAL_STATUSES },
             },
             {
               name: "limit",
@@ -887,6 +889,9 @@ export const openApiDocument = withBodyLimits(
       "/api/approvals/{id}/approve": {
         post: {
           summary: "Approve a pending action; the run resumes",
+          description: "409 when the approval is no longer pending or has expired, and when it was asked for under a " +
+            "policy set that has changed since: it is then `invalidated` (its `reason` says so) and the run checks " +
+            "the action again under the policy in force, asking for a new approval if that still gates it.",
           parameters: [idParam("id")],
           requestBody: json({
             type: "object",
@@ -905,6 +910,8 @@ export const openApiDocument = withBodyLimits(
       "/api/approvals/{id}/deny": {
         post: {
           summary: "Deny a pending action; the effect fails with PolicyDeniedError",
+          description: "409 in the same cases as approve: an approval asked for under a policy set that has changed " +
+            "since is `invalidated`, and the run checks the action again under the policy in force.",
           parameters: [idParam("id")],
           requestBody: json({
             type: "object",

@@ -123,7 +123,8 @@ export interface ApprovalRecord {
   readonly rule: string;
   readonly approver: string;
   readonly message?: string;
-  readonly status: "pending" | "approved" | "denied" | "used" | "expired";
+  /** `invalidated`: Keel voided it before it was used (see `reason`); the run asks again for what it needs now. */
+  readonly status: ApprovalStatus;
   readonly createdAt: string;
   readonly expiresAt: string;
   readonly decidedBy?: string;
@@ -131,7 +132,24 @@ export interface ApprovalRecord {
   readonly note?: string;
   /** For `unknown_outcome`: what the operator chose. */
   readonly resolution?: "retry" | "delivered";
+  /** Why Keel voided it (`invalidated`, or `expired` when found out of date at use): what happened and what comes next. */
+  readonly reason?: string;
+  /** When Keel voided it. */
+  readonly invalidatedAt?: string;
 }
+
+/** Where an approval is in its life. */
+export type ApprovalStatus = "pending" | "approved" | "denied" | "used" | "expired" | "invalidated";
+
+/** Every approval status, as `GET /api/approvals?status=` accepts them. */
+export const APPROVAL_STATUSES: ReadonlyArray<ApprovalStatus> = [
+  "pending",
+  "approved",
+  "denied",
+  "used",
+  "expired",
+  "invalidated",
+];
 
 const runKey = (id: string) => ["run", id];
 /** Runs that have not ended, for recovery without scanning history. */

@@ -1732,6 +1732,40 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               details: { status: "expired" },
             });
           }
+          const policyHash = approval.kind === "effect" ? yield* gateway.policyHash : approval.policyHash;
+          if (policyHash !== approval.policyHash) {
+            // Bound to a policy set no longer in force, it could never release the effect (the Gateway would void
+            // it when the run resumed): void it now and say so, rather than answer "approved" for nothing.
+            const reason = "policy changed: the run checks the action again under the new policy";
+            const voided: ApprovalRecord = {
+              ...approval,
+              status: "invalidated",
+              reason,
+              invalidatedAt: new Date(now).toISOString(),
+            };
+            if (yield* journal.transitionApproval(voided, "pending", runPatch)) {
+              yield* audit.append({
+                type: "approval.invalidated",
+                actor: "system",
+                runId: approval.runId,
+                data: {
+                  approvalId,
+                  was: "pending",
+                  reason: "policy changed",
+                  effect: approval.effect,
+                  seq: approval.seq,
+                  policyHash: approval.policyHash,
+                  newPolicyHash: policyHash,
+                },
+              });
+              resumed();
+            }
+            return yield* new ConflictError({
+              message: `Approval "${approvalId}" was asked for under a policy that has changed since: the run ` +
+                `checks the action again under the new policy (and asks for a new approval if it still gates it)`,
+              details: { status: "invalidated", reason },
+            });
+          }
           if (
             d.approve && approval.kind === "unknown_outcome" && d.resolution !== "retry" && d.resolution !== "delivered"
           ) {

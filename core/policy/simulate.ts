@@ -9,7 +9,9 @@
  * replay too). Limits that depend on counters (rate, budget) are not
  * replayed: a past request is judged by its rules alone, the rate and budget
  * limits the candidate would count are listed, and requests a counter
- * refused at the time are counted apart (`limitedBefore`).
+ * refused at the time are counted apart (`limitedBefore`). A request the
+ * Gateway checked more than once (a gated one is checked again when its run
+ * resumes) is replayed once, with the first decision it met.
  */
 import { Effect } from "effect";
 import { InvalidInputError, PolicyFileError } from "../errors/mod.ts";
@@ -106,6 +108,7 @@ export interface SimulationResult {
   readonly files: ReadonlyArray<string>;
   readonly rules: number;
   readonly summary: {
+    /** Distinct past requests (by run, step, effect and args), however many times the Gateway checked each. */
     readonly total: number;
     readonly unchanged: number;
     readonly changed: number;
@@ -205,11 +208,25 @@ export const simulatePolicy = (
     const transitions = Object.fromEntries(TRANSITIONS.map((t) => [t, 0])) as Record<Transition, number>;
     const requests: SimulatedRequest[] = [];
     const pastPolicies = new Set<string>();
+    // One request per run, step, effect and args: the Gateway logs a decision each time it checks a request, and it
+    // checks a gated one again when its run resumes (pending, approved or denied, or under a new policy). The first
+    // decision is the one the request met when it was made, which is what a candidate would have changed: had the
+    // candidate allowed or denied it there, the later checks would never have happened.
+    const requestsOf = new Map<string, { past: PastRequest; argsDigest: string; limited: boolean }>();
+    for (const past of history) {
+      pastPolicies.add(past.policyHash);
+      const argsDigest = createHash("sha256").update(canonicalJson(past.args ?? null)).digest("hex").slice(0, 16);
+      const key = JSON.stringify([past.runId, past.seq, past.effect, argsDigest]);
+      const limited = past.limit !== undefined && COUNTED.test(past.limit);
+      const seen = requestsOf.get(key);
+      if (!seen) requestsOf.set(key, { past, argsDigest, limited });
+      // A counter that refused it at a later check (after its approval, say) still refused it.
+      else if (limited) seen.limited = true;
+    }
     let unchanged = 0;
     let limitedBefore = 0;
     let failedClosedBefore = 0;
-    for (const past of history) {
-      pastPolicies.add(past.policyHash);
+    for (const { past, argsDigest, limited } of requestsOf.values()) {
       // The args go along, so `when:` conditions judge the request as the Gateway did.
       const request: PolicyRequest = {
         effect: past.effect,
@@ -225,14 +242,13 @@ export const simulatePolicy = (
       const after: Pick<PolicyDecision, "decision" | "rule"> & Partial<PolicyDecision> = failedClosed
         ? { decision: past.decision, rule: past.rule }
         : evaluateSafely(candidate, request);
-      if (past.limit && COUNTED.test(past.limit)) limitedBefore++;
+      if (limited) limitedBefore++;
       const from = OUTCOME[past.decision] ?? "denied";
       const to = OUTCOME[after.decision];
       const transition = from === to ? "unchanged" : `${from}_to_${to}` as Transition;
       if (transition === "unchanged") unchanged++;
       else transitions[transition]++;
       if (options.changedOnly && transition === "unchanged") continue;
-      const digest = createHash("sha256").update(canonicalJson(past.args ?? null)).digest("hex");
       requests.push({
         at: past.at,
         runId: past.runId,
@@ -242,7 +258,7 @@ export const simulatePolicy = (
         plugin: past.plugin,
         agent: past.agent,
         workflow: past.workflow,
-        argsDigest: digest.slice(0, 16),
+        argsDigest,
         before: {
           decision: past.decision,
           rule: past.rule,
@@ -264,9 +280,9 @@ export const simulatePolicy = (
       files: candidate.files,
       rules: candidate.rules.length,
       summary: {
-        total: history.length,
+        total: requestsOf.size,
         unchanged,
-        changed: history.length - unchanged,
+        changed: requestsOf.size - unchanged,
         transitions,
         limitedBefore,
         failedClosedBefore,

@@ -113,7 +113,10 @@ Deno.test("an agent whose args change after approval gets a new approval request
     assert.equal(after.status, "waiting_approval");
     assert.notEqual(after.waitingFor.approvalId, firstId);
     assert.deepEqual((await approval(k, after.waitingFor.approvalId)).args, { amount: 10, memo: "execution 2" });
-    assert.equal((await approval(k, firstId)).status, "expired", "the approved-but-unused approval is voided");
+    const voided = await approval(k, firstId);
+    assert.equal(voided.status, "invalidated", "the approved-but-unused approval is voided");
+    assert.equal(voided.reason, "action changed: the run asks again for the action it requests now");
+    assert.equal(voided.decidedBy, "operator", "who approved it is kept");
     const [invalidated] = await k.audit("approval.invalidated", r.runId);
     assert.deepEqual(
       [invalidated.data.approvalId, invalidated.data.was, invalidated.data.reason],
@@ -148,7 +151,7 @@ Deno.test("an approval for some args does not release the same step with other a
     });
     assert.ok(changed.error instanceof RunSuspendedError);
     assert.equal(k.witness.calls.length, 0);
-    assert.equal((await approval(k, approvalId)).status, "expired");
+    assert.equal((await approval(k, approvalId)).status, "invalidated");
     // Going back to the approved args does not revive it either: it was voided for good.
     const back = await k.gateway({
       runId,
@@ -211,7 +214,7 @@ Deno.test("another run's approval cannot release this run, even with identical a
     assert.equal(k.witness.calls.length, 0);
     assert.equal(
       (await approval(k, theirs.approvalId)).status,
-      "expired",
+      "invalidated",
       "a mismatched approval is voided, not spent",
     );
     assert.notEqual((await k.effectStep(mine.runId)).approvalId, theirs.approvalId);
@@ -236,7 +239,9 @@ Deno.test("an approval given in time but executed after it expired is refused, a
     );
     assert.ok(late.error instanceof RunSuspendedError, String(late.error));
     assert.equal(k.witness.calls.length, 0);
-    assert.equal((await approval(k, approvalId)).status, "expired");
+    const expired = await approval(k, approvalId);
+    assert.equal(expired.status, "expired");
+    assert.equal(expired.reason, "expired before the run could use it: the run asks again");
     const [invalidated] = await k.audit("approval.invalidated", runId);
     assert.equal(invalidated.data.reason, "expired");
     const next = (await k.effectStep(runId)).approvalId!;
@@ -245,32 +250,82 @@ Deno.test("an approval given in time but executed after it expired is refused, a
   });
 });
 
-Deno.test("an approval given before a hot-reloaded policy change does not release the effect", async () => {
+/** Edit the policy folder and wait for the watcher to reload it; the new hash. */
+const editPolicy = async (k: LedgerKeel) => {
+  await Deno.writeTextFile(
+    `${k.policiesDir}/p.yaml`,
+    gate()["p.yaml"] + "  - { id: extra, match: { effect: other.thing }, decision: deny }\n",
+  );
+  // No explicit reload: the watcher picks the edit up.
+  const deadline = performance.now() + 10_000;
+  while ((await k.audit("policy.reloaded")).length === 0) {
+    if (performance.now() > deadline) assert.fail("the policy edit was never picked up");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+Deno.test("an approval asked for before a hot-reloaded policy change cannot be approved, and the run asks again", async () => {
   await withLedgerKeel({ policies: gate() }, async (k) => {
     const { runId, approvalId } = await waitingCharge(k, 10);
     const before = (await approval(k, approvalId)).policyHash;
-    await Deno.writeTextFile(
-      `${k.policiesDir}/p.yaml`,
-      gate()["p.yaml"] + "  - { id: extra, match: { effect: other.thing }, decision: deny }\n",
-    );
-    // No explicit reload: the watcher picks the edit up.
-    const deadline = performance.now() + 10_000;
-    while ((await k.audit("policy.reloaded")).length === 0) {
-      if (performance.now() > deadline) assert.fail("the policy edit was never picked up");
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    assert.equal((await approve(k, approvalId)).status, 200);
+    await editPolicy(k);
+    const refused = await approve(k, approvalId);
+    assert.equal(refused.status, 409);
+    assert.match(refused.body.error.message, /asked for under a policy that has changed since/);
+    const cli = await runCli(["approvals", "--status", "invalidated"], { url: k.url });
+    assert.match(cli.stdout, new RegExp(`${approvalId}  ledger\\.charge`));
     const after = await k.run(runId);
     assert.equal(after.status, "waiting_approval");
     assert.notEqual(after.waitingFor.approvalId, approvalId);
     const fresh = await approval(k, after.waitingFor.approvalId);
     assert.notEqual(fresh.policyHash, before);
+    const old = await approval(k, approvalId);
+    assert.deepEqual([old.status, old.reason], [
+      "invalidated",
+      "policy changed: the run checks the action again under the new policy",
+    ]);
     const [invalidated] = await k.audit("approval.invalidated", runId);
     assert.equal(invalidated.data.reason, "policy changed");
     assert.equal(k.witness.calls.length, 0);
     assert.equal((await approve(k, fresh.id)).status, 200);
     assert.equal((await k.run(runId)).status, "succeeded");
     assert.equal(k.witness.calls.length, 1);
+  });
+});
+
+Deno.test("an approval given just before a policy change is invalidated when the run resumes, not expired", async () => {
+  await withLedgerKeel({ policies: gate() }, async (k) => {
+    const { runId, approvalId } = await waitingCharge(k, 10);
+    // Approved under the old policy, the run not yet resumed (as if the host stopped right after).
+    await k.keel.runtime.runPromise(
+      Journal.use((j) =>
+        Effect.flatMap(
+          j.getApproval(approvalId),
+          (a) => j.transitionApproval({ ...a!, status: "approved", decidedBy: "operator" }, "pending"),
+        )
+      ),
+    );
+    await editPolicy(k);
+    const step = await k.effectStep(runId);
+    const resumed = await k.gateway({
+      runId,
+      seq: step.seq,
+      workflow: "charge",
+      effect: "ledger.charge",
+      args: step.args,
+    });
+    assert.ok(resumed.error instanceof RunSuspendedError, String(resumed.error));
+    assert.equal(k.witness.calls.length, 0);
+    const old = await approval(k, approvalId);
+    assert.equal(old.status, "invalidated", "voided because the policy changed, not because it expired");
+    assert.equal(old.reason, "policy changed: the run asks again under the new policy");
+    assert.ok(!Number.isNaN(Date.parse(old.invalidatedAt!)));
+    assert.equal(old.decidedBy, "operator");
+    const [invalidated] = await k.audit("approval.invalidated", runId);
+    assert.deepEqual([invalidated.data.was, invalidated.data.reason], ["approved", "policy changed"]);
+    const next = (await k.effectStep(runId)).approvalId!;
+    assert.notEqual(next, approvalId);
+    assert.equal((await approval(k, next)).status, "pending");
   });
 });
 

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { Effect } from "effect";
 import { Policy } from "../../core/policy/mod.ts";
 import { installOnboarding, startTestKeel, type TestKeel } from "../_support/keel.ts";
+import { runCli } from "../_support/process.ts";
 import { type SmtpPeer, startSmtpPeer } from "../_support/smtp_peer.ts";
 
 const gate = (expires = "72h") =>
@@ -39,7 +40,7 @@ const startRun = async (k: TestKeel, email = "ada@example.test") => {
   return { runId: r.body.runId as string, approvalId: r.body.waitingFor.approvalId as string };
 };
 
-Deno.test("an approval given before the policy changed does not release the effect; a fresh one does", async () => {
+Deno.test("approving after the policy changed is refused with why, and the approval shows it was invalidated", async () => {
   await withKeel(gate(), async (k, smtp) => {
     const { runId, approvalId } = await startRun(k);
     await Deno.writeTextFile(
@@ -47,11 +48,30 @@ Deno.test("an approval given before the policy changed does not release the effe
       gate() + "  - id: harmless\n    match: { effect: nothing.* }\n    decision: deny\n",
     );
     await k.keel.runtime.runPromise(Policy.use((p) => p.reload).pipe(Effect.asVoid));
-    assert.equal((await k.api("POST", `/api/approvals/${approvalId}/approve`, {})).status, 200);
+    const stale = await k.api("POST", `/api/approvals/${approvalId}/approve`, {});
+    assert.equal(stale.status, 409, 'not "approved": the approval cannot release anything any more');
+    assert.equal(stale.body.error.tag, "ConflictError");
+    assert.match(stale.body.error.message, /policy that has changed since: the run checks the action again/);
+    assert.equal(stale.body.error.details.status, "invalidated");
     const again = await k.api("GET", `/api/runs/${runId}?wait=10`);
     assert.equal(again.body.status, "waiting_approval");
     assert.notEqual(again.body.waitingFor.approvalId, approvalId, "a new approval must be asked for");
     assert.equal(smtp.received.length, 0, "no mail may leave on a stale approval");
+
+    // The old approval says what happened to it, not "expired" days before its expiry.
+    const [old] = (await k.api("GET", "/api/approvals?status=invalidated")).body.approvals;
+    assert.equal(old.id, approvalId);
+    assert.equal(old.reason, "policy changed: the run checks the action again under the new policy");
+    assert.ok(!Number.isNaN(Date.parse(old.invalidatedAt)));
+    assert.equal((await k.api("GET", "/api/approvals?status=expired")).body.approvals.length, 0);
+    const invalidated = (await k.api("GET", `/api/audit?runId=${runId}`)).body.events
+      .filter((e: { type: string }) => e.type === "approval.invalidated");
+    assert.deepEqual(invalidated.map((e: any) => [e.data.approvalId, e.data.reason]), [[approvalId, "policy changed"]]);
+    const cli = await runCli(["approvals", "--status", "invalidated"], { url: k.url });
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, new RegExp(`${approvalId}  email\\.send`));
+    assert.match(cli.stdout, /invalidated at .*: policy changed: the run checks the action again under the new policy/);
+
     assert.equal((await k.api("POST", `/api/approvals/${again.body.waitingFor.approvalId}/approve`, {})).status, 200);
     assert.equal((await k.api("GET", `/api/runs/${runId}?wait=10`)).body.status, "succeeded");
     assert.equal(smtp.received.length, 1);

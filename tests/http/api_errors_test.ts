@@ -171,7 +171,7 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
       await changesNothing(k, async () => {
         assert.match(
           isError(await request(k, "GET", "/api/approvals?status=bogus"), 400, "InvalidInputError"),
-          /Query "status" must be one of pending, approved, denied, used, expired: got "bogus"/,
+          /Query "status" must be one of pending, approved, denied, used, expired, invalidated: got "bogus"/,
         );
         for (const limit of ["0", "abc", "1.5", "10001"]) {
           isError(await request(k, "GET", `/api/audit?limit=${limit}`), 400, "InvalidInputError");

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { Effect } from "effect";
 import {
   checkPolicyFiles,
+  type DecisionRecord,
   evaluate,
   globContains,
   type InstalledEffect,
@@ -20,6 +21,7 @@ import {
   type PolicyFinding,
   policySetFromFiles,
   type Rule,
+  simulatePolicy,
 } from "../../core/policy/mod.ts";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
 import { withLedgerKeel } from "../gateway/_ledger.ts";
@@ -747,14 +749,79 @@ Deno.test("`POST /api/policy/simulate` of the files in force changes nothing aft
       ),
       [
         "approve/gate-charges -> approve: unchanged",
-        "approve/gate-charges -> approve: unchanged",
         "deny/fail-closed -> deny: unchanged",
       ],
+      "the denied charge is one request, though the Gateway checked it again when its run resumed",
     );
+    assert.equal(sim.body.summary.total, 2);
     assert.equal(sim.body.summary.changed, 0);
     assert.equal(sim.body.summary.failedClosedBefore, 1);
-    // The log still says the approver refused the second request.
+    // The log still says the approver refused the request, at its second check.
     const log = await k.keel.runtime.runPromise(Journal.use((j) => j.listDecisions({})));
     assert.deepEqual(log.map((d) => d.approval?.status ?? "-"), ["-", "denied", "-"]);
   });
+});
+
+Deno.test("`POST /api/policy/simulate` counts a gated, approved and re-checked request once", async () => {
+  await withLedgerKeel({ policies: { "p.yaml": GATED } }, async (k) => {
+    const runs: string[] = [];
+    for (const amount of [5, 7]) {
+      const gated = await k.start("charge", { amount }, 30);
+      assert.equal(gated.status, "waiting_approval");
+      assert.equal((await k.api("POST", `/api/approvals/${gated.waitingFor.approvalId}/approve`, {})).status, 200);
+      assert.equal((await k.run(gated.runId)).status, "succeeded");
+      runs.push(`${gated.runId}#${(await k.effectStep(gated.runId)).seq}`);
+    }
+    // Each charge was decided twice: when asked, and when its run resumed with the approval.
+    const log = await k.keel.runtime.runPromise(Journal.use((j) => j.listDecisions({})));
+    assert.equal(log.length, 4);
+    const candidate = GATED.replace(
+      "decision: approve\n    approval: { approver: cfo, expires: 1h }",
+      "decision: deny",
+    );
+    const sim = await k.api("POST", "/api/policy/simulate", { files: { "p.yaml": candidate } });
+    assert.equal(sim.status, 200, JSON.stringify(sim.body));
+    assert.equal(sim.body.summary.total, 2);
+    assert.equal(sim.body.summary.changed, 2);
+    assert.equal(sim.body.summary.transitions.gated_to_denied, 2);
+    assert.deepEqual(sim.body.requests.map((r: any) => `${r.runId}#${r.seq}`), runs);
+  });
+});
+
+Deno.test("simulatePolicy() replays each past request once: by run, step, effect and args digest, with its first decision", async () => {
+  const candidate = await Effect.runPromise(policySetFromFiles({ "p.yaml": GATED }));
+  const past = (over: Partial<DecisionRecord>): DecisionRecord => ({
+    at: "2025-01-01T00:00:00.000Z",
+    runId: "run_a",
+    seq: 0,
+    effect: "ledger.charge",
+    effectClass: "financial",
+    plugin: "ledger",
+    agent: "ledger-agent",
+    workflow: "charge",
+    args: { amount: 5 },
+    decision: "approve",
+    rule: "gate-charges",
+    policyHash: "old",
+    ...over,
+  });
+  const result = await Effect.runPromise(simulatePolicy(candidate, [
+    past({}),
+    past({ at: "2025-01-01T00:05:00.000Z", policyHash: "new" }), // re-checked on resume, under a new policy
+    past({ at: "2025-01-01T00:06:00.000Z", decision: "deny", limit: "rate 1/1h" }), // a counter refused it then
+    past({ args: { amount: 6 } }), // other args at the same step: another request
+    past({ seq: 1 }),
+    past({ runId: "run_b", effect: "ledger.read", effectClass: "read", decision: "allow", rule: "allow-rest" }),
+  ]));
+  assert.equal(result.summary.total, 4);
+  assert.equal(result.summary.unchanged, 4);
+  assert.equal(result.summary.limitedBefore, 1, "a counter's refusal at a later check still counts");
+  assert.deepEqual(result.requests.map((r) => `${r.runId}#${r.seq} ${r.at} ${r.before.decision}`), [
+    "run_a#0 2025-01-01T00:00:00.000Z approve",
+    "run_a#0 2025-01-01T00:00:00.000Z approve",
+    "run_a#1 2025-01-01T00:00:00.000Z approve",
+    "run_b#0 2025-01-01T00:00:00.000Z allow",
+  ]);
+  assert.notEqual(result.requests[0].argsDigest, result.requests[1].argsDigest);
+  assert.deepEqual(result.pastPolicies, ["old", "new"]);
 });
