@@ -898,7 +898,10 @@ export const openApiDocument = withBodyLimits(
             properties: {
               note: { type: "string", maxLength: 2000 },
               by: { type: "string" },
-              resolution: { enum: ["retry", "delivered"], description: "Required for unknown_outcome approvals" },
+              resolution: {
+                enum: ["retry", "delivered"],
+                description: "Required when approving an unknown_outcome approval; a 400 on any other",
+              },
             },
           }),
           responses: {

@@ -1576,6 +1576,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         d: Decision,
         now: number,
       ): { decided: ApprovalRecord; durable: Promise<void> } | undefined => {
+        if (d.resolution !== undefined) return undefined; // refused on the checked path
         const runId = parkedGates.get(approvalId);
         const parked = runId === undefined ? undefined : parkedJournals.get(runId);
         if (!parked || !parked.watch.unchanged() || cancelsInFlight !== 0 || executing.has(parked.run.id)) {
@@ -1764,6 +1765,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               message: `Approval "${approvalId}" was asked for under a policy that has changed since: the run ` +
                 `checks the action again under the new policy (and asks for a new approval if it still gates it)`,
               details: { status: "invalidated", reason },
+            });
+          }
+          // A resolution says what became of an effect whose outcome is unknown: anywhere else it is a mix-up.
+          if (d.resolution !== undefined && (!d.approve || approval.kind !== "unknown_outcome")) {
+            return yield* new InvalidInputError({
+              message: `A resolution is given only when approving an unknown outcome: approval "${approvalId}" is ${
+                approval.kind === "unknown_outcome"
+                  ? "being denied"
+                  : `${approval.kind === "effect" ? "an effect" : "a gate"} approval`
+              }`,
             });
           }
           if (

@@ -364,6 +364,18 @@ Deno.test("the HTTP API answers bad requests with a clear JSON error and changes
           assert.match(isError(reply, 400, "InvalidInputError"), /^Field "(note|by|resolution)" must be/);
         });
       }
+      // A resolution belongs to an unknown outcome only: on this policy gate (or on a deny) it is a mix-up.
+      for (const verb of ["approve", "deny"]) {
+        await changesNothing(k, async () => {
+          const reply = await request(k, "POST", `/api/approvals/${approvalId}/${verb}`, {
+            body: JSON.stringify({ resolution: "retry" }),
+          });
+          assert.match(
+            isError(reply, 400, "InvalidInputError"),
+            /^A resolution is given only when approving an unknown outcome: approval "apr_\w+" is an effect approval$/,
+          );
+        });
+      }
       const run = await k.api("GET", `/api/runs/${runId}`);
       assert.equal(run.body.status, "waiting_approval");
       assert.equal(peer.received.length, 0, "nothing was sent");
