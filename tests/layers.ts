@@ -24,7 +24,18 @@ export const ALLOWED: Readonly<Record<string, ReadonlyArray<string>>> = {
   models: ["errors", "config", "store", "manifest", "policy", "sdk"],
   orchestrator: ["errors", "config", "journal", "gateway", "plugins", "memory", "models", "telemetry", "sdk"],
   triggers: ["errors", "config", "store", "manifest", "journal", "orchestrator", "telemetry", "plugins"],
-  http: ["errors", "plugins", "orchestrator", "journal", "telemetry", "manifest", "policy", "memory", "triggers"],
+  http: [
+    "config",
+    "errors",
+    "plugins",
+    "orchestrator",
+    "journal",
+    "telemetry",
+    "manifest",
+    "policy",
+    "memory",
+    "triggers",
+  ],
   cli: ["config", "errors", "manifest", "policy", "plugins"],
 };
 

@@ -3,6 +3,7 @@
  * Runs, approvals and the audit trail from the command line: `run`, `runs`
  * (list and show), `cancel`, `approvals`, `approve`, `deny`, `audit`.
  */
+import { MAX_DELAY_SECONDS } from "../config/mod.ts";
 import { api, atMost, type Command, flagsOf, parseJson, print, UsageError } from "./client.ts";
 
 /** `keel run WORKFLOW --input JSON [--wait [S]]`. */
@@ -43,9 +44,19 @@ run queue); --priority (default 5) orders it among queued runs, 9 first.`,
       }
       query.set("wait", values.wait);
     }
-    // The API checks the values and says what is wrong with them.
-    if (values.delay !== undefined) query.set("delay", values.delay);
-    if (values.priority !== undefined) query.set("priority", values.priority);
+    // Checked here too, so the message names the flag the operator typed (the API names its query).
+    if (values.delay !== undefined) {
+      if (!/^\d{1,12}(\.\d{1,6})?$/.test(values.delay) || Number(values.delay) > MAX_DELAY_SECONDS) {
+        throw new UsageError(`--delay takes seconds from 0 to ${MAX_DELAY_SECONDS}: got "${values.delay}"`);
+      }
+      query.set("delay", values.delay);
+    }
+    if (values.priority !== undefined) {
+      if (!/^\d$/.test(values.priority)) {
+        throw new UsageError(`--priority takes an integer from 0 to 9: got "${values.priority}"`);
+      }
+      query.set("priority", values.priority);
+    }
     const wait = values.wait !== undefined;
     const qs = query.size ? `?${query}` : "";
     const result = await api("POST", `/api/workflows/${encodeURIComponent(workflow)}/runs${qs}`, { input });

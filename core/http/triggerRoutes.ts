@@ -8,6 +8,7 @@
  */
 import { Clock, Effect, type ManagedRuntime } from "effect";
 import type { Context as HonoContext, Hono } from "hono";
+import { MAX_DELAY_SECONDS } from "../config/mod.ts";
 import { InvalidInputError, type PayloadTooLargeError } from "../errors/mod.ts";
 import { replayRun, type StartOptions } from "../orchestrator/mod.ts";
 import { Hooks, MAX_HOOK_BODY_BYTES, Scheduler } from "../triggers/mod.ts";
@@ -15,7 +16,6 @@ import type { ApiServices } from "./app.ts";
 import { parseIsoTime, querySeconds, readCapped } from "./params.ts";
 
 /** The longest delayed start Keel accepts: one year. */
-const MAX_DELAY_SECONDS = 365 * 24 * 3600;
 
 /**
  * Start options from `POST /api/workflows/{name}/runs`: `?delay=SECONDS` or

@@ -162,6 +162,13 @@ Deno.test("`run --wait` takes seconds or stands alone before the workflow name; 
     ]);
     cleanError(zero, /^error: --wait takes seconds from 1 to 300: got "0"/);
     cleanError(words, 'error: --wait takes seconds from 1 to 300, or stands alone: got "soon"');
+    // Bad --delay and --priority are named as the flags the operator typed, before anything is sent.
+    const [delay, priority] = await keelAll([
+      [["run", "tr_ping", "--delay", "abc", "--input", "{}"], env],
+      [["run", "tr_ping", "--priority", "10", "--input", "{}"], env],
+    ]);
+    cleanError(delay, 'error: --delay takes seconds from 0 to 31536000: got "abc"');
+    cleanError(priority, 'error: --priority takes an integer from 0 to 9: got "10"');
 
     // A run that fails fails the command: scripts check the exit code.
     for (const [path, config] of [["connector", { greeting: "Hi" }], ["agent", undefined]] as const) {
