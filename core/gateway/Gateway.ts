@@ -452,6 +452,26 @@ export class Gateway extends Context.Service<Gateway, {
         const usage = usageOf(r, decl);
         const decision = withManifestLimit(yield* decideSafely(req), connector, decl);
         const key = `keel-${(yield* Effect.promise(() => sha256Hex(`${r.runId}:${r.seq}`))).slice(0, 32)}`;
+        // The operator refused this exact action (effect, args, run, step): that stands under any policy set in force
+        // now. A changed policy asks again for what was not decided; it does not turn a "no" into a "yes".
+        const asked = prior?.approvalId ? yield* journal.getApproval(prior.approvalId) : undefined;
+        const refused = decision.decision !== "deny" ? asked : undefined;
+        if (
+          refused?.kind === "effect" && refused.status === "denied" &&
+          refused.digest === (yield* actionDigest({ ...r, policyHash: refused.policyHash }))
+        ) {
+          yield* record(r, req, decision, r.args, { id: refused.id, status: "denied" });
+          return yield* reject(
+            r,
+            new PolicyDeniedError({
+              message: `Effect "${r.effect}" was denied by ${refused.decidedBy ?? "the approver"}${
+                refused.note ? `: ${refused.note}` : ""
+              }`,
+              details: { approvalId: refused.id, rule: refused.rule },
+            }),
+            { rule: refused.rule, approvalId: refused.id, approver: refused.decidedBy },
+          );
+        }
         if (decision.decision === "deny") {
           yield* record(r, req, decision);
           return yield* denied(r, decision);
@@ -466,7 +486,7 @@ export class Gateway extends Context.Service<Gateway, {
         // A human gate: the approval must be for this exact action under this policy, approved and unexpired.
         const digest = yield* actionDigest({ ...r, policyHash: decision.policyHash });
         if (prior?.approvalId) {
-          const approval = yield* journal.getApproval(prior.approvalId);
+          const approval = asked;
           const at = yield* Clock.currentTimeMillis;
           const fresh = approval !== undefined && Date.parse(approval.expiresAt) > at;
           if (approval && approval.digest === digest && fresh) {

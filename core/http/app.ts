@@ -268,6 +268,10 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         }
         const limit = yield* queryLimit(c.req.query("limit"), 50, 1000);
         const journal = yield* Journal;
+        // The page starts where that run was created: it must be one.
+        if (before !== undefined && !(yield* journal.getRun(before))) {
+          return yield* new InvalidInputError({ message: `Query "before" must be the id of a run: got "${before}"` });
+        }
         const page = yield* journal.browseRuns({ status: status as RunStatus | undefined, workflow, limit, before });
         return { runs: page.runs.map(runSummary), ...(page.next ? { next: page.next } : {}) };
       }),

@@ -781,7 +781,7 @@ export const openApiDocument = withBodyLimits(
       "/api/runs": {
         get: {
           summary:
-            "Runs, newest first (fresh run ids are time-ordered), optionally by status and workflow, without their input, output and steps. A status a run can still leave is read from the index of runs not ended; otherwise one call reads at most 5,000 runs and `next` says where to go on",
+            "Runs, newest first by creation time (then id), optionally by status and workflow, without their input, output and steps. A status a run can still leave is read from the index of runs not ended; otherwise one call reads at most 5,000 runs and `next` says where to go on",
           parameters: [
             { name: "status", in: "query", schema: { enum: RUN_STATUSES } },
             { name: "workflow", in: "query", schema: { type: "string", pattern: "^[\\w.:-]{1,200}$" } },
@@ -795,7 +795,8 @@ export const openApiDocument = withBodyLimits(
               name: "before",
               in: "query",
               schema: { type: "string", pattern: "^[\\w.:-]{1,200}$" },
-              description: "Only runs whose id sorts before this one: the `next` of the previous page",
+              description:
+                "The id of a run: only runs listed after it (created before it). The `next` of the previous page; 400 if there is no such run",
             },
           ],
           responses: {
@@ -913,8 +914,8 @@ export const openApiDocument = withBodyLimits(
       "/api/approvals/{id}/deny": {
         post: {
           summary: "Deny a pending action; the effect fails with PolicyDeniedError",
-          description: "409 in the same cases as approve: an approval asked for under a policy set that has changed " +
-            "since is `invalidated`, and the run checks the action again under the policy in force.",
+          description: "409 when the approval is no longer pending or has expired. A deny is taken even when the " +
+            "policy set changed since the approval was asked for: it stands for that exact action under any policy set.",
           parameters: [idParam("id")],
           requestBody: json({
             type: "object",

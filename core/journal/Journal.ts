@@ -152,8 +152,12 @@ export const APPROVAL_STATUSES: ReadonlyArray<ApprovalStatus> = [
 ];
 
 const runKey = (id: string) => ["run", id];
-/** Runs that have not ended, for recovery without scanning history. */
+/** Runs that have not ended, for recovery without scanning history (the value: when the run was created, ms). */
 const activeKey = (id: string) => ["run_active", id];
+/** Every run by when it was created: the run list's order (ids given by webhooks and schedules are not time-ordered). */
+const createdKey = (run: Pick<RunRecord, "id" | "createdAt">) => ["run_created", Date.parse(run.createdAt), run.id];
+/** Set once every run written before `createdKey` existed has its entry. */
+const CREATED_INDEXED = ["meta", "run_created_index"];
 /** The run queue: higher priority first, then the earliest ready time. */
 const queueKey = (run: RunRecord) => ["runq", 9 - (run.priority ?? 5), run.queuedAt ?? 0, run.id];
 
@@ -200,6 +204,7 @@ const writeRun = (
   ride: (write: GroupWrite) => boolean,
 ) => {
   op.set(runKey(next.id), next);
+  if (!prev) op.set(createdKey(next), true);
   if (inQueue(prev) && !(inQueue(next) && queueKey(prev!).join() === queueKey(next).join())) {
     op.delete(queueKey(prev!));
   }
@@ -211,7 +216,7 @@ const writeRun = (
       const leave: GroupWrite = { apply: (o) => o.delete(key), mutations: 1, bytes: 64 };
       if (!ride(leave)) leave.apply(op);
     }
-  } else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), true);
+  } else if (!prev || TERMINAL.has(prev.status)) op.set(activeKey(next.id), Date.parse(next.createdAt));
 };
 
 /** A queued run as the queue index holds it. */
@@ -254,10 +259,11 @@ export class Journal extends Context.Service<Journal, {
   getRuns(ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<RunRecord | undefined>, StoreError>;
   listRuns(filter: { status?: RunStatus; limit?: number }): Effect.Effect<RunRecord[], StoreError>;
   /**
-   * Runs for an operator to look through, newest id first (fresh ids are time-ordered), up to `limit`, with
-   * `status` and `workflow` if given, from just before the id `before`. A status a run can still leave is read
-   * through the active-runs index; otherwise at most `RUN_SCAN` runs are read per call, and `next` (the last id
-   * read) says where to go on when the list may not be complete.
+   * Runs for an operator to look through, newest first (by creation time, then id: ids given by webhooks and
+   * schedules are not time-ordered), up to `limit`, with `status` and `workflow` if given, from just after the run
+   * `before` in that order (none if there is no such run). A status a run can still leave is read through the
+   * active-runs index; otherwise at most `RUN_SCAN` runs are read per call, and `next` (the last run read) says where
+   * to go on when the list may not be complete.
    */
   browseRuns(filter: {
     status?: RunStatus;
@@ -474,6 +480,20 @@ export class Journal extends Context.Service<Journal, {
       };
       const reserved = new Map<string, ApprovalRecord["status"]>();
       /** Delete keys, 500 to a commit (index entries only: nothing checks them). */
+      // Runs written before the creation-time index existed get their entries, once.
+      yield* kvTry("Cannot index runs by creation time", async () => {
+        if ((await kv.get(CREATED_INDEXED)).value) return;
+        let op = kv.atomic();
+        let n = 0;
+        for await (const e of kv.list<RunRecord>({ prefix: ["run"] })) {
+          op.set(createdKey(e.value), true);
+          if (++n % 500 === 0) {
+            await op.commit();
+            op = kv.atomic();
+          }
+        }
+        await op.set(CREATED_INDEXED, true).commit();
+      });
       const deleteKeys = async (keys: ReadonlyArray<Deno.KvKey>) => {
         for (let i = 0; i < keys.length; i += 500) {
           const op = kv.atomic();
@@ -585,33 +605,65 @@ export class Journal extends Context.Service<Journal, {
           kvTry("Cannot list runs", async () => {
             const wanted = (run: RunRecord | null | undefined): run is RunRecord =>
               !!run && (!status || run.status === status) && (!workflow || run.workflow === workflow);
+            // Newest first by creation time, then id: where `before` was created is where the page starts.
+            let from: [number, string] | undefined;
+            if (before !== undefined) {
+              const at = (await kv.get<RunRecord>(runKey(before))).value;
+              if (!at) return { runs: [] };
+              from = [Date.parse(at.createdAt), before];
+            }
+            const older = ([ms, id]: [number, string]) => !from || ms < from[0] || (ms === from[0] && id < from[1]);
             const runs: RunRecord[] = [];
-            if (status && !TERMINAL.has(status)) {
-              const ids: string[] = [];
-              for await (const e of kv.list({ prefix: ["run_active"] })) ids.push(e.key[1] as string);
-              const older = ids.filter((id) => before === undefined || id < before).reverse();
-              for (let i = 0; i < older.length; i += 10) {
-                for (const g of await kv.getMany<RunRecord[]>(older.slice(i, i + 10).map(runKey))) {
-                  if (!wanted(g.value)) continue;
-                  if (runs.length === limit) return { runs, next: runs[limit - 1].id };
-                  runs.push(g.value);
+            /** Read the runs of `ids` in order, ten at a time, at most `cap` of them. */
+            const read = async (ids: AsyncIterable<string> | Iterable<string>, cap: number) => {
+              let batch: string[] = [];
+              let count = 0;
+              const flush = async () => {
+                const got = await kv.getMany<RunRecord[]>(batch.map(runKey));
+                for (let j = 0; j < got.length; j++) {
+                  if (wanted(got[j].value)) {
+                    // One more than asked for says whether there is a next page.
+                    if (runs.length === limit) return { runs, next: runs[limit - 1].id };
+                    runs.push(got[j].value!);
+                  }
+                  if (++count >= cap) return { runs, next: batch[j] };
+                }
+                batch = [];
+                return undefined;
+              };
+              for await (const id of ids) {
+                batch.push(id);
+                if (batch.length === 10) {
+                  const done = await flush();
+                  if (done) return done;
                 }
               }
-              return { runs };
-            }
-            const selector = before === undefined ? { prefix: ["run"] } : { prefix: ["run"], end: runKey(before) };
-            let read = 0;
-            let last: string | undefined;
-            for await (const e of kv.list<RunRecord>(selector, { reverse: true, batchSize: 100 })) {
-              if (wanted(e.value)) {
-                // One more than asked for says whether there is a next page.
-                if (runs.length === limit) return { runs, next: runs[limit - 1].id };
-                runs.push(e.value);
+              return (batch.length ? await flush() : undefined) ?? { runs };
+            };
+            if (status && !TERMINAL.has(status)) {
+              const entries: Array<[number, string]> = [];
+              const unknown: string[] = [];
+              for await (const e of kv.list<number | boolean>({ prefix: ["run_active"] })) {
+                const id = e.key[1] as string;
+                if (typeof e.value === "number") entries.push([e.value, id]);
+                else unknown.push(id); // written before the entry held the run's creation time
               }
-              last = e.value.id;
-              if (++read >= RUN_SCAN) return { runs, next: last };
+              for (let i = 0; i < unknown.length; i += 10) {
+                const got = await kv.getMany<RunRecord[]>(unknown.slice(i, i + 10).map(runKey));
+                got.forEach((g) => g.value && entries.push([Date.parse(g.value.createdAt), g.value.id]));
+              }
+              const ordered = entries.filter(older).sort((a, b) =>
+                b[0] - a[0] || (a[1] < b[1] ? 1 : a[1] > b[1] ? -1 : 0)
+              );
+              return await read(ordered.map(([, id]) => id), Infinity);
             }
-            return { runs };
+            const selector = from === undefined
+              ? { prefix: ["run_created"] }
+              : { prefix: ["run_created"], end: ["run_created", ...from] };
+            async function* ids() {
+              for await (const e of kv.list(selector, { reverse: true, batchSize: 100 })) yield e.key[2] as string;
+            }
+            return await read(ids(), RUN_SCAN);
           }),
         updateRun: (id, patch, expect) =>
           // In order with the grouped writes: it reads the run after every write submitted before it (a run's

@@ -1382,8 +1382,16 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           });
         }
         admitting++;
-        return yield* create(workflow, input, actor, options, plugin, priority).pipe(
-          Effect.ensuring(Effect.sync(() => admitting--)),
+        // Counted until its run is in the queue, or until it takes a free slot at once: that run is never queued.
+        let counted = true;
+        const settle = () => {
+          if (counted) {
+            counted = false;
+            admitting--;
+          }
+        };
+        return yield* create(workflow, input, actor, options, plugin, priority, settle).pipe(
+          Effect.ensuring(Effect.sync(settle)),
         );
       });
 
@@ -1395,6 +1403,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         options: StartOptions & { parent?: { runId: string; seq: number } },
         plugin: InstalledPlugin,
         priority: number,
+        /** Called once the run takes a free slot at once (it will not be queued). */
+        runsAtOnce?: () => void,
       ) {
         const now = yield* Clock.currentTimeMillis;
         const at = new Date(now).toISOString();
@@ -1415,6 +1425,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         const readyAt = Math.max(now, options.notBefore ?? now);
         // A free slot and no delay: start at once, claimed in the same write.
         const direct = readyAt <= now && !queue.size() && !executing.has(base.id) && mayStart(base as RunRecord);
+        // Its slot is taken below before anything else runs (`execute`, `reserve`): it no longer counts as queued.
+        if (direct) runsAtOnce?.();
         const run: RunRecord = direct
           ? { ...base, status: "running", lease: lease(now) }
           : { ...base, status: "queued", queuedAt: readyAt };
@@ -1733,7 +1745,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               details: { status: "expired" },
             });
           }
-          const policyHash = approval.kind === "effect" ? yield* gateway.policyHash : approval.policyHash;
+          // A deny is always taken: it releases nothing, and the Gateway keeps it for this exact action under any
+          // policy set (voiding it would let the run perform what the operator refused, if the new set allows it).
+          const policyHash = approval.kind === "effect" && d.approve ? yield* gateway.policyHash : approval.policyHash;
           if (policyHash !== approval.policyHash) {
             // Bound to a policy set no longer in force, it could never release the effect (the Gateway would void
             // it when the run resumed): void it now and say so, rather than answer "approved" for nothing.

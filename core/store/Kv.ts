@@ -45,9 +45,10 @@ export class Kv extends Context.Service<Kv, {
  * The KV layout version this Keel writes; a data dir from a newer Keel is refused, never rewritten. An older
  * layout is read as it is and marked with this version, so an older Keel then refuses it. 2: completed
  * checkpoints are stored in chunks (`journal/Journal.ts`). 3: index entries may lag their records by a
- * commit ("Riders" in `GroupCommit.ts`); a restart sweeps and rebuilds them.
+ * commit ("Riders" in `GroupCommit.ts`); a restart sweeps and rebuilds them. 4: runs are indexed by creation time
+ * (`run_created`, for the run list), which a Keel of layout 3 would not keep up.
  */
-export const KV_SCHEMA_VERSION = 3;
+export const KV_SCHEMA_VERSION = 4;
 
 const checkSchema = (kv: Deno.Kv, path: string) =>
   Effect.flatMap(

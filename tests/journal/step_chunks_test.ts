@@ -76,7 +76,7 @@ Deno.test("`Journal.stepsWrite()` chunks completed checkpoints, and `Journal.ste
   }
 });
 
-Deno.test("the KV layout version moves from 1 to 3 when this Keel opens an older data dir, and a newer one is refused", async () => {
+Deno.test("the KV layout version moves from 1 to 4 when this Keel opens an older data dir, and a newer one is refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const kv = await Deno.openKv(`${dir}/keel.kv`);
@@ -87,13 +87,13 @@ Deno.test("the KV layout version moves from 1 to 3 when this Keel opens an older
     await rt.dispose();
     const after = await Deno.openKv(`${dir}/keel.kv`);
     assert.equal((await after.get(["meta", "schema"])).value, KV_SCHEMA_VERSION);
-    assert.equal(KV_SCHEMA_VERSION, 3);
-    await after.set(["meta", "schema"], 4);
+    assert.equal(KV_SCHEMA_VERSION, 4);
+    await after.set(["meta", "schema"], 5);
     after.close();
     const newer = runtimeFor(dir);
     await assert.rejects(
       newer.runPromise(Journal.use((j) => j.steps("none"))),
-      /layout version 4; this Keel understands up to 3/,
+      /layout version 5; this Keel understands up to 4/,
     );
     await newer.dispose();
   } finally {
