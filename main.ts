@@ -44,16 +44,14 @@ const mainHelp = () =>
     "             KEEL_CLIENT_TIMEOUT",
   ].join("\n");
 
+/** `KEEL_TOKEN`, the data dir's saved token, or a new one (saved only once Keel has started: see `serve`). */
 const ensureToken = (): { token: string; generated: boolean } => {
   const given = env("KEEL_TOKEN");
   if (given) return { token: given, generated: false };
-  const dir = dataDir();
-  Deno.mkdirSync(dir, { recursive: true });
   const existing = readToken();
   if (existing) return { token: existing, generated: false };
   const bytes = crypto.getRandomValues(new Uint8Array(24));
   const token = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  Deno.writeTextFileSync(`${dir}/token`, `${token}\n`, { mode: 0o600 });
   return { token, generated: true };
 };
 
@@ -89,15 +87,17 @@ const serve = async () => {
     maxQueued,
   };
   const keel = await startKeel(config).catch((error) => {
-    // A token made by a start that failed is not kept: the next start makes one and shows it.
-    if (generated) Deno.removeSync(`${config.dataDir}/token`);
     if (error instanceof KeelStartError && error.body.tag === "ListenError") {
       throw new KeelStartError({ ...error.body, message: `${error.message} (set KEEL_PORT or KEEL_HOST)` });
     }
     throw error;
   });
+  // A new token is saved once Keel owns the data dir (its lock is held): a start that failed, or another Keel that
+  // owns the dir, never has its token replaced or removed, and the token saved is the one shown.
+  const saved = generated && config.dataDir !== ":memory:"; // an in-memory Keel (tests) has no folder to keep it in
+  if (saved) Deno.writeTextFileSync(`${config.dataDir}/token`, `${token}\n`, { mode: 0o600 });
   console.log(`Keel is listening on ${keel.url} (data dir ${config.dataDir}, policies ${config.policiesDir})`);
-  if (generated) console.log(`API token (also saved in ${config.dataDir}/token): ${token}`);
+  if (generated) console.log(`API token${saved ? ` (also saved in ${config.dataDir}/token)` : ""}: ${token}`);
   if (keel.recovered) console.log(`Resumed ${keel.recovered} interrupted run(s)`);
   const stop = async () => {
     console.log("Keel is stopping");

@@ -112,7 +112,11 @@ to go on (--before). \`runs show\` prints one run whole: steps, output, error.`,
       if (values[name] !== undefined) q.set(name, values[name]!);
     }
     const { runs, next } = await api("GET", `/api/runs${q.size ? `?${q}` : ""}`);
-    if (!runs.length) console.log(values.status ? `No ${values.status} runs` : "No runs");
+    if (!runs.length) {
+      const none = values.status ? `No ${values.status} runs` : "No runs";
+      // A long stretch without a match ends a page early: say that more may come.
+      console.log(next ? `${none} among the runs read so far` : none);
+    }
     for (const run of runs) console.log(runLine(run));
     if (next) {
       q.set("before", next);
