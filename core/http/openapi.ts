@@ -7,6 +7,17 @@
 
 import { APPROVAL_STATUSES, RUN_STATUSES } from "../journal/mod.ts";
 
+/** What started a run (`Run` and `RunSummary`). */
+const runTrigger = {
+  type: "object",
+  properties: { kind: { enum: ["http", "cli", "cron", "webhook", "child", "api"] }, id: { type: "string" } },
+};
+/** Who cancelled a run, when and why (`Run` and `RunSummary`). */
+const runCancelled = {
+  type: "object",
+  properties: { by: { type: "string" }, reason: { type: "string" }, at: { type: "string" } },
+};
+
 const json = (schema: Record<string, unknown>) => ({ content: { "application/json": { schema } } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const errors = (...codes: number[]) =>
@@ -273,20 +284,11 @@ export const openApiDocument = withBodyLimits(
               description: "The host executing the run and until when its claim holds",
               properties: { owner: { type: "string" }, until: { type: "integer" } },
             },
-            trigger: {
-              type: "object",
-              properties: {
-                kind: { enum: ["http", "cli", "cron", "webhook", "child", "api"] },
-                id: { type: "string" },
-              },
-            },
+            trigger: runTrigger,
             parentRunId: { type: "string" },
             parentSeq: { type: "integer" },
             pins: { type: "object", additionalProperties: { type: "string" }, description: "Connector versions" },
-            cancelled: {
-              type: "object",
-              properties: { by: { type: "string" }, reason: { type: "string" }, at: { type: "string" } },
-            },
+            cancelled: runCancelled,
             steps: { type: "array", items: ref("Step") },
             recalls: {
               type: "array",
@@ -315,19 +317,10 @@ export const openApiDocument = withBodyLimits(
             priority: { type: "integer", minimum: 0, maximum: 9 },
             notBefore: { type: "integer" },
             wakeAt: { type: "integer" },
-            trigger: {
-              type: "object",
-              properties: {
-                kind: { enum: ["http", "cli", "cron", "webhook", "child", "api"] },
-                id: { type: "string" },
-              },
-            },
+            trigger: runTrigger,
             parentRunId: { type: "string" },
             parentSeq: { type: "integer" },
-            cancelled: {
-              type: "object",
-              properties: { by: { type: "string" }, reason: { type: "string" }, at: { type: "string" } },
-            },
+            cancelled: runCancelled,
             createdAt: { type: "string" },
             updatedAt: { type: "string" },
           },

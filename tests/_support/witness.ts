@@ -64,3 +64,20 @@ export const installFlaky = async (k: TestKeel, port: number, agent: "caller" | 
     assert.equal(r.status, 201, JSON.stringify(r.body));
   }
 };
+
+/** A started witness. */
+export type Witness = Awaited<ReturnType<typeof startWitness>>;
+
+/**
+ * Start `flaky_call` of `effect` (with `args.tag`), wait until the connector's call is with the witness (which holds
+ * the first one), then close Keel under it and let the held call go: the call's outcome is for the next start to
+ * settle. Returns the run's id.
+ */
+export const closeWhileInFlight = async (k: TestKeel, witness: Witness, effect: string, tag: string) => {
+  const started = await k.api("POST", "/api/workflows/flaky_call/runs", { input: { effect, args: { tag } } });
+  assert.equal(started.status, 202, JSON.stringify(started.body));
+  await witness.arrived;
+  await k.close();
+  witness.release();
+  return started.body.runId as string;
+};

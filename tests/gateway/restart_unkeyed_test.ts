@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { startTestKeel, type TestKeel } from "../_support/keel.ts";
-import { ALLOW_FLAKY, installFlaky, startWitness } from "../_support/witness.ts";
+import { ALLOW_FLAKY, closeWhileInFlight, installFlaky, startWitness } from "../_support/witness.ts";
 
 for (const effect of ["flaky.post", "flaky.send"]) {
   Deno.test(`${effect} in flight when Keel stops is not resent after the restart, even under a policy that allows it`, async () => {
@@ -20,15 +20,8 @@ for (const effect of ["flaky.post", "flaky.send"]) {
     try {
       k = await startTestKeel({ dataDir, policies: { "p.yaml": ALLOW_FLAKY } });
       await installFlaky(k, witness.port, "caller");
-      const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
-        input: { effect, args: { tag: "cut" } },
-      });
-      assert.equal(started.status, 202, JSON.stringify(started.body));
-      const runId: string = started.body.runId;
-      await witness.arrived;
-      await k.close();
+      const runId = await closeWhileInFlight(k, witness, effect, "cut");
       k = undefined;
-      witness.release();
 
       // Back up under the same policy, which allows the effect: still, it may have happened, so it is not resent.
       k = await startTestKeel({ dataDir, policies: { "p.yaml": ALLOW_FLAKY } });

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { startTestKeel, type TestKeel } from "../_support/keel.ts";
-import { installFlaky, startWitness } from "../_support/witness.ts";
+import { closeWhileInFlight, installFlaky, startWitness } from "../_support/witness.ts";
 
 const policy = (decision: string, effect: string) =>
   `default: allow
@@ -28,15 +28,8 @@ for (const effect of ["flaky.note", "flaky.read", "flaky.send", "flaky.post"]) {
     try {
       k = await startTestKeel({ dataDir, policies: { "p.yaml": policy("allow", "flaky.*") } });
       await installFlaky(k, witness.port, "caller");
-      const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
-        input: { effect, args: { tag: "cut" } },
-      });
-      assert.equal(started.status, 202, JSON.stringify(started.body));
-      const runId: string = started.body.runId;
-      await witness.arrived;
-      await k.close();
+      const runId = await closeWhileInFlight(k, witness, effect, "cut");
       k = undefined;
-      witness.release();
       // Nothing of the closed Keel may reach the connector's peer any more.
       await new Promise((r) => setTimeout(r, 600));
       assert.equal(witness.calls.length, 1, "the closed Keel sent the call again");

@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { startTestKeel, type TestKeel } from "../_support/keel.ts";
-import { installFlaky, startWitness } from "../_support/witness.ts";
+import { closeWhileInFlight, installFlaky, startWitness } from "../_support/witness.ts";
 
 interface Call {
   readonly effect: string;
@@ -38,16 +38,9 @@ Deno.test("a denied unknown_outcome of a keyed write is final: the write is not 
   try {
     k = await startTestKeel({ dataDir, policies: { "p.yaml": ALLOW } });
     await installFlaky(k, witness.port, "caller");
-    const started = await k.api("POST", "/api/workflows/flaky_call/runs", {
-      input: { effect: "flaky.note", args: { tag: "gone" } },
-    });
-    assert.equal(started.status, 202, JSON.stringify(started.body));
-    const runId: string = started.body.runId;
-    await witness.arrived;
     // Keel stops while the write is with the connector: its intent has no outcome.
-    await k.close();
+    const runId = await closeWhileInFlight(k, witness, "flaky.note", "gone");
     k = undefined;
-    witness.release();
 
     // Back up under a policy that gates the write: it is not resent blindly, the operator is asked.
     k = await startTestKeel({ dataDir, policies: { "p.yaml": GATE_NOTE } });

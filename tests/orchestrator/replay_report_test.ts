@@ -21,17 +21,22 @@ const journalOf = async (k: TestKeel, runId: string) => {
   return run;
 };
 
+/** The ledger connector, granted to reach the witness, and version 1.0.0 of the replay test agent. */
+const installLedgerAndAgent = async (k: TestKeel, witness: { host: string; port: number }) => {
+  const ledger = await k.api("POST", "/api/plugins", {
+    path: `${ROOT}/tests/gateway/fixtures/ledger`,
+    grant: { net: [`${witness.host}:${witness.port}`] },
+    config: { host: witness.host, port: witness.port },
+  });
+  assert.equal(ledger.status, 201, JSON.stringify(ledger.body));
+  assert.equal((await k.api("POST", "/api/plugins", { path: `${FIXTURES}/agent_v1`, grant: {} })).status, 201);
+};
+
 Deno.test("replay reports no divergence for the code that recorded the run, and names the step a new version changes", async () => {
   const witness = await startWitness();
   const k = await startTestKeel();
   try {
-    const ledger = await k.api("POST", "/api/plugins", {
-      path: `${ROOT}/tests/gateway/fixtures/ledger`,
-      grant: { net: [`${witness.host}:${witness.port}`] },
-      config: { host: witness.host, port: witness.port },
-    });
-    assert.equal(ledger.status, 201, JSON.stringify(ledger.body));
-    assert.equal((await k.api("POST", "/api/plugins", { path: `${FIXTURES}/agent_v1`, grant: {} })).status, 201);
+    await installLedgerAndAgent(k, witness);
     const run = await k.api("POST", "/api/workflows/rp_flow/runs?wait=30", { input: { account: "acme" } });
     assert.equal(run.body.status, "succeeded", JSON.stringify(run.body));
     assert.equal(witness.calls.length, 1);
@@ -125,13 +130,7 @@ Deno.test("replay of a run cancelled before its first step finds no divergence: 
   const witness = await startWitness();
   const k = await startTestKeel();
   try {
-    const ledger = await k.api("POST", "/api/plugins", {
-      path: `${ROOT}/tests/gateway/fixtures/ledger`,
-      grant: { net: [`${witness.host}:${witness.port}`] },
-      config: { host: witness.host, port: witness.port },
-    });
-    assert.equal(ledger.status, 201, JSON.stringify(ledger.body));
-    assert.equal((await k.api("POST", "/api/plugins", { path: `${FIXTURES}/agent_v1`, grant: {} })).status, 201);
+    await installLedgerAndAgent(k, witness);
     const queued = await k.api("POST", "/api/workflows/rp_flow/runs?delay=3600", { input: { account: "acme" } });
     assert.equal(queued.body.status, "queued", JSON.stringify(queued.body));
     const runId = queued.body.runId;
