@@ -452,6 +452,21 @@ export class Gateway extends Context.Service<Gateway, {
         const usage = usageOf(r, decl);
         const decision = withManifestLimit(yield* decideSafely(req), connector, decl);
         const key = `keel-${(yield* Effect.promise(() => sha256Hex(`${r.runId}:${r.seq}`))).slice(0, 32)}`;
+        /** The approver refused this action: the log keeps the rule's decision (for `simulate`) and the approval. */
+        const refusedBy = (approval: ApprovalRecord) =>
+          Effect.gen(function* () {
+            yield* record(r, req, decision, r.args, { id: approval.id, status: "denied" });
+            return yield* reject(
+              r,
+              new PolicyDeniedError({
+                message: `Effect "${r.effect}" was denied by ${approval.decidedBy ?? "the approver"}${
+                  approval.note ? `: ${approval.note}` : ""
+                }`,
+                details: { approvalId: approval.id, rule: approval.rule },
+              }),
+              { rule: approval.rule, approvalId: approval.id, approver: approval.decidedBy },
+            );
+          });
         // The operator refused this exact action (effect, args, run, step): that stands under any policy set in force
         // now. A changed policy asks again for what was not decided; it does not turn a "no" into a "yes".
         const asked = prior?.approvalId ? yield* journal.getApproval(prior.approvalId) : undefined;
@@ -460,17 +475,7 @@ export class Gateway extends Context.Service<Gateway, {
           refused?.kind === "effect" && refused.status === "denied" &&
           refused.digest === (yield* actionDigest({ ...r, policyHash: refused.policyHash }))
         ) {
-          yield* record(r, req, decision, r.args, { id: refused.id, status: "denied" });
-          return yield* reject(
-            r,
-            new PolicyDeniedError({
-              message: `Effect "${r.effect}" was denied by ${refused.decidedBy ?? "the approver"}${
-                refused.note ? `: ${refused.note}` : ""
-              }`,
-              details: { approvalId: refused.id, rule: refused.rule },
-            }),
-            { rule: refused.rule, approvalId: refused.id, approver: refused.decidedBy },
-          );
+          return yield* refusedBy(refused);
         }
         if (decision.decision === "deny") {
           yield* record(r, req, decision);
@@ -503,17 +508,7 @@ export class Gateway extends Context.Service<Gateway, {
           }
           if (approval && approval.digest === digest && approval.status === "denied") {
             // The rule gated it; the approver refused it (the log keeps the rule's decision, for `simulate`).
-            yield* record(r, req, decision, r.args, { id: approval.id, status: "denied" });
-            return yield* reject(
-              r,
-              new PolicyDeniedError({
-                message: `Effect "${r.effect}" was denied by ${approval.decidedBy ?? "the approver"}${
-                  approval.note ? `: ${approval.note}` : ""
-                }`,
-                details: { approvalId: approval.id, rule: approval.rule },
-              }),
-              { rule: approval.rule, approvalId: approval.id, approver: approval.decidedBy },
-            );
+            return yield* refusedBy(approval);
           }
           if (approval && (approval.status === "pending" || approval.status === "approved")) {
             // Args, policy or expiry changed: the old approval can never be used, and the operator sees why.
