@@ -1727,6 +1727,8 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             pump();
           }
         };
+        /** An undo's compensation: `keel undo` asks for it again, not the run, which has ended. */
+        const compensation = approval.seq >= UNDO_SEQ_BASE;
         return yield* Effect.gen(function* () {
           if (Date.parse(approval.expiresAt) <= now) {
             // Too late for this one; the resumed run asks for a fresh approval of the same action.
@@ -1741,7 +1743,9 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               resumed();
             }
             return yield* new ConflictError({
-              message: `Approval "${approvalId}" expired at ${approval.expiresAt}; the run asks for a new one`,
+              message: `Approval "${approvalId}" expired at ${approval.expiresAt}; ${
+                compensation ? "undo the run again to ask for a new one" : "the run asks for a new one"
+              }`,
               details: { status: "expired" },
             });
           }
@@ -1751,7 +1755,10 @@ export class Orchestrator extends Context.Service<Orchestrator, {
           if (policyHash !== approval.policyHash) {
             // Bound to a policy set no longer in force, it could never release the effect (the Gateway would void
             // it when the run resumed): void it now and say so, rather than answer "approved" for nothing.
-            const reason = "policy changed: the run checks the action again under the new policy";
+            // An undo's compensation is asked for by `keel undo`, not by the run (which has ended).
+            const reason = compensation
+              ? "policy changed: undo the run again to check the compensation under the new policy"
+              : "policy changed: the run checks the action again under the new policy";
             const voided: ApprovalRecord = {
               ...approval,
               status: "invalidated",
@@ -1776,8 +1783,11 @@ export class Orchestrator extends Context.Service<Orchestrator, {
               resumed();
             }
             return yield* new ConflictError({
-              message: `Approval "${approvalId}" was asked for under a policy that has changed since: the run ` +
-                `checks the action again under the new policy (and asks for a new approval if it still gates it)`,
+              message: `Approval "${approvalId}" was asked for under a policy that has changed since: ${
+                compensation
+                  ? "undo the run again: it checks the compensation under the new policy"
+                  : "the run checks the action again under the new policy"
+              } (and asks for a new approval if it still gates it)`,
               details: { status: "invalidated", reason },
             });
           }

@@ -189,6 +189,46 @@ Deno.test("a compensation the policy gates waits for its approval without touchi
   }, gated);
 });
 
+Deno.test("a compensation's approval asked for under a policy since changed is voided with a 409 that says to undo again", async () => {
+  const gated = POLICY + `  - id: gate-release
+    match: { effect: cal.release }
+    decision: approve
+`;
+  await withUndoKeel(async (k, calls) => {
+    const run = await start(k, "plan_meeting", { title: "planning", room: "blue" });
+    assert.equal(run.status, "succeeded", JSON.stringify(run));
+    const first = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    const approvalId = first.waiting[0].approvalId;
+    // The operator edits the policy (it still gates the compensation); policy files reload live.
+    await Deno.writeTextFile(
+      `${k.policiesDir}/p.yaml`,
+      gated + "  # reviewed\n  - id: note\n    match: { effect: cal.none }\n    decision: deny\n",
+    );
+    for (let i = 0; i < 100; i++) {
+      const explain = await k.api("POST", "/api/policy/explain", { effect: "cal.none", args: {} });
+      if (JSON.stringify(explain.body).includes('"note"')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const answer = await k.api("POST", `/api/approvals/${approvalId}/approve`, {});
+    assert.equal(answer.status, 409, JSON.stringify(answer.body));
+    assert.match(answer.body.error.message, /undo the run again: it checks the compensation under the new policy/);
+    assert.doesNotMatch(answer.body.error.message, /the run checks/);
+    const voided = (await k.api("GET", "/api/approvals?status=invalidated")).body.approvals
+      .find((a: any) => a.id === approvalId);
+    assert.equal(voided.status, "invalidated");
+    assert.match(voided.reason, /undo the run again/);
+    assert.equal((await k.api("GET", `/api/runs/${run.runId}`)).body.status, "succeeded", "the run stays as it ended");
+    // As the message says: undo again asks anew, and once approved the compensation is sent.
+    const second = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    const fresh = second.waiting[0].approvalId;
+    assert.notEqual(fresh, approvalId);
+    assert.equal((await k.api("POST", `/api/approvals/${fresh}/approve`, {})).status, 200);
+    const third = (await k.api("POST", `/api/runs/${run.runId}/undo`)).body;
+    assert.deepEqual(third.compensated.map((e: any) => e.compensation), ["cal.release", "cal.delete"]);
+    assert.equal(calls.filter((c) => c.effect === "cal.release").length, 1);
+  }, gated);
+});
+
 /** The undo fixture's calendar with its compensations irreversible (a message to attendees, say): in a temp dir. */
 const irreversibleCalendar = async () => {
   const dir = await Deno.makeTempDir({ prefix: "keel-cal-irreversible-" });
