@@ -212,29 +212,44 @@ export const approveCommand: Command = decide("approve");
 /** `keel deny ID`. */
 export const denyCommand: Command = decide("deny");
 
-/** `keel audit [--run ID] [--limit N] [--verify]`. */
+/** `keel audit [--run ID] [--limit N] [--verify [--anchor SEQ:HASH]]`. */
 export const auditCommand: Command = {
   summary: ["audit [--run ID]              Show the audit trail (add --verify to check the hash chain)"],
-  help: `Usage: deno task keel audit [--run RUN_ID] [--limit N] [--verify]
+  help: `Usage: deno task keel audit [--run RUN_ID] [--limit N]
+       deno task keel audit --verify [--anchor SEQ:HASH]
 
 Print the newest N audit events (default 1000, at most 10000), oldest first,
 of the whole log or of one run. --verify checks the whole hash chain instead
-and exits 1 if it is broken.`,
+and exits 1 if it is broken.
+
+The chain shows an event changed or removed in its middle, but not its newest
+events removed. --verify reports the head (the newest event, as "SEQ:HASH"):
+keep it outside the data dir, and pass it later as --anchor. Then --verify
+also checks that the event still has that hash, and exits 1 if it is gone or
+differs (events up to it were removed, changed or written again).`,
   async run(args) {
     const { values, positionals } = flagsOf(args, {
       run: { type: "string" },
       limit: { type: "string" },
       verify: { type: "boolean" },
+      anchor: { type: "string" },
     });
     atMost(positionals, 0, "audit");
     if (values.verify && (values.run !== undefined || values.limit !== undefined)) {
       throw new UsageError("audit --verify checks the whole chain: it takes no --run or --limit");
     }
+    if (values.anchor !== undefined && !values.verify) throw new UsageError("--anchor goes with --verify");
+    if (values.anchor !== undefined && !/^[1-9][0-9]{0,15}:[0-9a-fA-F]{64}$/.test(values.anchor)) {
+      throw new UsageError('--anchor must be a head as "audit --verify" reports it: SEQ:HASH (64 hex digits)');
+    }
     if (values.verify) {
-      const report = await api("GET", "/api/audit/verify");
-      // A broken chain fails the command too: scripts check the exit code.
+      const q = values.anchor === undefined ? "" : `?anchor=${encodeURIComponent(values.anchor)}`;
+      const report = await api("GET", `/api/audit/verify${q}`);
+      // A broken chain or a lost anchor fails the command too: scripts check the exit code.
       if (!report.ok) Deno.exitCode = 1;
-      return print(report);
+      print(report);
+      if (report.head) console.error(`Head: ${report.head.seq}:${report.head.hash} (keep it; check it with --anchor)`);
+      return;
     }
     const q = new URLSearchParams();
     if (values.run) q.set("runId", values.run);

@@ -73,6 +73,8 @@ const equalTokens = (a: string, b: string): boolean => {
 
 /** What any run, approval or webhook id looks like (generated ids, and those from webhooks and schedules). */
 const ID = /^[\w.:-]{1,200}$/;
+/** An audit head, `SEQ:HASH`, as `GET /api/audit/verify` reports it. */
+const AUDIT_ANCHOR = /^([1-9][0-9]{0,15}):([0-9a-fA-F]{64})$/;
 
 /** The fields of a run's start (`POST /api/workflows/{name}/runs`). */
 const RUN_START_FIELDS = ["input", "startAt", "priority"];
@@ -366,7 +368,21 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
         return { events: yield* audit.list({ runId, limit }) };
       }),
     ));
-  app.get("/api/audit/verify", (c) => respond(c, Audit.use((a) => a.verify)));
+  app.get("/api/audit/verify", (c) =>
+    respond(
+      c,
+      Effect.gen(function* () {
+        const anchor = c.req.query("anchor");
+        if (anchor === undefined) return yield* Audit.use((a) => a.verify());
+        const m = AUDIT_ANCHOR.exec(anchor);
+        if (!m || !Number.isSafeInteger(Number(m[1]))) {
+          return yield* new InvalidInputError({
+            message: 'Query "anchor" must be an audit head as `verify` reports it, "SEQ:HASH" (64 hex digits)',
+          });
+        }
+        return yield* Audit.use((a) => a.verify({ seq: Number(m[1]), hash: m[2].toLowerCase() }));
+      }),
+    ));
 
   app.post("/api/policy/explain", (c) => respond(c, Effect.flatMap(body(c), explainRoute)));
   app.post("/api/policy/simulate", (c) => respond(c, Effect.flatMap(body(c), simulateRoute)));

@@ -943,16 +943,47 @@ export const openApiDocument = withBodyLimits(
       },
       "/api/audit/verify": {
         get: {
-          summary: "Recompute the audit hash chain",
+          summary: "Recompute the audit hash chain, and check it still holds a head saved earlier",
+          parameters: [{
+            name: "anchor",
+            in: "query",
+            description: "A head this call reported earlier, `SEQ:HASH`, kept outside the data dir. The chain alone " +
+              "cannot show its newest events removed; the anchor's event must still be there with that hash.",
+            schema: { type: "string", pattern: "^[1-9][0-9]{0,15}:[0-9a-fA-F]{64}$" },
+          }],
           responses: {
             "200": {
-              description: "Result",
+              description: "Result: `ok` is false if the chain is broken or the anchor does not hold",
               ...json({
                 type: "object",
-                properties: { ok: { type: "boolean" }, checked: { type: "integer" }, brokenAt: { type: "integer" } },
+                required: ["ok", "checked"],
+                additionalProperties: false,
+                properties: {
+                  ok: { type: "boolean" },
+                  checked: { type: "integer" },
+                  brokenAt: { type: "integer", description: "The first event whose link or hash does not hold" },
+                  head: {
+                    type: "object",
+                    description: "The newest event of the unbroken chain (absent when there is none)",
+                    required: ["seq", "hash"],
+                    additionalProperties: false,
+                    properties: { seq: { type: "integer" }, hash: { type: "string" } },
+                  },
+                  anchor: {
+                    type: "object",
+                    required: ["seq", "hash", "held"],
+                    additionalProperties: false,
+                    properties: {
+                      seq: { type: "integer" },
+                      hash: { type: "string" },
+                      held: { type: "boolean" },
+                      problem: { type: "string", description: "Why it does not hold" },
+                    },
+                  },
+                },
               }),
             },
-            ...errors(401),
+            ...errors(400, 401),
           },
         },
       },

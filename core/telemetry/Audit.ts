@@ -52,6 +52,25 @@ const reindex = async (kv: Deno.Kv, last: number) => {
   await op.set(INDEXED_KEY, last).commit();
 };
 
+/** A point of the chain: an event's sequence number and hash. */
+export interface AuditAnchor {
+  readonly seq: number;
+  readonly hash: string;
+}
+
+/** What `verify` found. */
+export interface AuditVerdict {
+  /** The chain is unbroken and, if an anchor was given, holds it. */
+  readonly ok: boolean;
+  readonly checked: number;
+  /** The first event whose links or hash do not hold. */
+  readonly brokenAt?: number;
+  /** The newest event (none in an empty log): save it elsewhere and pass it as the anchor of a later check. */
+  readonly head?: AuditAnchor;
+  /** The anchor's check, when one was given. */
+  readonly anchor?: AuditAnchor & { readonly held: boolean; readonly problem?: string };
+}
+
 /** What a caller supplies; sequence, time and hashes are the log's. */
 export type AuditInput = Pick<AuditEvent, "type" | "actor" | "runId" | "data">;
 
@@ -94,8 +113,12 @@ export class Audit extends Context.Service<Audit, {
   draft(event: AuditInput): AuditDraft;
   seal(draft: AuditDraft, millis: number): { write: AuditWrite };
   list(filter: { runId?: string; limit?: number }): Effect.Effect<AuditEvent[], StoreError>;
-  /** Recompute the hash chain; returns the first broken sequence number, if any. */
-  readonly verify: Effect.Effect<{ ok: boolean; checked: number; brokenAt?: number }, StoreError>;
+  /**
+   * Recompute the hash chain; returns the first broken sequence number, if any, and the head (the newest event's
+   * sequence number and hash). Given an anchor (a head saved earlier, outside the data dir), also checks that the
+   * event at its sequence number still has its hash: the chain alone cannot show its newest events removed.
+   */
+  verify(anchor?: AuditAnchor): Effect.Effect<AuditVerdict, StoreError>;
 }>()("keel/telemetry/Audit") {
   /** Audit log on Deno KV. */
   static readonly layer = Layer.effect(
@@ -226,19 +249,40 @@ export class Audit extends Context.Service<Audit, {
           return out.reverse();
         });
       });
-      const verify = kvTry("Cannot verify the audit log", async () => {
-        let prev = "";
-        let checked = 0;
-        for await (const e of kv.list<AuditEvent>({ prefix: ["audit"] })) {
-          const { hash, ...rest } = e.value;
-          if (rest.prevHash !== prev || (await hashOf(rest)) !== hash) {
-            return { ok: false, checked, brokenAt: rest.seq };
+      const verify = (anchor?: AuditAnchor) =>
+        kvTry("Cannot verify the audit log", async (): Promise<AuditVerdict> => {
+          let prev = "";
+          let checked = 0;
+          let head: AuditAnchor | undefined;
+          let atAnchor: string | undefined;
+          let brokenAt: number | undefined;
+          for await (const e of kv.list<AuditEvent>({ prefix: ["audit"] })) {
+            const { hash, ...rest } = e.value;
+            if (rest.prevHash !== prev || (await hashOf(rest)) !== hash) {
+              brokenAt = rest.seq;
+              break;
+            }
+            if (anchor && rest.seq === anchor.seq) atAnchor = hash;
+            prev = hash;
+            head = { seq: rest.seq, hash };
+            checked++;
           }
-          prev = hash;
-          checked++;
-        }
-        return { ok: true, checked };
-      });
+          const held = anchor === undefined ? undefined : atAnchor === anchor.hash;
+          const problem = anchor === undefined || held
+            ? undefined
+            : atAnchor !== undefined
+            ? `event ${anchor.seq} has another hash: events up to it were changed, or removed and written again`
+            : brokenAt !== undefined && brokenAt <= anchor.seq
+            ? `the chain breaks at event ${brokenAt}, at or before the anchor's event ${anchor.seq}`
+            : `event ${anchor.seq} is gone: the log ends at event ${head?.seq ?? 0}, so newer events were removed`;
+          return {
+            ok: brokenAt === undefined && held !== false,
+            checked,
+            ...(brokenAt !== undefined ? { brokenAt } : {}),
+            ...(head ? { head } : {}),
+            ...(anchor ? { anchor: { ...anchor, held: held!, ...(problem ? { problem } : {}) } } : {}),
+          };
+        });
       return Audit.of({ append, prepare, prepareNow, draft, seal, list, verify });
     }),
   );

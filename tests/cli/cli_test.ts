@@ -207,6 +207,8 @@ Deno.test("every command refuses arguments it does not take, and KEEL_URL may en
       // deny never performs the effect: a resolution there is a mix-up, not something to ignore.
       [["deny", "a", "--resolution", "retry"], /^error: Unknown option '--resolution'/],
       [["audit", "--verify", "--run", "r"], "audit --verify checks the whole chain: it takes no --run or --limit"],
+      [["audit", "--anchor", `1:${"a".repeat(64)}`], "--anchor goes with --verify"],
+      [["audit", "--verify", "--anchor", "1:abc"], /^error: --anchor must be a head as "audit --verify" reports it/],
     ];
     const results = await keelAll(cases.map(([args]) => [args, env]));
     for (const [i, r] of results.entries()) {
@@ -349,7 +351,16 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       assert.equal(approvals.stdout.trim(), "No pending approvals");
       const audit = await keel(["audit", "--verify"], env);
       assert.equal(audit.code, 0, audit.stderr);
-      assert.equal(JSON.parse(audit.stdout).ok, true);
+      const { ok, head } = JSON.parse(audit.stdout);
+      assert.equal(ok, true);
+      assert.match(audit.stderr, new RegExp(`^Head: ${head.seq}:${head.hash} \\(keep it; check it with --anchor\\)`));
+      const anchored = await keel(["audit", "--verify", "--anchor", `${head.seq}:${head.hash}`], env);
+      assert.equal(anchored.code, 0, anchored.stdout);
+      assert.equal(JSON.parse(anchored.stdout).anchor.held, true);
+      // An anchor past the log's end: newer events were removed (or the anchor belongs to another Keel).
+      const gone = await keel(["audit", "--verify", "--anchor", `${head.seq + 5}:${head.hash}`], env);
+      assert.equal(gone.code, 1, gone.stdout);
+      assert.match(JSON.parse(gone.stdout).anchor.problem, new RegExp(`event ${head.seq + 5} is gone`));
     });
 
     await t.step("`audit --verify` exits 1 when an event was changed behind Keel's back", async () => {
@@ -363,6 +374,7 @@ Deno.test("the CLI against a running Keel: install asks first, --yes installs, a
       const audit = await keel(["audit", "--verify"], env);
       assert.equal(audit.code, 1, audit.stdout);
       assert.deepEqual(JSON.parse(audit.stdout), { ok: false, checked: 0, brokenAt: 1 });
+      assert.equal(audit.stderr, "", "no head to report when the first event is broken");
     });
   } finally {
     await k.close();

@@ -391,7 +391,10 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         await exercise("approvals all", "GET", "/api/approvals", "/api/approvals", "ok");
         await exercise("audit", "GET", "/api/audit", `/api/audit?runId=${ids.waiting}&limit=5`, "ok");
         await exercise("audit all", "GET", "/api/audit", "/api/audit", "ok");
-        await exercise("verify", "GET", "/api/audit/verify", "/api/audit/verify", "ok");
+        const verified = await exercise("verify", "GET", "/api/audit/verify", "/api/audit/verify", "ok");
+        const head = `${verified.json?.head?.seq}:${verified.json?.head?.hash}`;
+        await exercise("verify anchored", "GET", "/api/audit/verify", `/api/audit/verify?anchor=${head}`, "ok");
+        await exercise("verify bad anchor", "GET", "/api/audit/verify", "/api/audit/verify?anchor=1:zz", "bad");
         docAccepts("POST", "/api/policy/explain", { effect: "email.send", args: { to: "a@b.c" }, agent: "onboarding" });
         await exercise("explain", "POST", "/api/policy/explain", "/api/policy/explain", "ok", {
           effect: "email.send",

@@ -56,7 +56,7 @@ Deno.test("an approval that moved behind decide's copy (expired, decided elsewhe
       assert.equal(view.status, "waiting_approval");
       await run(k, (o) => o.cancel(runId, "test"));
     }
-    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify))).ok, true);
+    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify()))).ok, true);
   } finally {
     await k.close();
   }
@@ -248,7 +248,7 @@ Deno.test("a decision whose commit fails leaves the gate pending; deciding it ag
       [2, "approval", "done"],
       [3, "step", "done"],
     ]);
-    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify))).ok, true);
+    assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify()))).ok, true);
   } finally {
     proto.commit = commit;
     await k.close();

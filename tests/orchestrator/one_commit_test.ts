@@ -39,7 +39,7 @@ const stored = (k: TestKeel, runId: string) =>
     Journal.use((j) => Effect.all({ run: j.getRun(runId), steps: j.steps(runId) })),
   );
 const auditOf = (k: TestKeel, runId: string) => k.keel.runtime.runPromise(Audit.use((a) => a.list({ runId })));
-const verify = (k: TestKeel) => k.keel.runtime.runPromise(Audit.use((a) => a.verify));
+const verify = (k: TestKeel) => k.keel.runtime.runPromise(Audit.use((a) => a.verify()));
 
 /** Start a W2 run and let it park on its gate. */
 const parkedW2 = async (k: TestKeel) => {

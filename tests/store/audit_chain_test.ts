@@ -59,7 +59,7 @@ Deno.test("an event prepared before another but committed after it is chained af
     assert.ok(b.seq < a.write.event().seq, `B committed first, so it comes first: ${b.seq}, ${a.write.event().seq}`);
     assert.equal(a.write.event().prevHash, b.hash);
     await assertMarkHonest(kv);
-    assert.equal((await run(Audit.use((audit) => audit.verify))).ok, true);
+    assert.equal((await run(Audit.use((audit) => audit.verify()))).ok, true);
     await group.flushRiders();
     assert.equal(await assertMarkHonest(kv), a.write.event().seq);
   });
@@ -89,7 +89,7 @@ Deno.test("a failed commit carrying audit events leaves no gap: the next event t
     const events: AuditEvent[] = [];
     for await (const e of kv.list<AuditEvent>({ prefix: ["audit"] })) events.push(e.value);
     assert.deepEqual(events.map((e) => [e.seq, e.type]), [[1, "first"], [2, "next"]]);
-    assert.equal((await run(Audit.use((audit) => audit.verify))).ok, true);
+    assert.equal((await run(Audit.use((audit) => audit.verify()))).ok, true);
     const listed = await run(Audit.use((audit) => audit.list({ runId: "run_a" })));
     assert.deepEqual(listed.map((e) => e.type), ["first", "next"]);
     await assertMarkHonest(kv);

@@ -162,7 +162,7 @@ Deno.test("a restart repairs what a crash left between records and their riders"
       }
       const listed = await k.keel.runtime.runPromise(Audit.use((a) => a.list({ runId })));
       assert.deepEqual(listed.map((e) => e.seq), events);
-      assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify))).ok, true);
+      assert.equal((await k.keel.runtime.runPromise(Audit.use((a) => a.verify()))).ok, true);
       assert.equal((await k.api("GET", "/api/approvals?status=pending")).body.approvals.length, 0);
     } finally {
       await k.close();
