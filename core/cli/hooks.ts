@@ -4,35 +4,55 @@
  * printed once, at creation; Keel never shows it again.
  */
 import { api, atMost, type Command, flagsOf, keelUrl, print, UsageError } from "./client.ts";
+import { HOOK_TOLERANCE_SECONDS } from "../config/mod.ts";
 
-const HELP = `Usage: deno task keel hooks create WORKFLOW [--name LABEL]
+const HELP = `Usage: deno task keel hooks create WORKFLOW [--name LABEL] [--body-only]
        deno task keel hooks list [--json]
        deno task keel hooks delete HOOK_ID
 
 create prints the hook's URL and secret; the secret is shown only this once.
-A sender posts the workflow's input as JSON to the URL with the header
-  X-Keel-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed with the secret>
+A sender posts the workflow's input as JSON to the URL with the headers
+  X-Keel-Timestamp: <Unix time in seconds, when it signs>
+  X-Keel-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>", keyed with the secret>
 and, to make a retried delivery start nothing new, X-Keel-Delivery: <its id>.
+Keel refuses a timestamp more than ${HOOK_TOLERANCE_SECONDS} s from its clock, and the same signed
+request sent again starts nothing new: a captured delivery cannot be replayed.
 For example:
-  sig=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
-  curl -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"`;
+  ts=$(date +%s)
+  sig=$(printf '%s.%s' "$ts" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
+  curl -H "X-Keel-Timestamp: $ts" -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"
+
+--body-only makes a hook whose senders may sign the body alone, without a
+timestamp (as hooks made before timestamps did): a captured request can then
+be replayed unless its body or delivery id is unique.`;
 
 /** `keel hooks …`. */
 export const hooksCommand: Command = {
   summary: ["hooks create|list|delete      Inbound webhooks that start a workflow (signed with a secret)"],
   help: HELP,
   async run(args) {
-    const { values, positionals } = flagsOf(args, { name: { type: "string" }, json: { type: "boolean" } });
+    const { values, positionals } = flagsOf(args, {
+      name: { type: "string" },
+      json: { type: "boolean" },
+      "body-only": { type: "boolean" },
+    });
     const [verb, target] = positionals;
     const takes: Record<string, number> = { create: 1, list: 0, delete: 1 };
     if (verb !== undefined && takes[verb] !== undefined) atMost(positionals.slice(1), takes[verb], `hooks ${verb}`);
     if (verb === "create") {
       if (!target) throw new UsageError("hooks create needs a WORKFLOW name");
-      const { hook, secret } = await api("POST", "/api/hooks", { workflow: target, name: values.name });
+      const { hook, secret } = await api("POST", "/api/hooks", {
+        workflow: target,
+        name: values.name,
+        signing: values["body-only"] ? "body" : "timestamped",
+      });
       const base = keelUrl();
       console.log(`Created ${hook.id} for workflow ${hook.workflow}`);
       console.log(`URL:    ${base}${hook.path}`);
       console.log(`Secret: ${secret}`);
+      console.log(
+        `Signing: ${hook.signing === "body" ? "body (no timestamp needed; replays possible)" : "timestamped"}`,
+      );
       console.log("Keep the secret now: Keel will not show it again.");
       return;
     }
@@ -41,7 +61,9 @@ export const hooksCommand: Command = {
       if (values.json) return print(hooks);
       if (!hooks.length) return console.log("No webhooks");
       for (const h of hooks) {
-        console.log(`${h.id}  ${h.workflow}${h.name ? `  "${h.name}"` : ""}  ${h.path}  created ${h.createdAt}`);
+        console.log(
+          `${h.id}  ${h.workflow}${h.name ? `  "${h.name}"` : ""}  ${h.path}  ${h.signing}  created ${h.createdAt}`,
+        );
       }
       return;
     }

@@ -77,10 +77,13 @@ export const parsePort = (raw: string | undefined, fallback: number): number =>
 
 /** Parse `KEEL_MAX_RUNS`: how many runs execute at once (default 32). */
 export const parseMaxRuns = (raw: string | undefined): number => parseIntSetting("KEEL_MAX_RUNS", raw, 32, 1, 10_000);
-/** Parse `KEEL_MAX_QUEUED`: how many runs may queue before outside starts get a 429 (default 10,000). */
 /** The longest delay a run's start may ask for: a year, in seconds. */
 export const MAX_DELAY_SECONDS = 365 * 24 * 3600;
 
+/** How far a webhook delivery's `X-Keel-Timestamp` may be from Keel's clock, either way (seconds). */
+export const HOOK_TOLERANCE_SECONDS = 300;
+
+/** Parse `KEEL_MAX_QUEUED`: how many runs may queue before outside starts get a 429 (default 10,000). */
 export const parseMaxQueued = (raw: string | undefined): number =>
   parseIntSetting("KEEL_MAX_QUEUED", raw, 10_000, 1, 10_000_000);
 

@@ -170,6 +170,12 @@ export const openApiDocument = withBodyLimits(
             workflow: { type: "string" },
             name: { type: "string" },
             path: { type: "string", description: "Where senders post: /hooks/{id}" },
+            signing: {
+              type: "string",
+              enum: ["timestamped", "body"],
+              description: "timestamped: deliveries need X-Keel-Timestamp, signed with the body (replays refused); " +
+                "body: a signature over the body alone is taken too (hooks made before timestamps)",
+            },
             createdAt: { type: "string", format: "date-time" },
             createdBy: { type: "string" },
           },
@@ -1182,7 +1188,16 @@ export const openApiDocument = withBodyLimits(
           requestBody: json({
             type: "object",
             required: ["workflow"],
-            properties: { workflow: { type: "string" }, name: { type: "string" } },
+            properties: {
+              workflow: { type: "string" },
+              name: { type: "string" },
+              signing: {
+                type: "string",
+                enum: ["timestamped", "body"],
+                description: "Default timestamped; body lets senders sign the body alone (a captured request can " +
+                  "then be replayed unless its body or delivery id is unique)",
+              },
+            },
           }),
           responses: {
             "201": {
@@ -1214,7 +1229,17 @@ export const openApiDocument = withBodyLimits(
               in: "header",
               required: true,
               schema: { type: "string", pattern: "^sha256=[0-9a-f]{64}$" },
-              description: "sha256=<hex HMAC-SHA256 of the raw body under the hook's secret>",
+              description: "sha256=<hex HMAC-SHA256 under the hook's secret of `<X-Keel-Timestamp>.<raw body>`, or " +
+                "of the raw body alone when no timestamp is sent (only a `body` hook takes that)>",
+            },
+            {
+              name: "X-Keel-Timestamp",
+              in: "header",
+              required: false,
+              schema: { type: "string", pattern: "^[0-9]{1,12}$" },
+              description: "Unix time in seconds when the delivery was signed; needed by a `timestamped` hook. More " +
+                "than 300 s from Keel's clock is a 401. Without X-Keel-Delivery, the same signed request sent again " +
+                "maps to the same run",
             },
             {
               name: "X-Keel-Delivery",

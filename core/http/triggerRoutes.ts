@@ -103,8 +103,13 @@ export const registerTriggerRoutes = (
         if (b.name !== undefined && typeof b.name !== "string") {
           return yield* new InvalidInputError({ message: 'Field "name" must be a string' });
         }
+        if (b.signing !== undefined && b.signing !== "timestamped" && b.signing !== "body") {
+          return yield* new InvalidInputError({
+            message: `Field "signing" must be "timestamped" or "body": got ${JSON.stringify(b.signing)}`,
+          });
+        }
         const hooks = yield* Hooks;
-        return yield* hooks.create(b.workflow, b.name as string | undefined, "operator");
+        return yield* hooks.create(b.workflow, b.name as string | undefined, "operator", b.signing);
       }),
       201,
     ));
@@ -129,6 +134,7 @@ export const registerTriggerRoutes = (
           body: raw,
           signature: c.req.header("x-keel-signature"),
           deliveryId: c.req.header("x-keel-delivery"),
+          timestamp: c.req.header("x-keel-timestamp"),
         });
       }),
       202,

@@ -14,9 +14,16 @@
  * counting those left out, so junk from anyone who can reach the port cannot
  * fill the log.
  *
- * The signature covers the body only, not the delivery id: a sender that
- * needs protection against replays of a captured request should put a
- * unique id inside the body as well.
+ * Against replays of a captured request, a hook made with `signing:
+ * "timestamped"` (the default; hooks made before the field are `body`)
+ * needs `X-Keel-Timestamp: <unix seconds>`, and the signature covers
+ * `<timestamp>.<raw body>`. A timestamp more than
+ * `HOOK_TOLERANCE_SECONDS` from Keel's clock is refused (`stale_timestamp`),
+ * and a timestamped delivery without a delivery id starts the run
+ * `hook_<id>_t<timestamp>.<first 32 hex of its signature>`, so the same
+ * request sent again within the window finds its run and starts nothing.
+ * A `body` hook takes either form; its body-only signature does not stop a
+ * replay unless the sender puts a unique id in the body or the delivery id.
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import {
@@ -28,13 +35,18 @@ import {
   UnauthorizedError,
 } from "../errors/mod.ts";
 import { Kv, kvTry } from "../store/mod.ts";
+import { HOOK_TOLERANCE_SECONDS } from "../config/mod.ts";
 import { Journal } from "../journal/mod.ts";
 import { PluginHost } from "../plugins/mod.ts";
 import { MAX_RUN_INPUT_BYTES, Orchestrator } from "../orchestrator/mod.ts";
 import { Audit } from "../telemetry/mod.ts";
 
+export { HOOK_TOLERANCE_SECONDS };
+
 /** Largest delivery body Keel reads (bytes): the body is the run's input, which is bounded so. */
 export const MAX_HOOK_BODY_BYTES = MAX_RUN_INPUT_BYTES;
+/** How a hook's deliveries are signed: over timestamp and body (replays refused), or over the body alone. */
+export type HookSigning = "timestamped" | "body";
 /** Rejected deliveries audited per minute, per hook and reason (all unknown hooks count as one). */
 export const REJECTED_PER_MINUTE = 10;
 
@@ -45,6 +57,8 @@ export interface HookView {
   readonly name?: string;
   /** Where senders post: `/hooks/<id>`. */
   readonly path: string;
+  /** `timestamped`: deliveries need `X-Keel-Timestamp`, signed with the body. Hooks made before the field: `body`. */
+  readonly signing: HookSigning;
   readonly createdAt: string;
   readonly createdBy: string;
 }
@@ -62,6 +76,8 @@ export interface Delivery {
   readonly signature?: string;
   /** The `X-Keel-Delivery` header. */
   readonly deliveryId?: string;
+  /** The `X-Keel-Timestamp` header. */
+  readonly timestamp?: string;
 }
 
 /** What an accepted delivery started (or had already started, for a repeated delivery id). */
@@ -74,6 +90,7 @@ export interface DeliveryResult {
 const HOOK_ID = /^hk_[0-9a-f]{24}$/;
 const DELIVERY_ID = /^[A-Za-z0-9_.:-]{1,100}$/;
 const HOOK_NAME = /^[\w .:-]{1,64}$/;
+const TIMESTAMP = /^[0-9]{1,12}$/;
 
 const hex = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 const randomHex = (n: number) => hex(crypto.getRandomValues(new Uint8Array(n)));
@@ -89,6 +106,23 @@ export const signHook = async (secret: string, body: Uint8Array | string): Promi
   );
   const data = typeof body === "string" ? new TextEncoder().encode(body) : body;
   return hex(new Uint8Array(await crypto.subtle.sign("HMAC", key, data as Uint8Array<ArrayBuffer>)));
+};
+
+/**
+ * The headers that sign one delivery to a `timestamped` hook at `seconds` (default now): `X-Keel-Timestamp` and
+ * `X-Keel-Signature` over `<seconds>.<body>`.
+ */
+export const signHookDelivery = async (
+  secret: string,
+  body: Uint8Array | string,
+  seconds = Math.floor(Date.now() / 1000),
+): Promise<{ "x-keel-timestamp": string; "x-keel-signature": string }> => {
+  const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+  const prefix = new TextEncoder().encode(`${seconds}.`);
+  const signed = new Uint8Array(prefix.length + bytes.length);
+  signed.set(prefix);
+  signed.set(bytes, prefix.length);
+  return { "x-keel-timestamp": String(seconds), "x-keel-signature": `sha256=${await signHook(secret, signed)}` };
 };
 
 /** Compare two strings in time that depends only on their lengths. */
@@ -115,6 +149,7 @@ export class Hooks extends Context.Service<Hooks, {
     workflow: string,
     name: string | undefined,
     actor: string,
+    signing?: HookSigning,
   ): Effect.Effect<{ hook: HookView; secret: string }, NotFoundError | InvalidInputError | StoreError>;
   readonly list: Effect.Effect<HookView[], StoreError>;
   remove(id: string, actor: string): Effect.Effect<HookView, NotFoundError | StoreError>;
@@ -137,11 +172,22 @@ export class Hooks extends Context.Service<Hooks, {
         HOOK_ID.test(id)
           ? kvTry("Cannot read hook", async () => (await kv.get<HookRecord>(["hook", id])).value ?? undefined)
           : Effect.succeed(undefined);
-      const view = ({ secret: _s, ...shown }: HookRecord): HookView => shown;
+      // Hooks recorded before `signing` existed took body-only signatures; they keep doing so.
+      const view = ({ secret: _s, ...shown }: HookRecord): HookView => ({ ...shown, signing: shown.signing ?? "body" });
 
-      const create = Effect.fn("Hooks.create")(function* (workflow: string, name: string | undefined, actor: string) {
+      const create = Effect.fn("Hooks.create")(function* (
+        workflow: string,
+        name: string | undefined,
+        actor: string,
+        signing: HookSigning = "timestamped",
+      ) {
         if (name !== undefined && !HOOK_NAME.test(name)) {
           return yield* new InvalidInputError({ message: `Field "name" must be a short label: got "${name}"` });
+        }
+        if (signing !== "timestamped" && signing !== "body") {
+          return yield* new InvalidInputError({
+            message: `Field "signing" must be "timestamped" or "body": got ${JSON.stringify(signing)}`,
+          });
         }
         yield* host.findWorkflow(workflow);
         const id = `hk_${randomHex(12)}`;
@@ -150,6 +196,7 @@ export class Hooks extends Context.Service<Hooks, {
           workflow,
           ...(name !== undefined ? { name } : {}),
           path: `/hooks/${id}`,
+          signing,
           createdAt: new Date(yield* Clock.currentTimeMillis).toISOString(),
           createdBy: actor,
           secret: randomHex(32),
@@ -159,7 +206,7 @@ export class Hooks extends Context.Service<Hooks, {
             .commit();
           if (!res.ok) throw new Error(`hook "${id}" exists`);
         });
-        yield* audit.append({ type: "webhook.created", actor, data: { hookId: id, workflow, name } });
+        yield* audit.append({ type: "webhook.created", actor, data: { hookId: id, workflow, name, signing } });
         return { hook: view(record), secret: record.secret };
       });
 
@@ -243,8 +290,17 @@ export class Hooks extends Context.Service<Hooks, {
         }
         const body = d.body;
         const hook = yield* read(d.hookId);
+        // A timestamp the header gives is signed with the body; one that is not a number signs nothing.
+        const timestamp = d.timestamp === undefined ? undefined : d.timestamp.trim();
+        const stamped = timestamp !== undefined && TIMESTAMP.test(timestamp);
+        const signedBytes = stamped ? new TextEncoder().encode(`${timestamp}.`) : undefined;
+        const message = signedBytes ? new Uint8Array(signedBytes.length + body.length) : body;
+        if (signedBytes) {
+          message.set(signedBytes);
+          message.set(body, signedBytes.length);
+        }
         // The same work whether or not the hook exists: one HMAC, one constant-time compare.
-        const expected = yield* Effect.promise(() => signHook(hook?.secret ?? decoySecret, body));
+        const expected = yield* Effect.promise(() => signHook(hook?.secret ?? decoySecret, message));
         const given = /^sha256=([0-9a-fA-F]{64})$/.exec(d.signature?.trim() ?? "")?.[1]?.toLowerCase() ?? "";
         const signed = equalConstantTime(`sha256=${expected}`, `sha256=${given}`);
         if (!hook) {
@@ -261,13 +317,50 @@ export class Hooks extends Context.Service<Hooks, {
             hook.id,
           );
         }
-        if (!signed || given === "") {
+        if (timestamp !== undefined && !stamped) {
           return yield* reject(
-            "bad_signature",
-            new UnauthorizedError({ message: "Webhook signature does not match the body" }),
+            "bad_timestamp",
+            new UnauthorizedError({ message: 'Header "X-Keel-Timestamp" must be the Unix time in whole seconds' }),
             {},
             hook.id,
           );
+        }
+        if (timestamp === undefined && hook.signing === "timestamped") {
+          return yield* reject(
+            "missing_timestamp",
+            new UnauthorizedError({
+              message: 'Webhook delivery needs header "X-Keel-Timestamp: <unix seconds>", and "X-Keel-Signature" ' +
+                'over "<timestamp>.<body>"',
+            }),
+            {},
+            hook.id,
+          );
+        }
+        if (!signed || given === "") {
+          return yield* reject(
+            "bad_signature",
+            new UnauthorizedError({
+              message: stamped
+                ? "Webhook signature does not match the timestamp and body"
+                : "Webhook signature does not match the body",
+            }),
+            {},
+            hook.id,
+          );
+        }
+        if (stamped) {
+          const skew = Math.round((yield* Clock.currentTimeMillis) / 1000) - Number(timestamp);
+          if (Math.abs(skew) > HOOK_TOLERANCE_SECONDS) {
+            return yield* reject(
+              "stale_timestamp",
+              new UnauthorizedError({
+                message: `Webhook timestamp is ${Math.abs(skew)} s ${skew > 0 ? "old" : "ahead"}; Keel takes ` +
+                  `deliveries within ${HOOK_TOLERANCE_SECONDS} s of its clock (sign each delivery when it is sent)`,
+              }),
+              { skew },
+              hook.id,
+            );
+          }
         }
         if (d.deliveryId !== undefined && deliveryId === undefined) {
           return yield* reject(
@@ -292,7 +385,12 @@ export class Hooks extends Context.Service<Hooks, {
             hook.id,
           );
         }
-        const runId = deliveryId ? `hook_${hook.id}_${deliveryId}` : undefined;
+        // A signed timestamp makes a request its own delivery id: sent again, it finds its run.
+        const runId = deliveryId
+          ? `hook_${hook.id}_${deliveryId}`
+          : stamped
+          ? `hook_${hook.id}_t${timestamp}.${given.slice(0, 32)}`
+          : undefined;
         const accepted = (result: DeliveryResult) =>
           Effect.as(
             audit.append({
@@ -305,6 +403,7 @@ export class Hooks extends Context.Service<Hooks, {
                 bytes: body.length,
                 duplicate: result.duplicate,
                 ...(deliveryId ? { deliveryId } : {}),
+                ...(stamped ? { timestamp: Number(timestamp) } : {}),
               },
             }),
             result,

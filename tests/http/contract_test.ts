@@ -22,7 +22,7 @@ import assert from "node:assert/strict";
 import { Validator } from "@cfworker/json-schema";
 import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
 import { startSmtpPeer } from "../_support/smtp_peer.ts";
-import { signHook } from "../../core/triggers/mod.ts";
+import { signHookDelivery } from "../../core/triggers/mod.ts";
 
 const METHODS = ["get", "put", "post", "delete", "patch"];
 const ADA = { name: "Ada Lovelace", email: "ada@example.test" };
@@ -455,11 +455,11 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         await exercise("hooks", "GET", "/api/hooks", "/api/hooks", "ok");
         const delivery = JSON.stringify(ADA);
         await exercise("deliver", "POST", "/hooks/{id}", `/hooks/${ids.hook}`, "ok", delivery, {
-          "x-keel-signature": `sha256=${await signHook(ids.secret, delivery)}`,
+          ...(await signHookDelivery(ids.secret, delivery)),
           "x-keel-delivery": "d-1",
         });
         await exercise("deliver again", "POST", "/hooks/{id}", `/hooks/${ids.hook}`, "ok", delivery, {
-          "x-keel-signature": `sha256=${await signHook(ids.secret, delivery)}`,
+          ...(await signHookDelivery(ids.secret, delivery)),
           "x-keel-delivery": "d-1",
         });
       },
@@ -736,16 +736,18 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
         ["DELETE", "/api/plugins/{name}/versions/{version}", "/api/plugins/onboarding/versions/9.9.9", undefined, 404],
       ];
       const body = JSON.stringify(ADA);
-      const sig = async (text: string) => `sha256=${await signHook(ids.secret, text)}`;
+      const sig = (text: string) => signHookDelivery(ids.secret, text);
+      const stamp = { "x-keel-timestamp": String(Math.floor(Date.now() / 1000)) };
       const hookCases: Array<[string, string, Record<string, string>, number]> = [
         ["no signature", body, {}, 401],
-        ["wrong signature", body, { "x-keel-signature": `sha256=${"0".repeat(64)}` }, 401],
-        ["malformed signature", body, { "x-keel-signature": "md5=abc" }, 401],
-        ["not JSON", "{nope", { "x-keel-signature": await sig("{nope") }, 400],
-        ["array", "[1]", { "x-keel-signature": await sig("[1]") }, 400],
-        ["bad input", '{"name":"x"}', { "x-keel-signature": await sig('{"name":"x"}') }, 400],
-        ["bad delivery id", body, { "x-keel-signature": await sig(body), "x-keel-delivery": "a/b/../c" }, 400],
-        ["too big", JSON.stringify(big), { "x-keel-signature": await sig(JSON.stringify(big)) }, 413],
+        ["wrong signature", body, { ...stamp, "x-keel-signature": `sha256=${"0".repeat(64)}` }, 401],
+        ["malformed signature", body, { ...stamp, "x-keel-signature": "md5=abc" }, 401],
+        ["stale timestamp", body, await signHookDelivery(ids.secret, body, 1_000_000_000), 401],
+        ["not JSON", "{nope", await sig("{nope"), 400],
+        ["array", "[1]", await sig("[1]"), 400],
+        ["bad input", '{"name":"x"}', await sig('{"name":"x"}'), 400],
+        ["bad delivery id", body, { ...(await sig(body)), "x-keel-delivery": "a/b/../c" }, 400],
+        ["too big", JSON.stringify(big), await sig(JSON.stringify(big)), 413],
       ];
       for (const [method, template, path, b, status] of cases) {
         const reply = await exercise(`invalid ${method} ${path.slice(0, 80)}`, method, template, path, "bad", b);
@@ -763,9 +765,15 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
           problem(`hook ${what}: expected ${status}, got ${reply.status}: ${reply.text.slice(0, 200)}`);
         }
       }
-      const unknownHook = await exercise("hook unknown", "POST", "/hooks/{id}", "/hooks/hk_unknown", "bad", body, {
-        "x-keel-signature": await sig(body),
-      });
+      const unknownHook = await exercise(
+        "hook unknown",
+        "POST",
+        "/hooks/{id}",
+        "/hooks/hk_unknown",
+        "bad",
+        body,
+        await sig(body),
+      );
       if (unknownHook.status !== 404 && unknownHook.status !== 401) problem(`hook unknown: ${unknownHook.status}`);
     });
 
@@ -808,7 +816,7 @@ Deno.test("the running API keeps the contract of its OpenAPI document and README
       await exercise("delete hook again", "DELETE", "/api/hooks/{id}", `/api/hooks/${ids.hook}`, "bad");
       const signed = JSON.stringify(ADA);
       await exercise("deliver to deleted", "POST", "/hooks/{id}", `/hooks/${ids.hook}`, "bad", signed, {
-        "x-keel-signature": `sha256=${await signHook(ids.secret, signed)}`,
+        ...(await signHookDelivery(ids.secret, signed)),
       });
       await exercise("upgrade", "POST", "/api/plugins/{name}/upgrade", "/api/plugins/onboarding/upgrade", "ok", {
         path: ids.next,

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
-import { signHook } from "../../core/triggers/mod.ts";
+import { signHookDelivery } from "../../core/triggers/mod.ts";
 
 const FIX = `${ROOT}/tests/fixtures/conc_limits`;
 const install = async (k: TestKeel) => {
@@ -90,7 +90,7 @@ Deno.test("workflow concurrency 1 holds for webhook deliveries that arrive at on
         method: "POST",
         headers: {
           "content-type": "application/json",
-          "x-keel-signature": `sha256=${await signHook(hook.secret, body)}`,
+          ...(await signHookDelivery(hook.secret, body)),
           "x-keel-delivery": `d${i}`,
         },
         body,

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
-import { signHook } from "../../core/triggers/mod.ts";
+import { signHookDelivery } from "../../core/triggers/mod.ts";
 
 const until = async (k: TestKeel, runId: string, statuses: string[], seconds = 30) => {
   const deadline = Date.now() + seconds * 1000;
@@ -73,7 +73,7 @@ Deno.test("a webhook delivery to a full queue is a 429 the sender can repeat: on
       const body = JSON.stringify({ ms: 0 });
       const res = await fetch(`${k.url}/hooks/${hook.id}`, {
         method: "POST",
-        headers: { "x-keel-signature": `sha256=${await signHook(secret, body)}`, "x-keel-delivery": delivery },
+        headers: { ...(await signHookDelivery(secret, body)), "x-keel-delivery": delivery },
         body,
       });
       return { status: res.status, retryAfter: res.headers.get("retry-after"), body: await res.json() };

@@ -39,6 +39,42 @@ Deno.test("keel hooks create prints the secret once; list hides it; delete remov
       /tr_daily {2}"0 3 \* \* \*" UTC {2}next \d{4}-\d\d-\d\dT03:00:00\.000Z {2}\(tr_daily 1\.0\.0\)/,
     );
 
+    assert.match(created.stdout, /Signing: timestamped/);
+    assert.match(listed.stdout, new RegExp(`${id}  tr_order  "shop"  /hooks/${id}  timestamped  created `));
+    const bodyOnly = await cli.keel(["hooks", "create", "tr_order", "--body-only"], env);
+    assert.match(bodyOnly.stdout, /Signing: body \(no timestamp needed; replays possible\)/);
+
+    // The example `hooks --help` gives, run as printed with bash, openssl and curl, delivers; sent again, it starts
+    // nothing new (a replay); the old body-only form is refused by this hook.
+    const help = (await cli.keel(["hooks", "--help"])).stdout;
+    const example = help.slice(
+      help.indexOf("For example:") + "For example:".length,
+      help.indexOf("\n\n", help.indexOf("For example:")),
+    )
+      .split("\n").map((l) => l.trim()).filter(Boolean).join("\n");
+    assert.match(example, /^ts=\$\(date \+%s\)\nsig=.*\ncurl .*"\$URL"$/, example);
+    const send = async (script: string) => {
+      const out = await new Deno.Command("bash", {
+        args: ["-c", script + " -s"],
+        env: { BODY: JSON.stringify({ count: 2, note: "from curl" }), SECRET: secret, URL: `${k.url}/hooks/${id}` },
+      }).output();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      return JSON.parse(new TextDecoder().decode(out.stdout));
+    };
+    const sent = await send(example);
+    assert.equal(sent.duplicate, false, JSON.stringify(sent));
+    const run = await k.api("GET", `/api/runs/${sent.runId}?wait=30`);
+    assert.deepEqual(run.body.input, { count: 2, note: "from curl" });
+    // The same request again, as a replay would send it: the timestamp and signature are the ones captured.
+    const replay = example.replace("ts=$(date +%s)", `ts=${/_t(\d+)\./.exec(sent.runId)?.[1]}`);
+    assert.deepEqual(await send(replay), { runId: sent.runId, status: "succeeded", duplicate: true });
+    const old = await send(
+      `sig=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
+curl -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"`,
+    );
+    assert.equal(old.error.tag, "UnauthorizedError");
+    assert.match(old.error.message, /needs header "X-Keel-Timestamp/);
+
     const deleted = await cli.keel(["hooks", "delete", id], env);
     assert.equal(deleted.code, 0, deleted.stderr);
     assert.match(deleted.stdout, new RegExp(`Deleted ${id}`));
@@ -56,6 +92,7 @@ Deno.test("keel hooks, schedules and replay answer --help", async () => {
   ]]]);
   for (const r of results) assert.equal(r.code, 0, r.stderr);
   assert.match(results[0].stdout, /X-Keel-Signature: sha256=/);
+  assert.match(results[0].stdout, /X-Keel-Timestamp: /);
   assert.match(results[1].stdout, /most recent missed slot/);
   assert.match(results[2].stdout, /Exits 0 when the code matches/);
   for (const command of ["hooks", "schedules", "replay"]) {

@@ -4,11 +4,12 @@
  * never listed; a signed delivery starts its workflow with the body as
  * input; every forged, replayed, oversized or misdirected delivery is
  * refused with its own status, starts nothing, and is audited without its
- * body.
+ * body. A captured delivery sent again starts nothing, and one sent later
+ * than the timestamp's tolerance is refused.
  */
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
-import { signHook } from "../../core/triggers/mod.ts";
+import { HOOK_TOLERANCE_SECONDS, signHook, signHookDelivery } from "../../core/triggers/mod.ts";
 
 const AGENT = `${ROOT}/tests/fixtures/triggers/tr_hooks`;
 const MARKER = "body-marker-7f3a";
@@ -28,9 +29,8 @@ const deliver = async (
   return { status: res.status, body: await res.json() };
 };
 
-const signed = async (secret: string, body: string) => ({
-  "x-keel-signature": `sha256=${await signHook(secret, body)}`,
-});
+/** The headers of a delivery signed now: `X-Keel-Timestamp`, and the signature over timestamp and body. */
+const signed = (secret: string, body: string) => signHookDelivery(secret, body);
 
 const setUp = async () => {
   const k = await startTestKeel();
@@ -113,18 +113,40 @@ Deno.test("forged deliveries are refused: wrong secret, another body's signature
   const { k, hook, secret, other } = await setUp();
   try {
     const body = JSON.stringify({ count: 2 });
+    const now = Math.floor(Date.now() / 1000);
+    const ts = { "x-keel-timestamp": String(now) };
+    const mac = await signHook(secret, `${now}.${body}`);
+    const late = now - HOOK_TOLERANCE_SECONDS - 60;
     const cases: Array<[string, Record<string, string>, string]> = [
       ["wrong secret", await signed("0".repeat(64), body), "bad_signature"],
-      ["signature of a different body", await signed(secret, JSON.stringify({ count: 200 })), "bad_signature"],
-      ["another hook's secret", await signed(other.secret, body), "bad_signature"],
-      ["missing header", {}, "missing_signature"],
-      ["bare hex without sha256=", { "x-keel-signature": await signHook(secret, body) }, "bad_signature"],
       [
-        "truncated signature",
-        { "x-keel-signature": `sha256=${(await signHook(secret, body)).slice(0, 63)}` },
+        "signature of a different body",
+        { ...ts, "x-keel-signature": (await signed(secret, "{}"))["x-keel-signature"] },
         "bad_signature",
       ],
-      ["sha1 scheme", { "x-keel-signature": `sha1=${await signHook(secret, body)}` }, "bad_signature"],
+      ["another hook's secret", await signed(other.secret, body), "bad_signature"],
+      ["missing header", {}, "missing_signature"],
+      ["bare hex without sha256=", { ...ts, "x-keel-signature": mac }, "bad_signature"],
+      ["truncated signature", { ...ts, "x-keel-signature": `sha256=${mac.slice(0, 63)}` }, "bad_signature"],
+      ["sha1 scheme", { ...ts, "x-keel-signature": `sha1=${mac}` }, "bad_signature"],
+      // The timestamp is signed: moved after signing (to pass the tolerance), it no longer matches.
+      [
+        "timestamp changed after signing",
+        { ...(await signed(secret, body)), "x-keel-timestamp": String(now + 1) },
+        "bad_signature",
+      ],
+      [
+        "body-only signature to a timestamped hook",
+        { "x-keel-signature": `sha256=${await signHook(secret, body)}` },
+        "missing_timestamp",
+      ],
+      ["timestamp not a number", { "x-keel-timestamp": "soon", "x-keel-signature": `sha256=${mac}` }, "bad_timestamp"],
+      ["signed 6 minutes ago (a replay)", await signHookDelivery(secret, body, late), "stale_timestamp"],
+      [
+        "signed 6 minutes ahead",
+        await signHookDelivery(secret, body, now + HOOK_TOLERANCE_SECONDS + 60),
+        "stale_timestamp",
+      ],
     ];
     for (const [what, headers, reason] of cases) {
       const res = await deliver(k, hook.id, body, headers);
@@ -227,6 +249,65 @@ Deno.test("unknown hooks, oversized bodies, bad input and removed workflows are 
   }
 });
 
+Deno.test("a captured timestamped delivery sent again, without a delivery id, finds its run and starts nothing", async () => {
+  const { k, hook, secret } = await setUp();
+  try {
+    assert.equal(hook.signing, "timestamped", "new hooks need timestamps");
+    const body = JSON.stringify({ count: 5 });
+    const headers = await signed(secret, body);
+    const first = await deliver(k, hook.id, body, headers);
+    assert.equal(first.status, 202, JSON.stringify(first.body));
+    assert.equal(first.body.duplicate, false);
+    const replays = await Promise.all([1, 2, 3].map(() => deliver(k, hook.id, body, headers)));
+    for (const r of replays) {
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      assert.equal(r.body.runId, first.body.runId);
+      assert.equal(r.body.duplicate, true);
+    }
+    // The same body signed at another second is another delivery.
+    const later = await deliver(
+      k,
+      hook.id,
+      body,
+      await signHookDelivery(secret, body, Number(headers["x-keel-timestamp"]) + 1),
+    );
+    assert.equal(later.body.duplicate, false);
+    const started = (await audit(k, "run.started")).map((e) => e.runId);
+    assert.deepEqual(started.sort(), [first.body.runId, later.body.runId].sort());
+    const delivered = await audit(k, "webhook.delivered");
+    assert.equal(delivered[0].data.timestamp, Number(headers["x-keel-timestamp"]));
+  } finally {
+    await k.close();
+  }
+});
+
+Deno.test("a body-only hook takes a signature over the body alone, and a timestamped one too", async () => {
+  const { k } = await setUp();
+  try {
+    const made = await k.api("POST", "/api/hooks", { workflow: "tr_order", signing: "body" });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    assert.equal(made.body.hook.signing, "body");
+    const { hook, secret } = made.body;
+    const body = JSON.stringify({ count: 1 });
+    const plain = await deliver(k, hook.id, body, { "x-keel-signature": `sha256=${await signHook(secret, body)}` });
+    assert.equal(plain.status, 202, JSON.stringify(plain.body));
+    // Without a timestamp or delivery id nothing tells a replay from a new delivery: that is what "body" gives up.
+    const again = await deliver(k, hook.id, body, { "x-keel-signature": `sha256=${await signHook(secret, body)}` });
+    assert.equal(again.body.duplicate, false);
+    // A timestamp the sender adds is still checked.
+    const stamped = await deliver(k, hook.id, body, await signed(secret, body));
+    assert.equal(stamped.status, 202);
+    const stale = await deliver(k, hook.id, body, await signHookDelivery(secret, body, 1_000_000_000));
+    assert.equal(stale.status, 401);
+    assert.match(stale.body.error.message, /Webhook timestamp is \d+ s old; Keel takes deliveries within 300 s/);
+    const bad = await k.api("POST", "/api/hooks", { workflow: "tr_order", signing: "none" });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.error.message, /Field "signing" must be "timestamped" or "body": got "none"/);
+  } finally {
+    await k.close();
+  }
+});
+
 Deno.test("a hook needs an installed workflow and a JSON body naming it", async () => {
   const k = await startTestKeel();
   try {
@@ -256,7 +337,10 @@ Deno.test("junk deliveries cannot fill the audit log: at most 10 a minute per ho
     // And 30 badly signed ones to each of two real hooks: each hook has its own allowance.
     for (const id of [hook.id, other.hook.id]) {
       for (let i = 0; i < 30; i++) {
-        const reply = await deliver(k, id, body, { "x-keel-signature": `sha256=${"0".repeat(64)}` });
+        const reply = await deliver(k, id, body, {
+          "x-keel-timestamp": String(Math.floor(Date.now() / 1000)),
+          "x-keel-signature": `sha256=${"0".repeat(64)}`,
+        });
         assert.equal(reply.status, 401);
       }
     }
