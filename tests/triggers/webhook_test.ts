@@ -308,6 +308,27 @@ Deno.test("a body-only hook takes a signature over the body alone, and a timesta
   }
 });
 
+Deno.test("a hook recorded before timestamps existed keeps taking body-only signatures, and is listed as body", async () => {
+  const { k, hook, secret } = await setUp();
+  try {
+    // As an older Keel wrote it: no "signing" field.
+    const kv = await Deno.openKv(`${k.dataDir}/keel.kv`);
+    try {
+      const { signing: _s, ...old } = (await kv.get<Record<string, unknown>>(["hook", hook.id])).value!;
+      await kv.set(["hook", hook.id], old);
+    } finally {
+      kv.close();
+    }
+    const listed = (await k.api("GET", "/api/hooks")).body.hooks.find((h: any) => h.id === hook.id);
+    assert.equal(listed.signing, "body");
+    const body = JSON.stringify({ count: 1 });
+    const res = await deliver(k, hook.id, body, { "x-keel-signature": `sha256=${await signHook(secret, body)}` });
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+  } finally {
+    await k.close();
+  }
+});
+
 Deno.test("a hook needs an installed workflow and a JSON body naming it", async () => {
   const k = await startTestKeel();
   try {
