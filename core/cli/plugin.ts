@@ -94,6 +94,8 @@ const describeManifest = (manifest: Manifest) => {
     for (const e of manifest.effects) console.log(`  - ${e.name} (${e.class}): ${e.description}`);
   }
   if (manifest.uses.length) console.log(`It asks Keel for these effects: ${manifest.uses.join(", ")}`);
+  if (manifest.records?.read.length) console.log(`It reads records in: ${manifest.records.read.join(", ")}`);
+  if (manifest.records?.write.length) console.log(`It writes records in: ${manifest.records.write.join(", ")}`);
   if (manifest.workflows.length) {
     console.log(`It offers workflows: ${manifest.workflows.map((w) => w.name).join(", ")}`);
   }

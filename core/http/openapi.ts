@@ -113,7 +113,11 @@ export const openApiDocument = withBodyLimits(
             path: { type: "string", description: "Keel's stored copy, <data dir>/plugins/<name>/<version>: what runs" },
             source: { type: "string", description: "The folder or .tar.gz archive it was installed from" },
             packageHash: { type: "string", description: "SHA-256 of the package's paths and contents" },
-            manifest: { type: "object" },
+            manifest: {
+              type: "object",
+              description:
+                "plugin.json as Keel read it. For an agent, records: {read, write} lists the record collections its workflows may read (get, query) and write (put); absent, none",
+            },
             manifestHash: { type: "string" },
             requested: ref("Grant"),
             grant: ref("Grant"),
@@ -214,6 +218,11 @@ export const openApiDocument = withBodyLimits(
             },
             effects: { type: "object" },
             uses: { type: "object" },
+            records: {
+              type: "object",
+              description:
+                "{added: {read, write}, removed: {read, write}}: record collections; any added one needs a new grant",
+            },
             npm: { type: "object" },
             weakerIsolation: { type: "object" },
             lines: { type: "array", items: { type: "string" }, description: "Every change in plain words" },

@@ -70,6 +70,12 @@ export interface Permissions {
   readonly needsOverride?: ReadonlyArray<string>;
 }
 
+/** Record collections an agent declares, by exact name; writing does not imply reading. */
+export interface RecordsAccess {
+  readonly read: ReadonlyArray<string>;
+  readonly write: ReadonlyArray<string>;
+}
+
 /** A validated `plugin.json`. */
 export interface Manifest {
   readonly name: string;
@@ -87,6 +93,11 @@ export interface Manifest {
   readonly concurrency?: number;
   /** For agents: other agents' workflows it may start as child workflows (its own it always may). */
   readonly children?: ReadonlyArray<string>;
+  /**
+   * For agents: the record collections its workflows may read (`get`, `query`) and write (`put`). Absent (a
+   * manifest written before this field): no records access at all.
+   */
+  readonly records?: RecordsAccess;
   readonly workflows: ReadonlyArray<WorkflowDecl>;
   /** `worker` (in-process Worker) or `process` (a sandboxed child); absent: the host decides. */
   readonly isolation?: "worker" | "process";
@@ -100,6 +111,9 @@ const NAME = "^[a-z][a-z0-9_-]{0,63}$";
 const EFFECT_NAME = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)+$";
 const SEMVER = "^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)(?:-[0-9A-Za-z.-]+)?(?:\\+[0-9A-Za-z.-]+)?$";
 const strings = { type: "array", items: { type: "string", minLength: 1 }, uniqueItems: true };
+/** A record collection's name, as `Records` defines it: no wildcard, no other spelling. */
+export const COLLECTION_NAME = "^[a-z][a-z0-9_]{0,62}$";
+const collections = { type: "array", items: { type: "string", pattern: COLLECTION_NAME }, uniqueItems: true };
 
 /** The JSON Schema every `plugin.json` must satisfy. */
 export const MANIFEST_SCHEMA: JsonSchema = {
@@ -174,6 +188,11 @@ export const MANIFEST_SCHEMA: JsonSchema = {
     uses: { type: "array", items: { type: "string", pattern: EFFECT_NAME }, uniqueItems: true },
     concurrency: { type: "integer", minimum: 1, maximum: 1000 },
     children: { type: "array", items: { type: "string", pattern: "^[a-z][a-z0-9_]{0,63}$" }, uniqueItems: true },
+    records: {
+      type: "object",
+      additionalProperties: false,
+      properties: { read: collections, write: collections },
+    },
     isolation: { enum: ["worker", "process"] },
     health: {
       type: "object",
@@ -306,6 +325,8 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
       uses: m.uses ?? [],
       ...(m.concurrency !== undefined ? { concurrency: m.concurrency } : {}),
       ...(m.children !== undefined ? { children: m.children } : {}),
+      // Only when present: the manifest hash of a plugin installed before this field stays what it was.
+      ...(m.records !== undefined ? { records: { read: m.records.read ?? [], write: m.records.write ?? [] } } : {}),
       workflows: m.workflows ?? [],
       ...(m.isolation ? { isolation: m.isolation } : {}),
       ...(m.health
@@ -315,6 +336,9 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
     };
     if (manifest.kind === "connector" && manifest.workflows.length) {
       return yield* invalid(file, "workflows", "is only for agents");
+    }
+    if (manifest.kind === "connector" && manifest.records) {
+      return yield* invalid(file, "records", "is only for agents (a connector has no workflows to read or write them)");
     }
     if (manifest.kind === "agent" && manifest.effects.length) {
       return yield* invalid(file, "effects", 'is only for connectors (agents list what they call in "uses")');

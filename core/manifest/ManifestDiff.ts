@@ -2,14 +2,16 @@
  * @module
  * What an upgrade changes, compared with the version that serves today: the
  * permissions it requests, its effects' declarations, the effects it asks
- * Keel for, its isolation and npm packages. Anything that gives the plugin
- * more power than the operator granted (a new permission, a new or changed
- * effect, a new `uses`, weaker isolation, a new npm package) `escalates`: the
+ * Keel for, the record collections it reads and writes, its isolation and
+ * npm packages. Anything that gives the plugin more power than the operator
+ * granted (a new permission, a new or changed effect, a new `uses`, child
+ * workflow or record collection, weaker isolation, a new npm package)
+ * `escalates`: the
  * upgrade is installed but waits for a new grant. The same diff is shown to
  * the operator in plain words.
  */
 import { canonicalJson } from "./Manifest.ts";
-import type { EffectDecl, Manifest, Permissions } from "./Manifest.ts";
+import type { EffectDecl, Manifest, Permissions, RecordsAccess } from "./Manifest.ts";
 import type { Grant } from "./Grant.ts";
 
 /** One side of a comparison: a manifest with its resolved permission request. */
@@ -35,6 +37,8 @@ export interface ManifestDiff {
   };
   readonly uses: { readonly added: ReadonlyArray<string>; readonly removed: ReadonlyArray<string> };
   readonly npm: { readonly added: ReadonlyArray<string>; readonly removed: ReadonlyArray<string> };
+  /** Record collections it reads or writes that the serving version did not, and those it no longer does. */
+  readonly records: { readonly added: RecordsAccess; readonly removed: RecordsAccess };
   /** The new isolation when it is weaker than the old one. */
   readonly weakerIsolation?: { readonly from: string; readonly to: string };
   /** Every change in plain words, most important first. */
@@ -101,6 +105,15 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   const usesAdded = minus(to.manifest.uses, from.manifest.uses);
   const usesRemoved = minus(from.manifest.uses, to.manifest.uses);
   const childrenAdded = minus(to.manifest.children ?? [], from.manifest.children ?? []);
+  const recordsOf = (m: Manifest): RecordsAccess => m.records ?? { read: [], write: [] };
+  const recordsAdded: RecordsAccess = {
+    read: minus(recordsOf(to.manifest).read, recordsOf(from.manifest).read),
+    write: minus(recordsOf(to.manifest).write, recordsOf(from.manifest).write),
+  };
+  const recordsRemoved: RecordsAccess = {
+    read: minus(recordsOf(from.manifest).read, recordsOf(to.manifest).read),
+    write: minus(recordsOf(from.manifest).write, recordsOf(to.manifest).write),
+  };
   const npmAdded = minus(to.manifest.npm, from.manifest.npm);
   const npmRemoved = minus(from.manifest.npm, to.manifest.npm);
   const isolationOf = (side: ManifestSide) => side.isolation ?? side.manifest.isolation;
@@ -125,6 +138,8 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   }
   for (const u of usesAdded) lines.push(`asks Keel for effect ${u} (new)`);
   for (const c of childrenAdded) lines.push(`starts another agent's workflow ${c} as a child (new)`);
+  for (const c of recordsAdded.read) lines.push(`asks to read records in collection ${c} (new)`);
+  for (const c of recordsAdded.write) lines.push(`asks to write records in collection ${c} (new)`);
   for (const p of npmAdded) lines.push(`imports npm package ${p} (new)`);
   if (weakerIsolation) {
     lines.push(`runs as an in-process Worker instead of ${weakerIsolation.from} (weaker isolation)`);
@@ -133,6 +148,8 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   for (const o of overridesRemoved) lines.push(`no longer asks for "${o}"`);
   for (const name of effectsRemoved) lines.push(`drops effect ${name}`);
   for (const u of usesRemoved) lines.push(`no longer asks Keel for effect ${u}`);
+  for (const c of recordsRemoved.read) lines.push(`no longer reads records in collection ${c}`);
+  for (const c of recordsRemoved.write) lines.push(`no longer writes records in collection ${c}`);
   for (const p of npmRemoved) lines.push(`no longer imports npm package ${p}`);
   for (const name of redescribed) lines.push(`describes effect ${name} differently`);
   const oldFlows = new Map(from.manifest.workflows.map((w) => [w.name, w]));
@@ -150,7 +167,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
   const escalates = kindChanged || KEYS.some((k) => added[k].length > 0) || overridesAdded.length > 0 ||
     effectsAdded.length > 0 ||
     Object.keys(changed).length > 0 || usesAdded.length > 0 || childrenAdded.length > 0 || npmAdded.length > 0 ||
-    weakerIsolation !== undefined;
+    recordsAdded.read.length > 0 || recordsAdded.write.length > 0 || weakerIsolation !== undefined;
   return {
     escalates,
     kindChanged,
@@ -158,6 +175,7 @@ export const diffManifests = (from: ManifestSide, to: ManifestSide): ManifestDif
     effects: { added: effectsAdded, removed: effectsRemoved, changed },
     uses: { added: usesAdded, removed: usesRemoved },
     npm: { added: npmAdded, removed: npmRemoved },
+    records: { added: recordsAdded, removed: recordsRemoved },
     ...(weakerIsolation ? { weakerIsolation } : {}),
     lines,
   };

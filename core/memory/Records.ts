@@ -7,12 +7,20 @@
  * place: `records` holds the current version and `record_versions` every
  * version behind it, which is what lets `Memory.revertRun` put back the
  * version a run replaced. Collections are defined by the operator (API or
- * this service); workflows read and write records in them.
+ * this service); workflows read and write records in those their agent's
+ * manifest declares (checked by the orchestrator, `memoryCall.ts`).
  */
 import { Context, Effect, Layer } from "effect";
 import { Validator } from "@cfworker/json-schema";
 import { InvalidInputError, NotFoundError, type StoreError } from "../errors/mod.ts";
-import { canonicalJson, type JsonSchema, schemaErrors, schemaProblem, sha256Hex } from "../manifest/mod.ts";
+import {
+  canonicalJson,
+  COLLECTION_NAME,
+  type JsonSchema,
+  schemaErrors,
+  schemaProblem,
+  sha256Hex,
+} from "../manifest/mod.ts";
 import { MemoryDb } from "./MemoryDb.ts";
 import type { Provenance } from "./Memory.ts";
 import { storableProblem } from "./_text.ts";
@@ -53,7 +61,7 @@ export const MAX_RECORD_BYTES = 32 * 1024;
 /** Most records one query returns. */
 export const MAX_QUERY_LIMIT = 200;
 
-const COLLECTION = /^[a-z][a-z0-9_]{0,62}$/;
+const COLLECTION = new RegExp(COLLECTION_NAME);
 const RECORD_ID = /^[\w.@:+-]{1,200}$/;
 const RECORD_COLUMNS =
   "collection, id, data, version, content_hash, schema_hash, run_id, seq, plugin, source, created_at, updated_at";

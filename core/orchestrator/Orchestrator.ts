@@ -561,7 +561,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             case "records.put":
             case "records.get":
             case "records.query":
-              return yield* answerMemoryCall({ journal, memory, records }, run, agent, call, MAX_STEP_BYTES);
+              return yield* answerMemoryCall({ journal, memory, records, audit }, run, agent, call, MAX_STEP_BYTES);
             case "model.generate":
               return yield* answerModelCall({ journal, host, models, audit, taint }, run, agent, call);
             default:

@@ -8,14 +8,23 @@
  * only its own agent's memory scope; its run, step, plugin and workflow are
  * the provenance of everything it writes. A result too large for one journal
  * step drops items from its end and says `truncated`.
+ *
+ * Records are least privilege: an agent reads (`get`, `query`) only the
+ * collections its manifest lists in `records.read`, and writes (`put`) only
+ * those in `records.write`, compared by exact name with what the operator
+ * granted (the active version's manifest, recorded with its hash). Anything
+ * else is refused here, on the host, before the records store is asked:
+ * a `PermissionDeniedError` recorded as the step's failure (a replay answers
+ * it the same way) and audited as `records.denied`.
  */
-import { Clock, Effect, type Result } from "effect";
+import { Clock, Effect, Result } from "effect";
 import type { Context } from "effect";
 import {
   type EmbeddingError,
   InvalidInputError,
   type KeelError,
   type NotFoundError,
+  PermissionDeniedError,
   recordedError,
   type StoreError,
   toErrorBody,
@@ -24,13 +33,40 @@ import { divergence, type Journal, type RunRecord, type StepRecord } from "../jo
 import type { InstalledPlugin } from "../plugins/mod.ts";
 import { type Memory, parseRecallOptions, type Records } from "../memory/mod.ts";
 import { MEMORY_OPS, type MemoryOp } from "../sdk/mod.ts";
+import type { Audit } from "../telemetry/mod.ts";
 
 /** The services a memory call needs. */
 export interface MemoryCallServices {
   readonly journal: Context.Service.Shape<typeof Journal>;
   readonly memory: Context.Service.Shape<typeof Memory>;
   readonly records: Context.Service.Shape<typeof Records>;
+  readonly audit: Context.Service.Shape<typeof Audit>;
 }
+
+/** Which access a records operation needs. */
+const RECORDS_ACCESS: Partial<Record<MemoryOp, "read" | "write">> = {
+  "records.get": "read",
+  "records.query": "read",
+  "records.put": "write",
+};
+
+/**
+ * Whether the agent's manifest grants `access` to `collection`: an exact match of a string with a name it lists.
+ * Case, Unicode look-alikes, paths and other values never match (declared names are plain lower-case ASCII).
+ */
+export const recordsAllowed = (agent: InstalledPlugin, access: "read" | "write", collection: unknown): boolean =>
+  typeof collection === "string" && (agent.manifest.records?.[access] ?? []).includes(collection);
+
+/** A bounded, printable form of what a workflow sent as a collection name (it may be anything). */
+const shown = (value: unknown): string => {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = "(not JSON)";
+  }
+  return text.length > 120 ? `${text.slice(0, 120)}…` : text;
+};
 
 /** A memory or records call as it arrives from the workflow. */
 export interface MemoryCall {
@@ -62,7 +98,7 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   call: MemoryCall,
   maxBytes: number,
 ): Effect.fn.Return<unknown, InvalidInputError | NotFoundError | StoreError | EmbeddingError | KeelError> {
-  const { journal, memory, records } = services;
+  const { journal, memory, records, audit } = services;
   const name = MEMORY_OPS[call.op];
   if (call.name !== name) return yield* bad(`Workflow call "${call.op}" must be recorded as "${name}"`);
   const prior = yield* journal.getStep(run.id, call.seq);
@@ -78,6 +114,34 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   const scope = `agent:${agent.name}`;
   const provenance = { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` };
   const collection = a.collection as string;
+  const access = RECORDS_ACCESS[call.op];
+  if (access && !recordsAllowed(agent, access, a.collection)) {
+    const declared = agent.manifest.records?.[access] ?? [];
+    const denied = new PermissionDeniedError({
+      message: `Agent "${agent.name}" may not ${access} records in collection ${shown(a.collection)}: ${
+        agent.manifest.records === undefined
+          ? `its manifest declares no "records"`
+          : `its manifest does not list it in "records.${access}"`
+      } (declare it there and upgrade; the operator grants the new version)`,
+      details: { plugin: agent.name, op: call.op, access, collection: shown(a.collection), declared },
+    });
+    yield* audit.append({
+      type: "records.denied",
+      actor: `plugin:${agent.name}`,
+      runId: run.id,
+      data: {
+        plugin: agent.name,
+        version: agent.version,
+        workflow: run.workflow,
+        seq: call.seq,
+        op: call.op,
+        access,
+        collection: shown(a.collection),
+        declared,
+      },
+    });
+    return yield* recordOutcome(journal, run.id, call.seq, name, Result.fail(denied));
+  }
   const perform = Effect.gen(function* () {
     let value: unknown;
     switch (call.op) {

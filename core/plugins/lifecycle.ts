@@ -13,11 +13,12 @@
  *   is refused.
  * - **Upgrade** (a new version of an installed name): compared with the
  *   serving version (`diffManifests`). If it asks for nothing more (same or
- *   fewer permissions, identical effect declarations, no new `uses`, npm
- *   packages or weaker isolation) it starts with the old grant narrowed to
- *   what it still requests, and becomes active. Otherwise it is stored as
- *   `needs_grant` and never runs until granted, while the old version keeps
- *   serving. Both outcomes are audited.
+ *   fewer permissions, identical effect declarations, no new `uses`, child
+ *   workflows, record collections, npm packages or weaker isolation) it
+ *   starts with the old grant narrowed to what it still requests, and
+ *   becomes active. Otherwise it is stored as `needs_grant` and never runs
+ *   until granted, while the old version keeps serving. Both outcomes are
+ *   audited.
  * - **Grant** a version: the grant is checked against that version's request
  *   and recorded with its manifest hash, the version is started with it and
  *   becomes active; the one it replaces stays installed as `inactive` (runs
@@ -527,6 +528,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
           effectsAdded: diff.effects.added,
           effectsChanged: diff.effects.changed,
           usesAdded: diff.uses.added,
+          recordsAdded: diff.records.added,
           npmAdded: diff.npm.added,
           ...(diff.weakerIsolation ? { weakerIsolation: diff.weakerIsolation } : {}),
         });

@@ -128,7 +128,10 @@ export interface WorkflowMemory {
   ): Promise<ContextEntry[]>;
 }
 
-/** `ctx.records`: collections the operator defined, validated against their schema on write. */
+/**
+ * `ctx.records`: collections the operator defined, validated against their schema on write. Only those the manifest
+ * lists in `records` (`get`/`query` need `read`, `put` needs `write`): Keel refuses others with `PermissionDeniedError`.
+ */
 export interface WorkflowRecords {
   put<T = unknown>(
     collection: string,

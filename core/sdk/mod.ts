@@ -107,7 +107,7 @@ export interface WorkflowContext<Uses = AnyEffects> {
   readonly effect: EffectCaller<Uses>;
   /** Long-term memory: remember, recall (logged), summarize; written by the host with this run as provenance. */
   readonly memory: WorkflowMemory;
-  /** Structured records in collections the operator defined, validated on write, with this run as provenance. */
+  /** Records in collections the operator defined and the manifest's `records` lists, validated on write. */
   readonly records: WorkflowRecords;
   /** Language models through Keel's router: routed, budgeted, cached, journaled (a replay gets the recorded answer). */
   readonly model: {

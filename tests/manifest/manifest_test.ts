@@ -121,6 +121,22 @@ Deno.test("validateManifest refuses unknown top-level keys, bad names and bad ef
   await refuses({ ...onboardingJson(), uses: ["email"] }, "uses.0");
 });
 
+Deno.test("validateManifest takes an agent's records by exact collection name, refuses wildcards, other spellings and connectors, and keeps an old manifest's hash", async () => {
+  const m = await Effect.runPromise(
+    validateManifest({ ...onboardingJson(), records: { read: ["contacts", "leads"] } }, "x/plugin.json"),
+  );
+  assert.deepEqual(m.records, { read: ["contacts", "leads"], write: [] });
+  for (const name of ["*", "Contacts", "contacts/..", "../invoices", "le\u0430ds", "contacts ", "", "a".repeat(64)]) {
+    await refuses({ ...onboardingJson(), records: { write: [name] } }, "records.write.0");
+  }
+  await refuses({ ...onboardingJson(), records: { read: ["a", "a"] } }, "records.read");
+  await refuses({ ...onboardingJson(), records: { delete: ["a"] } }, "records.delete");
+  await refuses({ ...smtpJson(), records: { read: ["contacts"] } }, "records", ["only for agents"]);
+  // A manifest written before the field parses without it, so its hash (recorded with its grant) is unchanged.
+  const old = await Effect.runPromise(validateManifest(onboardingJson(), "x/plugin.json"));
+  assert.equal("records" in old, false);
+});
+
 Deno.test("validateManifest refuses unusable workflow input and config schemas", async () => {
   const agent = onboardingJson();
   agent.workflows[0].input = { type: "object", properties: { name: { type: "text" } } };
