@@ -33,6 +33,7 @@ import type { Memory, Records } from "../memory/mod.ts";
 import {
   collectionsRoute,
   defineCollectionRoute,
+  deleteRecordRoute,
   memorySearchRoute,
   putRecordRoute,
   recordRoute,
@@ -398,6 +399,10 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
   app.put(
     "/api/collections/:name/records/:id",
     (c) => respond(c, Effect.flatMap(body(c), (b) => putRecordRoute(c.req.param("name"), c.req.param("id"), b))),
+  );
+  app.delete(
+    "/api/collections/:name/records/:id",
+    (c) => respond(c, deleteRecordRoute(c.req.param("name"), c.req.param("id"))),
   );
 
   return app;

@@ -2,7 +2,7 @@
  * @module
  * The memory and records routes: `GET /api/memory?q=` (the operator's
  * recall, logged like any other) and `/api/collections/…` (define a
- * collection's schema, list, read and write records). `app.ts` routes to
+ * collection's schema, list, read, write and delete records). `app.ts` routes to
  * these; they check their query strings and bodies here.
  */
 import { Effect } from "effect";
@@ -106,4 +106,11 @@ export const putRecordRoute = Effect.fn("Http.putRecord")(function* (
 ) {
   if (body.data === undefined) return yield* new InvalidInputError({ message: 'Field "data" is required' });
   return yield* Records.use((r) => r.put(name, id, body.data, { source: "operator" }));
+});
+
+/** `DELETE /api/collections/{name}/records/{id}`: the operator deletes a record (a tombstone version, source `operator`). */
+export const deleteRecordRoute = Effect.fn("Http.deleteRecord")(function* (name: string, id: string) {
+  const result = yield* Records.use((r) => r.delete(name, id, { source: "operator" }));
+  if (!result.deleted) return yield* new NotFoundError({ message: `No record "${id}" in collection "${name}"` });
+  return result;
 });

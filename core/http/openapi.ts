@@ -1157,6 +1157,24 @@ export const openApiDocument = withBodyLimits(
             ...errors(400, 401, 404),
           },
         },
+        delete: {
+          summary:
+            "Delete a record as the operator: its current version goes and a tombstone version (source operator) stays in its history",
+          parameters: [collectionParam, recordIdParam],
+          responses: {
+            "200": {
+              description: "Deleted",
+              ...json({
+                type: "object",
+                properties: {
+                  deleted: { const: true },
+                  version: { type: "integer", description: "The deletion's own version" },
+                },
+              }),
+            },
+            ...errors(400, 401, 404),
+          },
+        },
       },
       "/api/runs/{id}/replay": {
         post: {

@@ -563,19 +563,26 @@ const makeMemory = Effect.gen(function* () {
         const records: RevertReport["records"] = { removed: [], restored: [] };
         for (const { collection, id } of keys) {
           const latest = (await tx.query<Record<string, unknown>>(
-            `select version, data, content_hash, schema_hash, run_id, seq, plugin, source, at from record_versions
-             where collection = $1 and id = $2 order by version desc limit 1`,
+            `select version, data, content_hash, schema_hash, run_id, seq, plugin, source, at, deleted
+             from record_versions where collection = $1 and id = $2 order by version desc limit 1`,
             [collection, id],
           )).rows[0];
-          if (!latest) {
+          // Nothing left, or deleted before this run wrote it: no current version.
+          if (!latest || latest.deleted === true) {
             await tx.query("delete from records where collection = $1 and id = $2", [collection, id]);
             records.removed.push({ collection, id });
             continue;
           }
+          // An upsert: a record this run deleted has no current row to update.
           await tx.query(
-            `update records set data = $3::jsonb, version = $4, content_hash = $5, schema_hash = $6,
-               run_id = $7, seq = $8, plugin = $9, source = $10, updated_at = $11
-             where collection = $1 and id = $2`,
+            `insert into records
+               (collection, id, data, version, content_hash, schema_hash, run_id, seq, plugin, source, updated_at,
+                created_at)
+             values ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11,
+               (select min(at) from record_versions where collection = $1 and id = $2))
+             on conflict (collection, id) do update set data = excluded.data, version = excluded.version,
+               content_hash = excluded.content_hash, schema_hash = excluded.schema_hash, run_id = excluded.run_id,
+               seq = excluded.seq, plugin = excluded.plugin, source = excluded.source, updated_at = excluded.updated_at`,
             [
               collection,
               id,

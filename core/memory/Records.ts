@@ -6,7 +6,8 @@
  * authoritative store for money and clients, so nothing is overwritten in
  * place: `records` holds the current version and `record_versions` every
  * version behind it, which is what lets `Memory.revertRun` put back the
- * version a run replaced. Collections are defined by the operator (API or
+ * version a run replaced. A delete removes the current version and leaves a
+ * tombstone version (`deleted`), so undoing it puts the record back. Collections are defined by the operator (API or
  * this service); workflows read and write records in those their agent's
  * manifest declares (checked by the orchestrator, `memoryCall.ts`).
  */
@@ -121,6 +122,16 @@ export class Records extends Context.Service<Records, {
     { record: RecordItem; created: boolean; changed: boolean },
     StoreError | InvalidInputError | NotFoundError
   >;
+  /**
+   * Delete a record: its current version goes, and a tombstone version records who deleted it. A record that is not
+   * there is `deleted: false`, unless this very call (run and step) deleted it already and is made again after a
+   * crash: the same answer then.
+   */
+  delete(
+    collection: string,
+    id: string,
+    provenance: Provenance,
+  ): Effect.Effect<{ deleted: boolean; version?: number }, StoreError | InvalidInputError | NotFoundError>;
   /** A record's current version, or undefined. */
   get(
     collection: string,
@@ -274,6 +285,53 @@ export class Records extends Context.Service<Records, {
           }));
       });
 
+      const remove = Effect.fn("Records.delete")(function* (collection: string, id: string, provenance: Provenance) {
+        yield* known(collection);
+        if (typeof id !== "string" || !RECORD_ID.test(id)) {
+          return yield* invalid(
+            `A record id is 1 to 200 letters, digits or _.@:+-: got ${JSON.stringify(id)?.slice(0, 80)}`,
+          );
+        }
+        return yield* db.run(
+          "Cannot delete the record",
+          (pg) =>
+            pg.transaction(async (tx): Promise<{ deleted: boolean; version?: number }> => {
+              const current = (await tx.query<Record<string, unknown>>(
+                "select version, schema_hash from records where collection = $1 and id = $2 for update",
+                [collection, id],
+              )).rows[0];
+              const last = (await tx.query<Record<string, unknown>>(
+                `select version, deleted, run_id, seq from record_versions where collection = $1 and id = $2
+               order by version desc limit 1`,
+                [collection, id],
+              )).rows[0];
+              if (!current) {
+                const again = last?.deleted === true && provenance.runId !== undefined &&
+                  last.run_id === provenance.runId && (last.seq ?? undefined) === provenance.seq;
+                return again ? { deleted: true, version: last.version as number } : { deleted: false };
+              }
+              const version = Math.max(Number(last?.version ?? 0), Number(current.version)) + 1;
+              await tx.query(
+                `insert into record_versions
+                 (collection, id, data, version, content_hash, schema_hash, run_id, seq, plugin, source, deleted)
+               values ($1, $2, 'null'::jsonb, $3, 'deleted', $4, $5, $6, $7, $8, true)`,
+                [
+                  collection,
+                  id,
+                  version,
+                  current.schema_hash,
+                  provenance.runId ?? null,
+                  provenance.seq ?? null,
+                  provenance.plugin ?? null,
+                  provenance.source,
+                ],
+              );
+              await tx.query("delete from records where collection = $1 and id = $2", [collection, id]);
+              return { deleted: true, version };
+            }),
+        );
+      });
+
       const get = Effect.fn("Records.get")(function* (collection: string, id: string) {
         yield* known(collection);
         if (typeof id !== "string" || !RECORD_ID.test(id)) {
@@ -312,7 +370,7 @@ export class Records extends Context.Service<Records, {
         return rows.map(toRecord);
       });
 
-      return Records.of({ define, collections, put, get, query });
+      return Records.of({ define, collections, put, delete: remove, get, query });
     }),
   );
 }

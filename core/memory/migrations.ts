@@ -123,6 +123,11 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; sql: string }> = [
       update memory_writes w set tags = m.tags from memory_items m where m.id = w.item_id;
     `,
   },
+  {
+    // Record delete: a deleted record leaves a tombstone version, so undoing the run that deleted it puts it back.
+    version: 6,
+    sql: `alter table record_versions add column deleted boolean not null default false;`,
+  },
 ];
 
 /** Run pending migrations on a PGlite database; returns how many ran. */

@@ -559,6 +559,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
             case "memory.recall":
             case "memory.summarize":
             case "records.put":
+            case "records.delete":
             case "records.get":
             case "records.query":
               return yield* answerMemoryCall({ journal, memory, records, audit }, run, agent, call, MAX_STEP_BYTES);

@@ -10,8 +10,8 @@
  * step drops items from its end and says `truncated`.
  *
  * Records are least privilege: an agent reads (`get`, `query`) only the
- * collections its manifest lists in `records.read`, and writes (`put`) only
- * those in `records.write`, compared by exact name with what the operator
+ * collections its manifest lists in `records.read`, and writes (`put`,
+ * `delete`) only those in `records.write`, compared by exact name with what the operator
  * granted (the active version's manifest, recorded with its hash). Anything
  * else is refused here, on the host, before the records store is asked:
  * a `PermissionDeniedError` recorded as the step's failure (a replay answers
@@ -43,11 +43,14 @@ export interface MemoryCallServices {
   readonly audit: Context.Service.Shape<typeof Audit>;
 }
 
-/** Which access a records operation needs. */
-const RECORDS_ACCESS: Partial<Record<MemoryOp, "read" | "write">> = {
+/** A records operation. */
+type RecordsOp = Extract<MemoryOp, `records.${string}`>;
+/** Which access each records operation needs: every one is listed (the type says so), so none goes unchecked. */
+const RECORDS_ACCESS: Record<RecordsOp, "read" | "write"> = {
   "records.get": "read",
   "records.query": "read",
   "records.put": "write",
+  "records.delete": "write",
 };
 
 /**
@@ -114,7 +117,7 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
   const scope = `agent:${agent.name}`;
   const provenance = { runId: run.id, seq: call.seq, plugin: agent.name, source: `workflow:${run.workflow}` };
   const collection = a.collection as string;
-  const access = RECORDS_ACCESS[call.op];
+  const access = call.op.startsWith("records.") ? RECORDS_ACCESS[call.op as RecordsOp] ?? "write" : undefined;
   if (access && !recordsAllowed(agent, access, a.collection)) {
     const declared = agent.manifest.records?.[access] ?? [];
     const denied = new PermissionDeniedError({
@@ -175,6 +178,9 @@ export const answerMemoryCall = Effect.fn("Orchestrator.memoryCall")(function* (
       }
       case "records.put":
         value = yield* records.put(collection, a.id as string, a.data, provenance);
+        break;
+      case "records.delete":
+        value = yield* records.delete(collection, a.id as string, provenance);
         break;
       case "records.get":
         value = (yield* records.get(collection, a.id as string)) ?? null;

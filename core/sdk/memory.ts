@@ -15,6 +15,7 @@ export const MEMORY_OPS = {
   "memory.recall": "recall",
   "memory.summarize": "summarize",
   "records.put": "records.put",
+  "records.delete": "records.delete",
   "records.get": "records.get",
   "records.query": "records.query",
 } as const;
@@ -130,7 +131,8 @@ export interface WorkflowMemory {
 
 /**
  * `ctx.records`: collections the operator defined, validated against their schema on write. Only those the manifest
- * lists in `records` (`get`/`query` need `read`, `put` needs `write`): Keel refuses others with `PermissionDeniedError`.
+ * lists in `records` (`get`/`query` need `read`, `put`/`delete` need `write`): Keel refuses others with
+ * `PermissionDeniedError`.
  */
 export interface WorkflowRecords {
   put<T = unknown>(
@@ -138,6 +140,11 @@ export interface WorkflowRecords {
     id: string,
     data: T,
   ): Promise<{ record: RecordView<T>; created: boolean; changed: boolean }>;
+  /**
+   * Delete a record (needs `write`). `deleted` is false when there was none; `version` is the deletion's own
+   * version: undoing the run puts the record back.
+   */
+  delete(collection: string, id: string): Promise<{ deleted: boolean; version?: number }>;
   get<T = unknown>(collection: string, id: string): Promise<RecordView<T> | null>;
   query<T = unknown>(
     collection: string,
@@ -172,6 +179,7 @@ export const workflowMemory = (
   };
   const records: WorkflowRecords = {
     put: (collection, id, data) => call("records.put", { collection, id, data }) as never,
+    delete: (collection, id) => call("records.delete", { collection, id }) as never,
     get: (collection, id) => call("records.get", { collection, id }) as never,
     query: (collection, query) => call("records.query", { collection, ...query }) as never,
   };

@@ -532,7 +532,7 @@ Deno.test("records are validated against their collection's schema on every writ
   });
 });
 
-Deno.test("a memory database made before migrations 2–5 is upgraded in place, and one from a newer Keel is refused", async () => {
+Deno.test("a memory database made before migrations 2–6 is upgraded in place, and one from a newer Keel is refused", async () => {
   await withDir(async (open, dir) => {
     const old = await PGlite.create(`${dir}/pg`, { extensions: { vector } });
     await old.exec(
@@ -573,7 +573,7 @@ Deno.test("a memory database made before migrations 2–5 is upgraded in place, 
     assert.equal(exit._tag, "Failure");
     assert.match(
       String(exit._tag === "Failure" && exit.cause),
-      /schema version 99; this Keel understands up to 5: upgrade Keel/,
+      /schema version 99; this Keel understands up to 6: upgrade Keel/,
     );
   }, { empty: true });
 });

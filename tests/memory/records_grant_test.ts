@@ -12,8 +12,11 @@
  * written. A manifest written before `records` existed gets no records
  * access, and an upgrade that adds a collection (or write to a collection it
  * only read) waits for the operator's grant while the old version serves.
+ * `ctx.records.delete` needs `write`, is journaled (a replay is exact) and
+ * leaves a tombstone version that undoing the run takes back.
  */
 import assert from "node:assert/strict";
+import { Records } from "../../core/memory/mod.ts";
 import { ROOT, startTestKeel, type TestKeel } from "../_support/keel.ts";
 import { runCli } from "../_support/process.ts";
 import { relativePath } from "../fixtures/lifecycle/variant.ts";
@@ -21,7 +24,7 @@ import { freshDataDir } from "./_pg_template.ts";
 
 const PROBE = `${ROOT}/tests/memory/fixtures/records_probe`;
 
-type Call = { op: "put" | "get" | "query"; collection: unknown; id?: string; data?: unknown };
+type Call = { op: "put" | "delete" | "get" | "query"; collection: unknown; id?: string; data?: unknown };
 type Answer = { ok?: any; error?: { tag: string; message: string } };
 
 /** A Keel over a fresh data dir with collections contacts, leads and invoices defined and two records in them. */
@@ -123,6 +126,9 @@ Deno.test("ctx.records refuses, on the host, any collection or access the agent'
       { op: "get", collection: "invoices", id: "inv1" }, // never declared
       { op: "query", collection: "invoices" },
       { op: "put", collection: "invoices", id: "inv2", data: { amount: 1 } },
+      { op: "delete", collection: "contacts", id: "ada" }, // a delete is a write
+      { op: "delete", collection: "invoices", id: "inv1" },
+      { op: "delete", collection: "Leads", id: "l1" },
       ...FORGED_WRITES.map((collection): Call => ({ op: "put", collection, id: "forged", data: { x: 1 } })),
       ...FORGED_READS.map((collection): Call => ({ op: "get", collection, id: "ada" })),
     ];
@@ -244,5 +250,84 @@ Deno.test("a manifest without records gets no records access; an upgrade adding 
     const ada = await k.api("GET", "/api/collections/contacts/records/ada");
     assert.deepEqual(ada.body.record.data, { name: "Ada" });
     for (const dir of [legacy, reads, writes, none]) await Deno.remove(dir, { recursive: true });
+  });
+});
+
+Deno.test("ctx.records.delete removes a record it may write: journaled, replayed exactly, a tombstone in its history, and undoing the run puts it back", async () => {
+  await withKeel(async (k) => {
+    const installed = await k.api("POST", "/api/plugins", { path: PROBE, grant: {} });
+    assert.equal(installed.status, 201, JSON.stringify(installed.body));
+    const put = await k.api("PUT", "/api/collections/leads/records/l1", { data: { name: "Lead" } });
+    assert.equal(put.status, 200, JSON.stringify(put.body));
+
+    const view = await probe(k, [
+      { op: "delete", collection: "leads", id: "l1" },
+      { op: "delete", collection: "leads", id: "l1" },
+      { op: "delete", collection: "leads", id: "nobody" },
+      { op: "put", collection: "leads", id: "l1", data: { name: "Lead again" } },
+      { op: "delete", collection: "leads", id: "l1" },
+    ]);
+    assert.deepEqual(view.output.map((a) => a.ok ?? a.error), [
+      { deleted: true, version: 2 },
+      { deleted: false },
+      { deleted: false },
+      view.output[3].ok,
+      { deleted: true, version: 4 },
+    ]);
+    assert.deepEqual([view.output[3].ok.created, view.output[3].ok.record.version], [true, 3]);
+    assert.deepEqual(
+      view.steps.map((s) => `${s.kind} ${s.name} ${s.status}`),
+      [
+        "memory records.delete done",
+        "memory records.delete done",
+        "memory records.delete done",
+        "memory records.put done",
+        "memory records.delete done",
+      ],
+    );
+    assert.equal((await k.api("GET", "/api/collections/leads/records/l1")).status, 404);
+    assert.deepEqual(await counts(k), { contacts: 1, invoices: 1, leads: 0 });
+    const replay = await k.api("POST", `/api/runs/${view.runId}/replay`, {});
+    assert.deepEqual([replay.body.divergences, replay.body.output.equal], [[], true]);
+
+    // The same call (run and step) made again after a crash gets the same answer; another run or step does not.
+    const again = await k.keel.runtime.runPromise(
+      Records.use((r) =>
+        r.delete("leads", "l1", {
+          runId: view.runId,
+          seq: 5,
+          plugin: "records_probe",
+          source: "workflow:records_probe",
+        })
+      ),
+    );
+    assert.deepEqual(again, { deleted: true, version: 4 });
+    for (const provenance of [{ runId: "run_other", seq: 5 }, { runId: view.runId, seq: 6 }]) {
+      const other = await k.keel.runtime.runPromise(
+        Records.use((r) => r.delete("leads", "l1", { ...provenance, source: "workflow:records_probe" })),
+      );
+      assert.deepEqual(other, { deleted: false }, JSON.stringify(provenance));
+    }
+
+    // Undo takes back every version the run wrote, its deletes too: the operator's record is back as it was.
+    const undone = await k.api("POST", `/api/runs/${view.runId}/undo`, {});
+    assert.equal(undone.status, 200, JSON.stringify(undone.body));
+    assert.deepEqual(undone.body.memory.records.restored, [{ collection: "leads", id: "l1", version: 1 }]);
+    const back = await k.api("GET", "/api/collections/leads/records/l1");
+    assert.equal(back.status, 200, JSON.stringify(back.body));
+    assert.deepEqual([back.body.record.data, back.body.record.version, back.body.record.provenance.source], [
+      { name: "Lead" },
+      1,
+      "operator",
+    ]);
+
+    // The operator deletes over HTTP; a second delete is a 404.
+    const del = await k.api("DELETE", "/api/collections/leads/records/l1");
+    assert.equal(del.status, 200, JSON.stringify(del.body));
+    assert.deepEqual(del.body, { deleted: true, version: 2 });
+    const gone = await k.api("DELETE", "/api/collections/leads/records/l1");
+    assert.equal(gone.status, 404);
+    assert.match(gone.body.error.message, /No record "l1" in collection "leads"/);
+    assert.equal((await k.api("DELETE", "/api/collections/nope/records/l1")).status, 404);
   });
 });
