@@ -12,7 +12,10 @@
  *   `context` for `when` conditions), and the call's worst case (estimated
  *   input plus `maxTokens` of output, at the model's price) is counted
  *   against the rule's budgets before the call, atomically, so concurrent
- *   calls never spend past a budget; a model with no known price is refused;
+ *   calls never spend past a budget, and settled to the reported usage
+ *   after it (`Limits.settle`: the unused part is given back once; a call
+ *   the provider refused gives back its budgets, one that may have been
+ *   billed stays counted); a model with no known price is refused;
  * - 429 and 5xx are retried with backoff, honouring `retry-after`, a bounded
  *   number of times; then, like a refused connection or a timeout, the
  *   router falls back to the next target.
@@ -37,7 +40,7 @@ import {
 import { KeelConfig } from "../config/mod.ts";
 import { Kv } from "../store/mod.ts";
 import { schemaErrors } from "../manifest/mod.ts";
-import { Limits, Policy, policyContext, type PolicyDecision } from "../policy/mod.ts";
+import { Limits, Policy, policyContext, type PolicyDecision, type Reservation } from "../policy/mod.ts";
 import type { ModelAttempt, ModelRequest, ModelResult } from "../sdk/mod.ts";
 import { anthropicProvider } from "./AnthropicProvider.ts";
 import { ollamaProvider } from "./OllamaProvider.ts";
@@ -197,10 +200,12 @@ const makeRouter = (
     const worstTokens = inputTokens + call.maxTokens;
     const worstUsd = toUsd(costMicroUsd(price, { inputTokens, outputTokens: call.maxTokens }));
     // The worst case is counted before the call, atomically with every other caller, so concurrent
-    // calls never spend past a budget; counters only grow, so the unused part is not given back.
-    const taken = yield* limits.consume(decision, { calls: 1, usd: worstUsd, tokens: worstTokens });
+    // calls never spend past a budget. The hold lets `settle` move it to the real usage once, after the answer.
+    const taken = yield* limits.consume(decision, { calls: 1, usd: worstUsd, tokens: worstTokens }, {
+      hold: `${ctx.runId}:${ctx.seq}`,
+    });
     if (!taken.ok) return yield* deny(taken.reason, { limit: taken.name, used: taken.used, worstCaseUsd: worstUsd });
-    return { decision, worstUsd, worstTokens };
+    return { reservation: taken.reservation! };
   });
 
   /** Try one target: cache, then policy and budget, then the provider with retries. */
@@ -229,7 +234,7 @@ const makeRouter = (
         return { answer: hit, cached: true, costMicro: 0 } satisfies Answered;
       }
     }
-    let charged: { decision: PolicyDecision; worstUsd: number; worstTokens: number } | undefined;
+    let charged: { reservation: Reservation } | undefined;
     let price: Price | undefined;
     if (provider.paid) {
       price = priceOf(config.pricing, call.model);
@@ -250,6 +255,8 @@ const makeRouter = (
       charged = auth;
     }
     const { maxAttempts, baseDelayMs, maxDelayMs } = config.retry;
+    /** Whether a failed attempt may have cost money (a timeout, a connection lost mid-answer). */
+    let billable = false;
     for (let n = 1; n <= maxAttempts; n++) {
       const outcome = yield* Effect.result(callOnce(provider, call));
       if (outcome._tag === "Success") {
@@ -258,18 +265,19 @@ const makeRouter = (
         let costMicro = 0;
         if (charged && price) {
           costMicro = costMicroUsd(price, answer.usage);
-          const tokens = answer.usage.inputTokens + answer.usage.outputTokens;
-          // Count what the estimate before the call did not cover (never a refund: counters only grow).
-          yield* limits.record(charged.decision, {
-            calls: 0,
-            usd: Math.max(0, toUsd(costMicro) - charged.worstUsd),
-            tokens: Math.max(0, tokens - charged.worstTokens),
+          // The worst case becomes the real cost: the unused part is given back, a part the estimate missed added.
+          yield* limits.settle(charged.reservation, {
+            calls: 1,
+            usd: toUsd(costMicro),
+            tokens: answer.usage.inputTokens + answer.usage.outputTokens,
           });
         }
         if (key) yield* cache.put(key, answer, config.cache.ttlHours * 3600_000);
         return { answer, cached: false, costMicro } satisfies Answered;
       }
       const f = outcome.failure;
+      // Only an error status before any answer says the provider produced (and billed) nothing for this attempt.
+      if (f.status === undefined || f.kind === "timeout") billable = true;
       const retriable = f.kind === "rate_limited" || f.kind === "server";
       if (!retriable || n === maxAttempts) {
         note({ outcome: f.kind, status: f.status, message: f.message });
@@ -287,6 +295,9 @@ const makeRouter = (
       note({ outcome: f.kind, status: f.status, waitMs, message: f.message });
       yield* Effect.sleep(waitMs);
     }
+    // The provider refused every attempt: the budgets get the worst case back, the rate keeps the call. One that
+    // may have been billed stays counted at its worst case (settled as it is, so its hold goes).
+    if (charged) yield* limits.settle(charged.reservation, billable ? charged.reservation.usage : { calls: 1 });
     return undefined;
   });
 

@@ -10,8 +10,17 @@
  * Windows are fixed: a rate of `10 per 1h` counts calls in each clock hour
  * since the epoch; budgets count per calendar day or month in the budget's
  * time zone. Money is counted in micro-dollars, so sums are exact.
+ *
+ * A call whose usage is known only afterwards (a model call) is counted at
+ * its worst case with a hold: a record of what was counted, where and when,
+ * written in the same commit as the counters. `settle` then moves each
+ * counter to the real usage (giving back the unused part, or adding what the
+ * worst case missed) in the window it was counted in, and deletes the hold in
+ * that same commit: a hold is settled at most once, whoever retries. A hold
+ * that is never settled (Keel stopped while the call was out) leaves the
+ * worst case counted, and expires with its counters.
  */
-import { Clock, Context, Effect, Layer } from "effect";
+import { Clock, Context, Effect, Layer, Random } from "effect";
 import type { StoreError } from "../errors/mod.ts";
 import type { EffectDecl } from "../manifest/mod.ts";
 import { Kv, kvTry } from "../store/mod.ts";
@@ -26,9 +35,19 @@ export interface Usage {
   readonly tokens?: number;
 }
 
+/** What `consume` counted, so that `settle` can move it to the real usage, in the same windows. */
+export interface Reservation {
+  readonly limits: ReadonlyArray<AppliedLimit>;
+  readonly usage: Usage;
+  /** When it was counted: the windows its counters belong to. */
+  readonly at: number;
+  /** The key of its hold in Deno KV, when `consume` was asked for one. */
+  readonly hold?: Deno.KvKey;
+}
+
 /** Whether a call fits its limits; when not, the limit it would break and how much was used. */
 export type LimitVerdict =
-  | { readonly ok: true }
+  | { readonly ok: true; readonly reservation?: Reservation }
   | {
     readonly ok: false;
     readonly limit: AppliedLimit;
@@ -86,6 +105,14 @@ const counterOf = (l: AppliedLimit, usage: Usage, now: number): Counter => {
   };
 };
 
+/** The durable record of a reservation, as `settle` reads it back. */
+interface Hold {
+  readonly label: string;
+  readonly limits: ReadonlyArray<AppliedLimit>;
+  readonly usage: Usage;
+  readonly at: number;
+}
+
 const unitValue = (
   c: Counter,
   raw: number,
@@ -106,17 +133,26 @@ const refusal = (c: Counter, used: number): LimitVerdict => {
 /** The rate and budget counters. */
 export class Limits extends Context.Service<Limits, {
   /**
-   * Count one call against every limit of `decision` (all or nothing). With
-   * `dryRun`, only say whether it would fit. A contended or failing store is a
-   * `StoreError`, which callers treat as a deny.
+   * Count one call against every limit of `decision` (all or nothing); the
+   * verdict carries what was counted. With `dryRun`, only say whether it
+   * would fit. With `hold` (a label: the run and step), a durable record of
+   * the reservation commits with the counters, for `settle`. A contended or
+   * failing store is a `StoreError`, which callers treat as a deny.
    */
   consume(
     decision: PolicyDecision | ReadonlyArray<AppliedLimit>,
     usage?: Usage,
-    options?: { readonly dryRun?: boolean },
+    options?: { readonly dryRun?: boolean; readonly hold?: string },
   ): Effect.Effect<LimitVerdict, StoreError>;
-  /** Charge usage known only afterwards (a model call's tokens): never refuses, may go past a cap. */
-  record(decision: PolicyDecision | ReadonlyArray<AppliedLimit>, usage: Usage): Effect.Effect<void, StoreError>;
+  /**
+   * Move a reservation's counters, in the windows it was counted in, to what
+   * the call really used: the unused part is given back (never below zero),
+   * a part the reservation missed is added (never refused, so it may go past
+   * a cap). `{}` gives back everything but the call itself (budgets to zero);
+   * `{ calls: 0 }` gives back the call too (it never ran). A reservation with
+   * a hold is settled at most once: its hold goes in the same commit.
+   */
+  settle(reservation: Reservation, actual: Usage): Effect.Effect<void, StoreError>;
   /** How much of a limit the current window has used, in its unit (calls, USD or tokens). */
   used(limit: AppliedLimit): Effect.Effect<number, StoreError>;
 }>()("keel/policy/Limits") {
@@ -134,54 +170,93 @@ export class Limits extends Context.Service<Limits, {
         return out;
       };
 
+      /** Commit `op`; false on a conflict or a write lock held by another handle (read again and retry). */
+      const commit = (op: Deno.AtomicOperation) =>
+        op.commit().then((c) => c.ok, (error) => {
+          // Another handle on the same file holds SQLite's write lock: back off and read again.
+          if (String(error).includes("database is locked")) return false;
+          throw error;
+        });
+      const backOff = (attempt: number) =>
+        attempt > 8 ? new Promise((r) => setTimeout(r, Math.min(attempt, 20))) : Promise.resolve();
+      const contended = () => new Error(`limit counters stayed contended for ${MAX_ATTEMPTS} attempts`);
+
       const apply = (
         decision: PolicyDecision | ReadonlyArray<AppliedLimit>,
         usage: Usage,
-        mode: "consume" | "dryRun" | "record",
+        mode: "consume" | "dryRun",
+        label?: string,
       ) =>
-        Effect.flatMap(Clock.currentTimeMillis, (now) => {
-          const counters = limitsOf(decision).map((l) => counterOf(l, usage, now)).filter((c) => c.amount > 0);
-          if (!counters.length) return Effect.succeed<LimitVerdict>({ ok: true });
-          return kvTry("Cannot count against policy limits", async (): Promise<LimitVerdict> => {
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis;
+          const all = limitsOf(decision);
+          const counters = all.map((l) => counterOf(l, usage, now)).filter((c) => c.amount > 0);
+          if (!counters.length) return { ok: true, reservation: { limits: all, usage, at: now } } as LimitVerdict;
+          const hold: Deno.KvKey | undefined = label === undefined || mode === "dryRun"
+            ? undefined
+            : ["limit_hold", label, now, Math.floor((yield* Random.next) * 2 ** 48)];
+          const reservation: Reservation = { limits: all, usage, at: now, ...(hold ? { hold } : {}) };
+          return yield* kvTry("Cannot count against policy limits", async (): Promise<LimitVerdict> => {
             for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
               const entries = await read(counters);
-              if (mode !== "record") {
-                for (let i = 0; i < counters.length; i++) {
-                  const used = entries[i].value ?? 0;
-                  if (used + counters[i].amount > counters[i].max) return refusal(counters[i], used);
-                }
-                if (mode === "dryRun") return { ok: true };
+              for (let i = 0; i < counters.length; i++) {
+                const used = entries[i].value ?? 0;
+                if (used + counters[i].amount > counters[i].max) return refusal(counters[i], used);
               }
+              if (mode === "dryRun") return { ok: true };
               // Every counter is checked at the version just read: a concurrent writer makes this commit fail.
               const op = kv.atomic();
               counters.forEach((c, i) => {
                 op.check(entries[i]).set(c.key, (entries[i].value ?? 0) + c.amount, { expireIn: c.expireIn });
               });
-              const committed = await op.commit().catch((error) => {
-                // Another handle on the same file holds SQLite's write lock: back off and read again.
-                if (String(error).includes("database is locked")) return { ok: false } as const;
-                throw error;
-              });
-              if (committed.ok) return { ok: true };
-              if (attempt > 8) await new Promise((r) => setTimeout(r, Math.min(attempt, 20)));
+              if (hold) {
+                const value: Hold = { label: label!, limits: all, usage, at: now };
+                op.set(hold, value, { expireIn: Math.max(...counters.map((c) => c.expireIn)) });
+              }
+              if (await commit(op)) return { ok: true, reservation };
+              await backOff(attempt);
             }
-            throw new Error(`limit counters stayed contended for ${MAX_ATTEMPTS} attempts`);
+            throw contended();
           });
+        });
+
+      const settle = (reservation: Reservation, actual: Usage) =>
+        kvTry("Cannot settle policy limits", async () => {
+          const { limits: all, usage, at } = reservation;
+          const moves = all.map((l) => {
+            const reserved = counterOf(l, usage, at);
+            return { counter: reserved, delta: counterOf(l, actual, at).amount - reserved.amount };
+          }).filter((m) => m.delta !== 0);
+          if (!moves.length && !reservation.hold) return;
+          for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+            const held = reservation.hold ? await kv.get<Hold>(reservation.hold) : undefined;
+            // Settled already (or expired with its counters): nothing is moved twice.
+            if (held && held.value === null) return;
+            const entries = await read(moves.map((m) => m.counter));
+            const op = kv.atomic();
+            if (held) op.check(held).delete(held.key);
+            moves.forEach(({ counter, delta }, i) => {
+              const before = entries[i].value;
+              // A counter gone with its window has nothing left to give back.
+              if (before === null && delta < 0) return;
+              op.check(entries[i]).set(counter.key, Math.max(0, (before ?? 0) + delta), { expireIn: counter.expireIn });
+            });
+            if (await commit(op)) return;
+            await backOff(attempt);
+          }
+          throw contended();
         });
 
       return Limits.of({
         consume: Effect.fn("Limits.consume")(function* (
           decision: PolicyDecision | ReadonlyArray<AppliedLimit>,
           usage: Usage = {},
-          options: { readonly dryRun?: boolean } = {},
+          options: { readonly dryRun?: boolean; readonly hold?: string } = {},
         ) {
-          return yield* apply(decision, usage, options.dryRun ? "dryRun" : "consume");
+          return yield* apply(decision, usage, options.dryRun ? "dryRun" : "consume", options.hold);
         }),
-        record: Effect.fn("Limits.record")(function* (
-          decision: PolicyDecision | ReadonlyArray<AppliedLimit>,
-          usage: Usage,
-        ) {
-          yield* apply(decision, usage, "record");
+        settle: Effect.fn("Limits.settle")(function* (reservation: Reservation, actual: Usage) {
+          yield* settle(reservation, actual);
         }),
         used: Effect.fn("Limits.used")(function* (limit: AppliedLimit) {
           const c = counterOf(limit, { calls: 1, usd: 1, tokens: 1 }, yield* Clock.currentTimeMillis);

@@ -269,10 +269,12 @@ Deno.test("ModelRouter never lets concurrent paid calls spend past a budget: eac
       Array.from({ length: 12 }, (_, i) => router.generate(ask("claude-only", `Concurrent ${i}`, { maxTokens: 50 }))),
     );
     const ok = outcomes.filter((o) => o.status === "fulfilled");
-    assert.ok(ok.length >= 1 && ok.length <= 2, `${ok.length} calls got through`);
+    // Each call's worst case is its input estimate plus 50 output tokens at $15/M: about $0.0008, so at most two
+    // are out at once; a call that has answered gives back the unused part, which a later one may use.
+    assert.ok(ok.length >= 1, `${ok.length} calls got through`);
     assert.equal(p.claude.requests.length, ok.length);
-    // Each call's worst case is its input estimate plus 50 output tokens at $15/M: about $0.0008.
-    assert.ok(ok.length * 0.00075 <= 0.002);
+    const spent = ok.reduce((sum, o) => sum + (o as PromiseFulfilledResult<{ costUsd: number }>).value.costUsd, 0);
+    assert.ok(spent <= 0.002, `spent ${spent}`);
   });
 });
 
