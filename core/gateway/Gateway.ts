@@ -15,6 +15,13 @@
  * limits and the manifest's `rateLimit`) are counted atomically in Deno KV
  * just before dispatch, once per execution.
  *
+ * One request at a time decides a step: a second request for the same run
+ * and step (a replay while the first is still at the gate, two executors on
+ * one approval) waits until the first's call is in flight or answered, then
+ * joins that call or reads its outcome. So a step is sent once and counted
+ * once. A call that loses its intent after being counted (another holder of
+ * its idempotency key, an approval used meanwhile) gives the count back.
+ *
  * A failed dispatch is retried by the effect's class (`retry.ts`): reads with
  * backoff, writes only under their idempotency key, irreversible and
  * financial effects never — an outcome Keel cannot know parks the run on an
@@ -36,7 +43,7 @@
  * effect whose outcome is unknown with other args, gets a "diverged" error
  * and the step is left as it was.
  */
-import { Cause, Clock, Context, Effect, Fiber, Layer, Option, Random } from "effect";
+import { Cause, Clock, Context, Deferred, Effect, Fiber, Layer, Option, Random } from "effect";
 import {
   ConflictError,
   EffectNotDeclaredError,
@@ -61,6 +68,7 @@ import {
   policyContext,
   type PolicyDecision,
   type PolicyRequest,
+  type Reservation,
   type Usage,
 } from "../policy/mod.ts";
 import {
@@ -142,6 +150,8 @@ export interface Authorized {
   readonly idempotencyKey: string;
   readonly approval?: ApprovalRecord;
   readonly usage?: Usage;
+  /** What was counted against its limits, given back if the call is not sent after all. */
+  readonly reservation?: Reservation;
 }
 
 const authorized = (
@@ -152,7 +162,9 @@ const authorized = (
   idempotencyKey: string,
   approval?: ApprovalRecord,
   usage?: Usage,
-): Authorized => ({ request, connector, decl, decision, idempotencyKey, approval, usage }) as unknown as Authorized;
+  reservation?: Reservation,
+): Authorized =>
+  ({ request, connector, decl, decision, idempotencyKey, approval, usage, reservation }) as unknown as Authorized;
 
 /** What an approval voided at use says happened to it, by the reason its audit event gives. */
 const INVALIDATED = {
@@ -267,18 +279,25 @@ export class Gateway extends Context.Service<Gateway, {
         tokens: r.tokens,
       });
 
-      /** Count the call against its limits; a refusal (or a store that cannot count) turns the decision into a deny. */
+      /**
+       * Count the call against its limits; a refusal (or a store that cannot count) turns the decision into a deny.
+       * `counted` receives what was counted, for `authorized`.
+       */
       const countLimits = Effect.fn("Gateway.countLimits")(function* (
         d: PolicyDecision,
         usage: Usage,
         dryRun: boolean,
+        counted?: { reservation?: Reservation },
       ) {
         if (!d.limits?.length) return d;
         const verdict = yield* Effect.result(limits.consume(d, usage, { dryRun }));
         if (verdict._tag === "Failure") {
           return failClosed(d.policyHash, `limits could not be counted: ${verdict.failure.message}`);
         }
-        if (verdict.success.ok) return d;
+        if (verdict.success.ok) {
+          if (counted) counted.reservation = verdict.success.reservation;
+          return d;
+        }
         const hit: AppliedLimit = verdict.success.limit;
         return {
           ...d,
@@ -481,11 +500,12 @@ export class Gateway extends Context.Service<Gateway, {
           yield* record(r, req, decision);
           return yield* denied(r, decision);
         }
+        const taken: { reservation?: Reservation } = {};
         if (decision.decision === "allow") {
-          const counted = yield* countLimits(decision, usage, false);
+          const counted = yield* countLimits(decision, usage, false, taken);
           yield* record(r, req, counted);
           if (counted.decision === "deny") return yield* denied(r, counted);
-          return authorized(r, connector, decl, counted, key, undefined, usage);
+          return authorized(r, connector, decl, counted, key, undefined, usage, taken.reservation);
         }
 
         // A human gate: the approval must be for this exact action under this policy, approved and unexpired.
@@ -500,10 +520,10 @@ export class Gateway extends Context.Service<Gateway, {
               return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
             }
             if (approval.status === "approved") {
-              const counted = yield* countLimits(decision, usage, false);
+              const counted = yield* countLimits(decision, usage, false, taken);
               yield* record(r, req, counted);
               if (counted.decision === "deny") return yield* denied(r, counted);
-              return authorized(r, connector, decl, counted, key, approval, usage);
+              return authorized(r, connector, decl, counted, key, approval, usage, taken.reservation);
             }
           }
           if (approval && approval.digest === digest && approval.status === "denied") {
@@ -581,8 +601,20 @@ export class Gateway extends Context.Service<Gateway, {
         return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
       });
 
-      /** Record the intent before dispatch; false when another executor already holds this action. */
-      const recordIntent = Effect.fn("Gateway.recordIntent")(function* (auth: Authorized, intent: StepRecord) {
+      /**
+       * Record the intent before dispatch; fails when another executor already holds this action, and then gives back
+       * what was counted against the limits for this call, which is not sent.
+       */
+      const recordIntent = (auth: Authorized, intent: StepRecord) =>
+        Effect.tapError(
+          recordIntentOnce(auth, intent),
+          (e) =>
+            e._tag === "ConflictError" || e._tag === "RunSuspendedError"
+              // Best effort: a store that cannot give it back leaves the call counted, as a crash here would.
+              ? auth.reservation ? Effect.ignore(limits.settle(auth.reservation, { calls: 0 })) : Effect.void
+              : Effect.void,
+        );
+      const recordIntentOnce = Effect.fn("Gateway.recordIntent")(function* (auth: Authorized, intent: StepRecord) {
         const r = auth.request;
         // The operator's "retry" after an unknown outcome re-sends under the same key, which its first intent holds.
         const resend = auth.approval?.kind === "unknown_outcome";
@@ -636,8 +668,25 @@ export class Gateway extends Context.Service<Gateway, {
             Effect.ensuring(dispatchHere(auth, before), Effect.sync(() => inFlight.delete(key))),
           );
           inFlight.set(key, { name: stepNameOf(auth.request), args: canonicalJson(auth.request.args ?? null), fiber });
+          // The call is in flight: a request for the same step waiting its turn now joins it (see `request`).
+          endTurn(key);
           return yield* Fiber.join(fiber);
         });
+
+      /**
+       * Requests deciding a step, by run and step, until their call is in flight or they have answered. A second
+       * request for the same step (a replay while the first is still being authorized, two executors on one
+       * approval) waits its turn, then finds the call in flight or its outcome journaled: it is never authorized
+       * beside the first, so the step is sent once and its rates and budgets are counted once.
+       */
+      const deciding = new Map<string, Deferred.Deferred<void>>();
+      /** Let the next request for the step go; `turn`: only if it is still that request's turn. */
+      const endTurn = (key: string, turn?: Deferred.Deferred<void>) => {
+        const current = deciding.get(key);
+        if (!current || (turn && current !== turn)) return;
+        deciding.delete(key);
+        Deferred.doneUnsafe(current, Effect.void);
+      };
 
       /** Call the connector, retrying by class; `before`: the attempts an earlier Keel made (they count too). */
       const dispatchHere = Effect.fn("Gateway.dispatch")(function* (
@@ -938,11 +987,21 @@ export class Gateway extends Context.Service<Gateway, {
             }),
           );
         }
-        const running = inFlight.get(`${r.runId}:${r.seq}`);
+        const key = `${r.runId}:${r.seq}`;
+        for (let turn = deciding.get(key); turn; turn = deciding.get(key)) yield* Deferred.await(turn);
+        const running = inFlight.get(key);
         if (running && running.name === stepNameOf(r) && running.args === canonicalJson(r.args ?? null)) {
           // The same call, still with its connector (the agent that asked it died, and this is its replay).
           return yield* Fiber.join(running.fiber) as Effect.Effect<unknown, GatewayError>;
         }
+        // Nothing yielded since the loop saw no turn taken: this request takes it.
+        const turn = Deferred.makeUnsafe<void>();
+        deciding.set(key, turn);
+        return yield* Effect.ensuring(decide(r), Effect.sync(() => endTurn(key, turn)));
+      });
+
+      /** A request in its turn: the journal's answer, or the gate and the call. */
+      const decide = Effect.fn("Gateway.decide")(function* (r: EffectRequest) {
         const prior = yield* journal.getStep(r.runId, r.seq);
         if (prior && (prior.kind !== "effect" || prior.name !== stepNameOf(r))) {
           // Whatever stands there (an intent whose outcome is unknown, a gate) belongs to another call.

@@ -315,13 +315,11 @@ Deno.test("a financial intent is refused when another intent holds its idempoten
     const events = (await k.api("GET", `/api/audit?runId=${runId}`)).body.events;
     assert.ok(events.some((e: any) => e.type === "effect.duplicate_intent"));
 
-    // Executors racing for one step: the payment leaves Keel once.
+    // Executors of this Keel racing for one step: the payment leaves Keel once, and each gets its outcome.
     const racers = await Promise.all([1, 2, 3, 4].map(() => gateway(1, "race", "run_financial_race")));
     assert.equal(witness.of("race").length, 1);
-    assert.equal(racers.filter((e) => e._tag === "Success").length, 1);
-    for (const e of racers.filter((e) => e._tag === "Failure")) {
-      assert.ok(["ConflictError", "RunSuspendedError"].includes((Cause.squash((e as any).cause) as any)._tag));
-    }
+    assert.ok(racers.every((e) => e._tag === "Success"), JSON.stringify(racers));
+    assert.equal(new Set(racers.map((e) => JSON.stringify((e as any).value))).size, 1);
   });
 });
 

@@ -1,0 +1,145 @@
+/**
+ * @module
+ * Two executions racing for one step (a replay joining a call still being
+ * authorized, an approval used twice) charge the step's rates and budgets
+ * once: only the call that runs is counted. The witness peer counts what
+ * reached the connector; the counters are read from Deno KV.
+ */
+import assert from "node:assert/strict";
+import { Effect } from "effect";
+import { Journal } from "../../core/journal/mod.ts";
+import { sha256Hex } from "../../core/manifest/mod.ts";
+import { type AppliedLimit, Limits } from "../../core/policy/mod.ts";
+import { type LedgerKeel, withLedgerKeel } from "./_ledger.ts";
+
+const used = (k: LedgerKeel, limit: AppliedLimit) => k.keel.runtime.runPromise(Limits.use((l) => l.used(limit)));
+
+const RATE: AppliedLimit = { kind: "rate", rule: "reads", key: "global", count: 100, per: "1h", perMs: 3_600_000 };
+
+Deno.test("two requests racing on one approved step charge its rate once", async () => {
+  const policy = `default: allow
+rules:
+  - id: reads
+    match: { effect: ledger.read }
+    decision: approve
+    approval: { expires: 1h }
+    limits:
+      rate: { count: 100, per: 1h }
+`;
+  await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
+    for (let round = 0; round < 3; round++) {
+      const r = await k.start("read", { round }, 30);
+      assert.equal(r.status, "waiting_approval", JSON.stringify(r));
+      const approvalId: string = r.waitingFor.approvalId;
+      // Approved in the journal without resuming the run: the test plays the two executors.
+      const step = await k.keel.runtime.runPromise(Effect.gen(function* () {
+        const journal = yield* Journal;
+        const pending = (yield* journal.getApproval(approvalId))!;
+        assert.ok(yield* journal.transitionApproval({ ...pending, status: "approved", decidedBy: "ops" }, "pending"));
+        return (yield* journal.steps(r.runId)).find((s) => s.kind === "effect")!;
+      }));
+      const request = () =>
+        k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });
+      const answers = await Promise.all([request(), request()]);
+      assert.equal(k.witness.calls.length, round + 1, JSON.stringify(answers));
+      assert.equal(await used(k, RATE), round + 1, `round ${round}: one call ran, one unit is charged`);
+      await k.api("POST", `/api/runs/${r.runId}/cancel`, {});
+    }
+  });
+});
+
+Deno.test("two requests racing on one allowed step send it once and charge its rate once", async () => {
+  const policy = `rules:
+  - id: reads
+    match: { effect: ledger.read }
+    decision: allow
+    limits:
+      rate: { count: 100, per: 1h }
+`;
+  await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
+    for (let round = 0; round < 3; round++) {
+      const request = () =>
+        k.gateway({ runId: "run_direct", seq: round + 1, workflow: "read", effect: "ledger.read", args: { round } });
+      const answers = await Promise.all([request(), request()]);
+      assert.ok(answers.every((a) => a.ok), JSON.stringify(answers));
+      assert.deepEqual(answers[0].value, answers[1].value, "the second gets the first's outcome");
+      assert.equal(k.witness.calls.length, round + 1, `round ${round}: sent once`);
+      assert.equal(await used(k, RATE), round + 1, `round ${round}: charged once`);
+    }
+  });
+});
+
+Deno.test("a financial step raced by two requests is charged against its budget once, and neither is refused", async () => {
+  const policy = `rules:
+  - id: charges
+    match: { effect: ledger.charge }
+    decision: allow
+    limits:
+      budget: { usdPerDay: 0.5 }
+`;
+  const BUDGET: AppliedLimit = {
+    kind: "budget",
+    rule: "charges",
+    key: "global",
+    unit: "usd",
+    period: "day",
+    max: 0.5,
+    timezone: "UTC",
+  };
+  await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
+    const request = () =>
+      k.gateway({ runId: "run_direct", seq: 1, workflow: "charge", effect: "ledger.charge", args: { amount: 7 } });
+    const answers = await Promise.all([request(), request()]);
+    assert.equal(k.witness.calls.length, 1);
+    assert.equal(await used(k, BUDGET), 0.3, "0.30 charged once, not twice");
+    // The budget has room for one 0.30 charge: the loser must not be refused by the winner's charge.
+    assert.ok(answers.every((a) => a.ok), JSON.stringify(answers));
+    assert.deepEqual(await k.audit("effect.rejected"), []);
+    assert.equal((await k.effectStep("run_direct")).status, "done");
+  });
+});
+
+Deno.test("a call that loses its intent to another holder is not sent, and its budget charge is given back", async () => {
+  const policy = `rules:
+  - id: charges
+    match: { effect: ledger.charge }
+    decision: allow
+    limits:
+      budget: { usdPerDay: 5 }
+`;
+  const BUDGET: AppliedLimit = {
+    kind: "budget",
+    rule: "charges",
+    key: "global",
+    unit: "usd",
+    period: "day",
+    max: 5,
+    timezone: "UTC",
+  };
+  await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
+    // Another executor (in another run's journal, as a second host would) already holds this step's idempotency key.
+    const idempotencyKey = `keel-${(await sha256Hex("run_direct:1")).slice(0, 32)}`;
+    await k.keel.runtime.runPromise(Journal.use((j) =>
+      j.claimIntent("run_other", {
+        seq: 1,
+        kind: "effect",
+        name: "ledger.charge",
+        status: "intent",
+        args: { amount: 7 },
+        idempotencyKey,
+        startedAt: new Date().toISOString(),
+      })
+    ));
+    const lost = await k.gateway({
+      runId: "run_direct",
+      seq: 1,
+      workflow: "charge",
+      effect: "ledger.charge",
+      args: { amount: 7 },
+    });
+    assert.equal(lost.ok, false);
+    assert.equal(lost.error._tag, "ConflictError", JSON.stringify(lost.error));
+    assert.equal(k.witness.calls.length, 0);
+    assert.equal(await used(k, BUDGET), 0, "the charge that was never sent is not counted");
+  });
+});
