@@ -20,7 +20,10 @@
  * one approval) waits until the first's call is in flight or answered, then
  * joins that call or reads its outcome. So a step is sent once and counted
  * once. A call that loses its intent after being counted (another holder of
- * its idempotency key, an approval used meanwhile) gives the count back.
+ * its idempotency key, an approval used meanwhile) gives the count back, and
+ * so does the next request for a step whose count an execution took but
+ * whose intent it never journaled (Keel stopped in between): the count's
+ * hold (`Limits`) is deleted once the intent is journaled.
  *
  * A failed dispatch is retried by the effect's class (`retry.ts`): reads with
  * backoff, writes only under their idempotency key, irreversible and
@@ -281,21 +284,25 @@ export class Gateway extends Context.Service<Gateway, {
 
       /**
        * Count the call against its limits; a refusal (or a store that cannot count) turns the decision into a deny.
-       * `counted` receives what was counted, for `authorized`.
+       * Counting for real takes `counting`: the label of the step's holds, whether holds left under it stand for calls
+       * never made (no intent was ever journaled for the step), given back first; it receives what was counted.
        */
       const countLimits = Effect.fn("Gateway.countLimits")(function* (
         d: PolicyDecision,
         usage: Usage,
-        dryRun: boolean,
-        counted?: { reservation?: Reservation },
+        counting?: { readonly hold: string; readonly reclaim: boolean; reservation?: Reservation },
       ) {
         if (!d.limits?.length) return d;
-        const verdict = yield* Effect.result(limits.consume(d, usage, { dryRun }));
+        const verdict = yield* Effect.result(Effect.gen(function* () {
+          // Counted by an execution that stopped before its intent (a crash): that call never went out.
+          if (counting?.reclaim) yield* limits.reclaim(counting.hold);
+          return yield* limits.consume(d, usage, counting ? { hold: counting.hold } : { dryRun: true });
+        }));
         if (verdict._tag === "Failure") {
           return failClosed(d.policyHash, `limits could not be counted: ${verdict.failure.message}`);
         }
         if (verdict.success.ok) {
-          if (counted) counted.reservation = verdict.success.reservation;
+          if (counting) counting.reservation = verdict.success.reservation;
           return d;
         }
         const hit: AppliedLimit = verdict.success.limit;
@@ -500,9 +507,13 @@ export class Gateway extends Context.Service<Gateway, {
           yield* record(r, req, decision);
           return yield* denied(r, decision);
         }
-        const taken: { reservation?: Reservation } = {};
+        const taken: { hold: string; reclaim: boolean; reservation?: Reservation } = {
+          hold: `effect:${r.runId}:${r.seq}`,
+          // Only while no intent was ever journaled here: a hold of a call that did go out is never given back.
+          reclaim: !prior || prior.status === "waiting_approval",
+        };
         if (decision.decision === "allow") {
-          const counted = yield* countLimits(decision, usage, false, taken);
+          const counted = yield* countLimits(decision, usage, taken);
           yield* record(r, req, counted);
           if (counted.decision === "deny") return yield* denied(r, counted);
           return authorized(r, connector, decl, counted, key, undefined, usage, taken.reservation);
@@ -520,7 +531,7 @@ export class Gateway extends Context.Service<Gateway, {
               return yield* new RunSuspendedError({ message: `Waiting for approval ${approval.id}` });
             }
             if (approval.status === "approved") {
-              const counted = yield* countLimits(decision, usage, false, taken);
+              const counted = yield* countLimits(decision, usage, taken);
               yield* record(r, req, counted);
               if (counted.decision === "deny") return yield* denied(r, counted);
               return authorized(r, connector, decl, counted, key, approval, usage, taken.reservation);
@@ -552,7 +563,7 @@ export class Gateway extends Context.Service<Gateway, {
           }
         }
         // Do not ask the operator for something its limits would refuse anyway.
-        const fits = yield* countLimits(decision, usage, true);
+        const fits = yield* countLimits(decision, usage);
         yield* record(r, req, fits);
         if (fits.decision === "deny") return yield* denied(r, fits);
         const createdAt = yield* Clock.currentTimeMillis;
@@ -706,6 +717,10 @@ export class Gateway extends Context.Service<Gateway, {
           startedAt: new Date(startedAt).toISOString(),
         };
         yield* recordIntent(auth, intent);
+        if (auth.reservation?.hold) {
+          // The intent is journaled: the count stands (its hold goes, off the call's path; lost in a crash, it stays).
+          yield* Effect.forkDetach(Effect.ignore(limits.settle(auth.reservation, auth.reservation.usage)));
+        }
         const base = {
           effect: r.effect,
           seq: r.seq,

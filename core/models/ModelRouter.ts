@@ -202,7 +202,7 @@ const makeRouter = (
     // The worst case is counted before the call, atomically with every other caller, so concurrent
     // calls never spend past a budget. The hold lets `settle` move it to the real usage once, after the answer.
     const taken = yield* limits.consume(decision, { calls: 1, usd: worstUsd, tokens: worstTokens }, {
-      hold: `${ctx.runId}:${ctx.seq}`,
+      hold: `model:${ctx.runId}:${ctx.seq}`,
     });
     if (!taken.ok) return yield* deny(taken.reason, { limit: taken.name, used: taken.used, worstCaseUsd: worstUsd });
     return { reservation: taken.reservation! };

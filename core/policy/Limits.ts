@@ -18,7 +18,9 @@
  * worst case missed) in the window it was counted in, and deletes the hold in
  * that same commit: a hold is settled at most once, whoever retries. A hold
  * that is never settled (Keel stopped while the call was out) leaves the
- * worst case counted, and expires with its counters.
+ * worst case counted, and expires with its counters. Holds are labelled by
+ * their caller (`effect:<run>:<step>`, `model:<run>:<step>`): `reclaim`
+ * gives back in full those of calls their caller knows were never made.
  */
 import { Clock, Context, Effect, Layer, Random } from "effect";
 import type { StoreError } from "../errors/mod.ts";
@@ -153,6 +155,13 @@ export class Limits extends Context.Service<Limits, {
    * a hold is settled at most once: its hold goes in the same commit.
    */
   settle(reservation: Reservation, actual: Usage): Effect.Effect<void, StoreError>;
+  /**
+   * Give back in full (the call too) every hold still under `label`: for a
+   * caller that knows the calls they stand for were never made (the Gateway,
+   * asked again for a step whose intent was never journaled). Returns how
+   * many were given back.
+   */
+  reclaim(label: string): Effect.Effect<number, StoreError>;
   /** How much of a limit the current window has used, in its unit (calls, USD or tokens). */
   used(limit: AppliedLimit): Effect.Effect<number, StoreError>;
 }>()("keel/policy/Limits") {
@@ -257,6 +266,16 @@ export class Limits extends Context.Service<Limits, {
         }),
         settle: Effect.fn("Limits.settle")(function* (reservation: Reservation, actual: Usage) {
           yield* settle(reservation, actual);
+        }),
+        reclaim: Effect.fn("Limits.reclaim")(function* (label: string) {
+          const held = yield* kvTry(
+            "Cannot read policy limit holds",
+            () => Array.fromAsync(kv.list<Hold>({ prefix: ["limit_hold", label] })),
+          );
+          for (const h of held) {
+            yield* settle({ limits: h.value.limits, usage: h.value.usage, at: h.value.at, hold: h.key }, { calls: 0 });
+          }
+          return held.length;
         }),
         used: Effect.fn("Limits.used")(function* (limit: AppliedLimit) {
           const c = counterOf(limit, { calls: 1, usd: 1, tokens: 1 }, yield* Clock.currentTimeMillis);
