@@ -12,9 +12,18 @@
  * --wait, 1 to 86,400; default 120),
  * KEEL_RPC_TIMEOUT_MS (100 to 3,600,000; default 30,000), KEEL_MAX_RUNS (1 to
  * 10,000; default 32), KEEL_MAX_QUEUED (1 to 10,000,000; default 10,000), KEEL_EMBEDDER (memory's embedder: offline, ollama or
- * ollama:MODEL) and OLLAMA_HOST (default http://127.0.0.1:11434).
+ * ollama:MODEL), OLLAMA_HOST (default http://127.0.0.1:11434), KEEL_HTTP_TIMEOUT_MS (100 to 3,600,000; default
+ * 30,000) and KEEL_MAX_CONNECTIONS (1 to 100,000; default 256).
  */
-import { keelRoot, parseMaxQueued, parseMaxRuns, parsePort, parseRpcTimeout } from "./core/config/mod.ts";
+import {
+  keelRoot,
+  parseHttpTimeout,
+  parseMaxConnections,
+  parseMaxQueued,
+  parseMaxRuns,
+  parsePort,
+  parseRpcTimeout,
+} from "./core/config/mod.ts";
 import { KeelStartError, startKeel } from "./core/mod.ts";
 import { COMMANDS, dataDir, env, readToken, UsageError } from "./core/cli/mod.ts";
 
@@ -26,7 +35,10 @@ HTTP API on $KEEL_HOST:$KEEL_PORT (default 127.0.0.1:8787). The API token is
 $KEEL_TOKEN, or generated on first start and kept in <data dir>/token. At most
 $KEEL_MAX_RUNS runs (default 32) execute at once; others wait in the run queue.
 Once $KEEL_MAX_QUEUED runs (default 10,000) are queued, starts over the API and
-webhooks are refused with 429 until the queue drains.`;
+webhooks are refused with 429 until the queue drains. An HTTP connection with no
+request in flight for $KEEL_HTTP_TIMEOUT_MS (default 30,000) is closed, a request
+body slower than that gets a 408, and at most $KEEL_MAX_CONNECTIONS (default 256)
+connections are open at once.`;
 
 const mainHelp = () =>
   [
@@ -41,7 +53,7 @@ const mainHelp = () =>
     "Options for every command: --help",
     "Environment: KEEL_DATA_DIR, KEEL_PORT, KEEL_HOST, KEEL_TOKEN, KEEL_POLICIES, KEEL_URL,",
     "             KEEL_RPC_TIMEOUT_MS, KEEL_MAX_RUNS, KEEL_MAX_QUEUED, KEEL_EMBEDDER, OLLAMA_HOST,",
-    "             KEEL_CLIENT_TIMEOUT",
+    "             KEEL_HTTP_TIMEOUT_MS, KEEL_MAX_CONNECTIONS, KEEL_CLIENT_TIMEOUT",
   ].join("\n");
 
 /** `KEEL_TOKEN`, the data dir's saved token, or a new one (saved only once Keel has started: see `serve`). */
@@ -61,6 +73,8 @@ const serve = async () => {
   const rpcTimeoutMs = parseRpcTimeout(env("KEEL_RPC_TIMEOUT_MS"));
   const maxRuns = parseMaxRuns(env("KEEL_MAX_RUNS"));
   const maxQueued = parseMaxQueued(env("KEEL_MAX_QUEUED"));
+  const httpTimeoutMs = parseHttpTimeout(env("KEEL_HTTP_TIMEOUT_MS"));
+  const maxConnections = parseMaxConnections(env("KEEL_MAX_CONNECTIONS"));
   const dir = dataDir();
   const kind = (() => {
     try {
@@ -85,6 +99,8 @@ const serve = async () => {
     ollamaHost: env("OLLAMA_HOST"),
     maxRuns,
     maxQueued,
+    httpTimeoutMs,
+    maxConnections,
   };
   const keel = await startKeel(config).catch((error) => {
     if (error instanceof KeelStartError && error.body.tag === "ListenError") {

@@ -5,7 +5,7 @@
  * HTTP API. `main.ts` and the tests both start Keel through here.
  */
 import { Cause, Effect, Layer, ManagedRuntime } from "effect";
-import { KeelConfig, type KeelConfigShape } from "./config/mod.ts";
+import { DEFAULT_HTTP_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, KeelConfig, type KeelConfigShape } from "./config/mod.ts";
 import { Kv } from "./store/mod.ts";
 import { Journal } from "./journal/mod.ts";
 import { Audit } from "./telemetry/mod.ts";
@@ -16,7 +16,7 @@ import { PluginHost } from "./plugins/mod.ts";
 import { Gateway } from "./gateway/mod.ts";
 import { Orchestrator } from "./orchestrator/mod.ts";
 import { Hooks, Scheduler } from "./triggers/mod.ts";
-import { makeApp } from "./http/mod.ts";
+import { BodyDeadlines, type KeelServer, makeApp, startServer } from "./http/mod.ts";
 import type { Hono } from "hono";
 import { toErrorBody } from "./errors/mod.ts";
 
@@ -74,47 +74,21 @@ export const startKeel = async (
     await runtime.dispose().catch(() => {});
     throw new KeelStartError(toErrorBody(Cause.squash(exit.cause)));
   }
-  const app = makeApp(runtime, config.token);
-  let server: Deno.HttpServer | undefined;
+  const bodies = new BodyDeadlines(config.httpTimeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS);
+  const app = makeApp(runtime, config.token, bodies);
+  let server: KeelServer | undefined;
   let url: string | undefined;
-  let closing = false;
   if (options.serve !== false) {
-    const listening = Promise.withResolvers<void>();
-    let port = config.port;
-    const serve = () =>
-      Deno.serve({
+    try {
+      server = startServer({
         hostname: config.hostname,
-        port,
-        onListen: (addr) => {
-          port = addr.port;
-          url = `http://${addr.hostname}:${addr.port}`;
-          listening.resolve();
+        port: config.port,
+        bodies,
+        limits: {
+          timeoutMs: bodies.timeoutMs,
+          maxConnections: config.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
         },
       }, app.fetch);
-    /**
-     * Keep the API up: the server's accept loop ends on an error such as running out of file descriptors (a local
-     * process holding thousands of idle connections; Deno.serve has no connection cap or idle timeout). Unhandled,
-     * that ended the whole process, runs and all. Keel says so and listens again, once a second until it can.
-     */
-    const watch = (s: Deno.HttpServer) => {
-      s.finished.catch(async (error) => {
-        if (closing) return;
-        console.error(`Keel's HTTP server stopped (${String(error?.message ?? error)}); listening again`);
-        while (!closing) {
-          await new Promise((r) => setTimeout(r, 1000));
-          if (closing) return;
-          try {
-            server = serve();
-            watch(server);
-            return;
-          } catch (again) {
-            console.error(`Keel cannot listen yet (${String((again as Error)?.message ?? again)}); trying again`);
-          }
-        }
-      });
-    };
-    try {
-      server = serve();
     } catch (error) {
       // Nothing else started may outlive a start that failed: the runtime (stores, plugins) closes first.
       await runtime.dispose().catch(() => {});
@@ -124,8 +98,7 @@ export const startKeel = async (
         details: { hostname: config.hostname, port: config.port },
       });
     }
-    watch(server);
-    await listening.promise;
+    url = `http://${server.addr.hostname}:${server.addr.port}`;
   }
   return {
     runtime,
@@ -133,7 +106,6 @@ export const startKeel = async (
     url,
     recovered: exit.value,
     close: async () => {
-      closing = true;
       await server?.shutdown();
       await runtime.runPromise(Orchestrator.use((o) => o.idle).pipe(Effect.timeout(5000), Effect.ignore));
       await runtime.dispose();

@@ -39,6 +39,13 @@ export interface KeelConfigShape {
    * default 5. Longer trades the start's latency for fewer commits; tests set it long to make "one commit" exact.
    */
   readonly startHoldMs?: number;
+  /**
+   * Milliseconds an HTTP connection may stay open without a request in flight (from its accept, or its last answer),
+   * and a request body may take to arrive (`KEEL_HTTP_TIMEOUT_MS`). Default 30,000.
+   */
+  readonly httpTimeoutMs?: number;
+  /** HTTP connections open at once (`KEEL_MAX_CONNECTIONS`); past it, the longest idle one is closed. Default 256. */
+  readonly maxConnections?: number;
   /** Ollama's base URL for the embedder (`OLLAMA_HOST`); default http://127.0.0.1:11434. */
   readonly ollamaHost?: string;
 }
@@ -86,6 +93,17 @@ export const HOOK_TOLERANCE_SECONDS = 300;
 /** Parse `KEEL_MAX_QUEUED`: how many runs may queue before outside starts get a 429 (default 10,000). */
 export const parseMaxQueued = (raw: string | undefined): number =>
   parseIntSetting("KEEL_MAX_QUEUED", raw, 10_000, 1, 10_000_000);
+
+/** Parse `KEEL_HTTP_TIMEOUT_MS`: how long a connection may idle and a request body take to arrive (default 30 s). */
+export const parseHttpTimeout = (raw: string | undefined): number =>
+  parseIntSetting("KEEL_HTTP_TIMEOUT_MS", raw, DEFAULT_HTTP_TIMEOUT_MS, 100, 3_600_000);
+/** Parse `KEEL_MAX_CONNECTIONS`: how many HTTP connections Keel holds at once (default 256). */
+export const parseMaxConnections = (raw: string | undefined): number =>
+  parseIntSetting("KEEL_MAX_CONNECTIONS", raw, DEFAULT_MAX_CONNECTIONS, 1, 100_000);
+/** The HTTP timeout when `KEEL_HTTP_TIMEOUT_MS` is unset. */
+export const DEFAULT_HTTP_TIMEOUT_MS = 30_000;
+/** The connection cap when `KEEL_MAX_CONNECTIONS` is unset. */
+export const DEFAULT_MAX_CONNECTIONS = 256;
 
 /** Parse `KEEL_RPC_TIMEOUT_MS`: how long a plugin may take to start or answer a call (default 30 s, at most 1 h). */
 export const parseRpcTimeout = (raw: string | undefined): number =>

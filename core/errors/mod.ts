@@ -64,6 +64,10 @@ export class ModelOutputError extends Schema.TaggedError<ModelOutputError>()("Mo
 export class EmbeddingError extends Schema.TaggedError<EmbeddingError>()("EmbeddingError", fields) {}
 /** A request body, a run's input or an inbound webhook larger than Keel accepts (413). */
 export class PayloadTooLargeError extends Schema.TaggedError<PayloadTooLargeError>()("PayloadTooLargeError", fields) {}
+/** A request body that did not arrive within the HTTP timeout (`KEEL_HTTP_TIMEOUT_MS`): 408, and the connection closes. */
+export class RequestTimeoutError extends Schema.TaggedError<RequestTimeoutError>()("RequestTimeoutError", fields) {}
+/** Every HTTP connection Keel takes (`KEEL_MAX_CONNECTIONS`) has a request in flight: 503, with `Retry-After`. */
+export class ServerBusyError extends Schema.TaggedError<ServerBusyError>()("ServerBusyError", fields) {}
 /** The run queue is full: a start from outside is refused until it drains (429, with `Retry-After`). */
 export class QueueFullError extends Schema.TaggedError<QueueFullError>()("QueueFullError", fields) {}
 /** The run must stop here and wait (an approval); not a failure of the run. */
@@ -95,6 +99,8 @@ export type KeelError =
   | ModelOutputError
   | EmbeddingError
   | PayloadTooLargeError
+  | RequestTimeoutError
+  | ServerBusyError
   | QueueFullError;
 
 /** The JSON shape of an error in the API, the journal and the audit log. */
@@ -143,6 +149,8 @@ const BY_TAG = {
   ModelOutputError,
   EmbeddingError,
   PayloadTooLargeError,
+  RequestTimeoutError,
+  ServerBusyError,
   QueueFullError,
 } as const;
 

@@ -27,7 +27,8 @@ import { openApiDocument } from "./openapi.ts";
 import { grantRoute, previewRoute, removeRoute, upgradeRoute } from "./pluginRoutes.ts";
 import { explainRoute, simulateRoute } from "./policyRoutes.ts";
 import { registerTriggerRoutes, startOptions } from "./triggerRoutes.ts";
-import { queryLimit, querySeconds, readCapped } from "./params.ts";
+import { BodyDeadlines, bodyTimeout, queryLimit, querySeconds } from "./params.ts";
+import { DEFAULT_HTTP_TIMEOUT_MS } from "../config/mod.ts";
 import type { Hooks, Scheduler } from "../triggers/mod.ts";
 import type { Memory, Records } from "../memory/mod.ts";
 import {
@@ -97,8 +98,15 @@ const pathSegment = (path: string, prefix: string): string | undefined => {
   }
 };
 
-/** Build the Hono app over a runtime that provides the core services. */
-export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unknown>, token: string): Hono => {
+/**
+ * Build the Hono app over a runtime that provides the core services. `bodies` tracks the request bodies being read;
+ * the HTTP server stops those that take longer than its timeout (without a server, nothing does).
+ */
+export const makeApp = (
+  runtime: ManagedRuntime.ManagedRuntime<ApiServices, unknown>,
+  token: string,
+  bodies: BodyDeadlines = new BodyDeadlines(DEFAULT_HTTP_TIMEOUT_MS),
+): Hono => {
   const app = new Hono();
   const started = performance.now();
 
@@ -110,14 +118,18 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
     if (code === 429) c.header("Retry-After", String(RETRY_AFTER_SECONDS));
     return c.json(body, code as 500);
   };
-  /** A request's JSON object body: at most `MAX_API_BODY_BYTES` (the rest is not read) and `MAX_BODY_DEPTH` deep. */
+  /**
+   * A request's JSON object body: at most `MAX_API_BODY_BYTES` (the rest is not read), `MAX_BODY_DEPTH` deep, and
+   * arrived within the HTTP timeout (else 408).
+   */
   const body = (c: HonoContext) =>
     Effect.gen(function* () {
       const raw = yield* Effect.tryPromise({
-        try: () => readCapped(c.req.raw, MAX_API_BODY_BYTES),
+        try: () => bodies.read(c.req.raw, MAX_API_BODY_BYTES),
         catch: () => new InvalidInputError({ message: "Cannot read the request body" }),
       });
-      if (raw === undefined) {
+      if (raw === "timed_out") return yield* bodyTimeout(bodies);
+      if (raw === "too_large") {
         return yield* new PayloadTooLargeError({
           message: `Request body is over ${MAX_API_BODY_BYTES} bytes`,
           details: { limit: MAX_API_BODY_BYTES },
@@ -178,7 +190,7 @@ export const makeApp = (runtime: ManagedRuntime.ManagedRuntime<ApiServices, unkn
       await next();
     });
   }
-  registerTriggerRoutes(app, runtime, respond, body);
+  registerTriggerRoutes(app, runtime, respond, body, bodies);
 
   app.get("/api/plugins", (c) => respond(c, Effect.map(PluginHost.use((h) => h.list), (plugins) => ({ plugins }))));
   app.post("/api/plugins", (c) =>

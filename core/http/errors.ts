@@ -31,6 +31,8 @@ export const STATUS: Readonly<Record<string, number>> = {
   ModelOutputError: 502,
   EmbeddingError: 502,
   PayloadTooLargeError: 413,
+  RequestTimeoutError: 408,
+  ServerBusyError: 503,
   QueueFullError: 429,
 };
 

@@ -53,12 +53,15 @@ const waitParam = {
   description: "Seconds (plain digits, at most 300) to wait for the run to end or pause before answering",
 };
 
-/** Every POST and PUT reads its body through one reader (`app.ts`): over 4 MiB is a 413, nested over 128 levels a 400. */
+/**
+ * Every POST and PUT reads its body through one reader (`app.ts`): over 4 MiB is a 413, nested over 128 levels a 400,
+ * not arrived within `KEEL_HTTP_TIMEOUT_MS` a 408.
+ */
 const withBodyLimits = <D>(doc: D): D => {
   const paths = (doc as { paths: Record<string, Record<string, { responses: object }>> }).paths;
   for (const ops of Object.values(paths)) {
     for (const [method, op] of Object.entries(ops)) {
-      if (method === "post" || method === "put") op.responses = { ...errors(400, 413), ...op.responses };
+      if (method === "post" || method === "put") op.responses = { ...errors(400, 408, 413), ...op.responses };
     }
   }
   return doc;
@@ -73,7 +76,10 @@ export const openApiDocument = withBodyLimits(
       version: "0.1.0",
       description:
         "Keel's HTTP API. Every /api route needs `Authorization: Bearer <token>`. Errors are `{error: {tag, message, details}}`. " +
-        "A request body is a JSON object of at most 4 MiB (else 413), nesting at most 128 levels (else 400).",
+        "A request body is a JSON object of at most 4 MiB (else 413), nesting at most 128 levels (else 400), that " +
+        "arrives within KEEL_HTTP_TIMEOUT_MS (default 30 s; else 408, and the connection closes). A connection with no " +
+        "request in flight for that long is closed. When KEEL_MAX_CONNECTIONS connections (default 256) all have a " +
+        "request in flight, a new one is answered 503 (ServerBusyError, with Retry-After) and closed.",
     },
     servers: [{ url: "http://127.0.0.1:8787" }],
     components: {

@@ -3,10 +3,11 @@
  * Strict readers for what the API takes: a query's seconds (`?wait=`,
  * `?delay=`) and an ISO time (`startAt`, `at`), where `Number()` and
  * `Date.parse` accept too much (an empty string is 0, `0x10` is 16, 30
- * February rolls over to March); and a request body, read only up to a cap.
+ * February rolls over to March); and a request body, read only up to a cap
+ * and a deadline (`BodyDeadlines`).
  */
 import { Effect } from "effect";
-import { InvalidInputError } from "../errors/mod.ts";
+import { InvalidInputError, RequestTimeoutError } from "../errors/mod.ts";
 
 /** Seconds as plain decimal digits (`5`, `0.5`), from 0 to `max`; undefined when the query leaves it out. */
 export const querySeconds = (
@@ -51,32 +52,70 @@ export const parseIsoTime = (raw: unknown): number => {
   return Date.parse(raw as string);
 };
 
-/** Read a request body up to `cap` bytes; undefined when it is larger (the rest is not read). */
-export const readCapped = async (req: Request, cap: number): Promise<Uint8Array | undefined> => {
-  const declared = Number(req.headers.get("content-length") ?? NaN);
-  if (Number.isFinite(declared) && declared > cap) {
-    await req.body?.cancel().catch(() => {});
-    return undefined;
-  }
-  if (!req.body) return new Uint8Array();
-  const reader = req.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > cap) {
-      await reader.cancel().catch(() => {});
-      return undefined;
+/**
+ * Request bodies being read, so that one sweep can stop those that take too long: a peer that declares a body and then
+ * sends it a byte a minute, or never finishes it, would otherwise hold its route (and what it buffered) forever.
+ * Reading a body adds an entry and removes it, with no timer of its own (a timer costs tens of microseconds after an
+ * idle moment); the HTTP server calls `expire` on its own tick.
+ */
+export class BodyDeadlines {
+  /** `timeoutMs`: how long a body may take to arrive, from the moment its route starts to read it. */
+  constructor(readonly timeoutMs: number) {}
+
+  readonly #reading = new Map<ReadableStreamDefaultReader<Uint8Array>, number>();
+  readonly #expired = new WeakSet<ReadableStreamDefaultReader<Uint8Array>>();
+
+  /** Stop every read that started more than `timeoutMs` ago: its reader is cancelled and it ends as `"timed_out"`. */
+  expire(): void {
+    const now = performance.now();
+    for (const [reader, started] of this.#reading) {
+      if (now - started <= this.timeoutMs) continue;
+      this.#reading.delete(reader);
+      this.#expired.add(reader);
+      reader.cancel().catch(() => {});
     }
-    chunks.push(value);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
+
+  /** Read a request body up to `cap` bytes: the bytes, `"too_large"` (the rest is not read) or `"timed_out"`. */
+  async read(req: Request, cap: number): Promise<Uint8Array | "too_large" | "timed_out"> {
+    const declared = Number(req.headers.get("content-length") ?? NaN);
+    if (Number.isFinite(declared) && declared > cap) {
+      await req.body?.cancel().catch(() => {});
+      return "too_large";
+    }
+    if (!req.body) return new Uint8Array();
+    const reader = req.body.getReader();
+    this.#reading.set(reader, performance.now());
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        total += value.length;
+        if (total > cap) {
+          await reader.cancel().catch(() => {});
+          return "too_large";
+        }
+        chunks.push(value);
+      }
+    } finally {
+      this.#reading.delete(reader);
+    }
+    if (this.#expired.has(reader)) return "timed_out";
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const chunk of chunks) {
+      out.set(chunk, at);
+      at += chunk.length;
+    }
+    return out;
   }
-  return out;
-};
+}
+
+/** The 408 for a request body that did not arrive within `bodies.timeoutMs`. */
+export const bodyTimeout = (bodies: BodyDeadlines): RequestTimeoutError =>
+  new RequestTimeoutError({
+    message: `Request body did not arrive within ${bodies.timeoutMs} ms (KEEL_HTTP_TIMEOUT_MS)`,
+    details: { timeoutMs: bodies.timeoutMs },
+  });

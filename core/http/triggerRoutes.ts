@@ -9,11 +9,11 @@
 import { Clock, Effect, type ManagedRuntime } from "effect";
 import type { Context as HonoContext, Hono } from "hono";
 import { MAX_DELAY_SECONDS } from "../config/mod.ts";
-import { InvalidInputError, type PayloadTooLargeError } from "../errors/mod.ts";
+import { InvalidInputError, type PayloadTooLargeError, type RequestTimeoutError } from "../errors/mod.ts";
 import { replayRun, type StartOptions } from "../orchestrator/mod.ts";
 import { Hooks, MAX_HOOK_BODY_BYTES, Scheduler } from "../triggers/mod.ts";
 import type { ApiServices } from "./app.ts";
-import { parseIsoTime, querySeconds, readCapped } from "./params.ts";
+import { type BodyDeadlines, bodyTimeout, parseIsoTime, querySeconds } from "./params.ts";
 
 /** The longest delayed start Keel accepts: one year. */
 
@@ -72,7 +72,9 @@ type Respond = <A>(
   effect: Effect.Effect<A, unknown, ApiServices>,
   status?: number,
 ) => Promise<Response>;
-type Body = (c: HonoContext) => Effect.Effect<Record<string, unknown>, InvalidInputError | PayloadTooLargeError>;
+type Body = (
+  c: HonoContext,
+) => Effect.Effect<Record<string, unknown>, InvalidInputError | PayloadTooLargeError | RequestTimeoutError>;
 
 /** Register the trigger routes, and re-arm the scheduler after every plugin change made through the API. */
 export const registerTriggerRoutes = (
@@ -80,6 +82,7 @@ export const registerTriggerRoutes = (
   runtime: ManagedRuntime.ManagedRuntime<ApiServices, unknown>,
   respond: Respond,
   body: Body,
+  bodies: BodyDeadlines,
 ): void => {
   // Installing, upgrading, granting or removing a plugin can add, change or drop schedules.
   app.use("/api/plugins/*", async (c, next) => {
@@ -125,13 +128,14 @@ export const registerTriggerRoutes = (
       c,
       Effect.gen(function* () {
         const raw = yield* Effect.tryPromise({
-          try: () => readCapped(c.req.raw, MAX_HOOK_BODY_BYTES),
+          try: () => bodies.read(c.req.raw, MAX_HOOK_BODY_BYTES),
           catch: () => new InvalidInputError({ message: "Cannot read the webhook body" }),
         });
+        if (raw === "timed_out") return yield* bodyTimeout(bodies);
         const hooks = yield* Hooks;
         return yield* hooks.deliver({
           hookId: c.req.param("id"),
-          body: raw,
+          body: raw === "too_large" ? undefined : raw,
           signature: c.req.header("x-keel-signature"),
           deliveryId: c.req.header("x-keel-delivery"),
           timestamp: c.req.header("x-keel-timestamp"),

@@ -49,6 +49,10 @@ export interface TestKeelOptions {
   readonly maxQueued?: number;
   /** How long a start may wait to share its run's first commit (default Keel's). */
   readonly startHoldMs?: number;
+  /** How long a connection may idle and a body take to arrive (default Keel's). */
+  readonly httpTimeoutMs?: number;
+  /** HTTP connections open at once (default Keel's). */
+  readonly maxConnections?: number;
 }
 
 /** Start Keel for a test. Always `close()` it (use try/finally). */
@@ -72,6 +76,8 @@ export const startTestKeel = async (options: TestKeelOptions = {}): Promise<Test
     ...(options.maxRuns ? { maxRuns: options.maxRuns } : {}),
     ...(options.maxQueued ? { maxQueued: options.maxQueued } : {}),
     ...(options.startHoldMs ? { startHoldMs: options.startHoldMs } : {}),
+    ...(options.httpTimeoutMs ? { httpTimeoutMs: options.httpTimeoutMs } : {}),
+    ...(options.maxConnections ? { maxConnections: options.maxConnections } : {}),
   }))
     .catch(async (error) => {
       await cleanUp();

@@ -60,6 +60,8 @@ Deno.test("`serve` with a setting it cannot use exits 1 naming the variable and 
     [{ KEEL_MAX_RUNS: "0" }, 'KEEL_MAX_RUNS must be an integer between 1 and 10000: got "0"'],
     [{ KEEL_MAX_QUEUED: "lots" }, 'KEEL_MAX_QUEUED must be an integer between 1 and 10000000: got "lots"'],
     [{ KEEL_PORT: "70000" }, 'KEEL_PORT must be an integer between 0 and 65535: got "70000"'],
+    [{ KEEL_HTTP_TIMEOUT_MS: "30s" }, 'KEEL_HTTP_TIMEOUT_MS must be an integer between 100 and 3600000: got "30s"'],
+    [{ KEEL_MAX_CONNECTIONS: "0" }, 'KEEL_MAX_CONNECTIONS must be an integer between 1 and 100000: got "0"'],
   ];
   const results = await keelAll(cases.map(([env]) => [["serve"], { ...env, KEEL_DATA_DIR: `${scratch}/untouched` }]));
   for (const [i, r] of results.entries()) cleanError(r, `error: ${cases[i][1]}`);

@@ -130,6 +130,10 @@ Deno.test("every route the app registers is documented, and every documented ope
         "413" in op.responses,
         `${method} ${path} answers 413 for a body over 4 MiB; the document does not list it`,
       );
+      assert.ok(
+        "408" in op.responses,
+        `${method} ${path} answers 408 for a body too slow; the document does not list it`,
+      );
     }
 
     // A bad value for any documented query parameter gets an answer the document lists.
