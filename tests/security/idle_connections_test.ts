@@ -1,9 +1,11 @@
 /**
  * @module
- * Idle TCP connections from any local process (no token needed) are never timed out: Deno.serve has no connection cap
- * or idle timeout. When they used up Keel's file descriptors, the `EMFILE` from accept() rejected Deno.serve's own
- * promise and the whole Keel process exited ("Too many open files"), its runs with it. Keel now survives it and
- * listens again once the connections close. Here the limit is 1,024 (`prlimit`, util-linux) to keep it quick.
+ * Idle TCP connections from any local process (no token needed): Deno.serve alone has no connection cap or idle
+ * timeout. When they used up Keel's file descriptors, the `EMFILE` from accept() rejected Deno.serve's own promise and
+ * the whole Keel process exited ("Too many open files"), its runs with it; later, Keel survived but could not answer
+ * while they were held. Now Keel holds at most `KEEL_MAX_CONNECTIONS` (256 by default), closing the longest idle one
+ * for each new one, so it answers even while they are held. Here the limit is 1,024 file descriptors (`prlimit`,
+ * util-linux) to keep it quick.
  */
 import assert from "node:assert/strict";
 import { freePort } from "../_support/process.ts";
@@ -21,7 +23,7 @@ if (!hasPrlimit) {
 }
 
 Deno.test({
-  name: "a thousand idle connections from a local process do not end Keel; it serves again once they close",
+  name: "a thousand idle connections from a local process do not end Keel, and it answers while they are held",
   ignore: !hasPrlimit,
 }, async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "keel-fd-" });
@@ -52,6 +54,14 @@ Deno.test({
       }
     }
     await new Promise((r) => setTimeout(r, 2000));
+    const held = conns.length;
+    const whileHeld = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.json(), (e) => String(e));
+    assert.equal(
+      (whileHeld as { ok?: boolean }).ok,
+      true,
+      `healthz while ${held} are held: ${JSON.stringify(whileHeld)}`,
+    );
+    assert.ok(held > 1000, `only ${held} connections opened`);
     for (const c of conns.splice(0)) c.close();
     await new Promise((r) => setTimeout(r, 1000));
     const health = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.json(), (e) => String(e));
