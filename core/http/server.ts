@@ -179,12 +179,16 @@ export const startServer = (
         conn = await listener.accept();
       } catch (error) {
         if (closing) return;
-        // Out of file descriptors (other work holds them too): let the longest idle connection go and try again.
+        // Out of file descriptors (the cap is above what the process may open, or other work holds them): let the
+        // longest idle sixteenth go, so the connections waiting to be accepted get through, and try again.
         if (!warned) console.error(`Keel's HTTP server cannot accept a connection (${String(error)}); retrying`);
         warned = true;
-        const idle = longestIdle();
-        if (idle) close(idle);
-        await new Promise((r) => setTimeout(r, 100));
+        for (let n = Math.max(1, Math.ceil(open.size / 16)); n > 0; n--) {
+          const idle = longestIdle();
+          if (!idle) break;
+          close(idle);
+        }
+        await new Promise((r) => setTimeout(r, 10));
         continue;
       }
       warned = false;
