@@ -91,11 +91,19 @@ const busyAnswer = (max: number): Uint8Array => {
  * this server's tick enforces. Throws (synchronously) when it cannot listen.
  */
 export const startServer = (
-  options: { hostname: string; port: number; limits: ServerLimits; bodies: BodyDeadlines },
+  options: {
+    hostname: string;
+    port: number;
+    limits: ServerLimits;
+    bodies: BodyDeadlines;
+    /** Serve with plain `Deno.serve`, as on a Deno without `serveHttpOnConnection` (tests). */
+    plain?: boolean;
+  },
   handler: (req: Request) => Response | Promise<Response>,
 ): KeelServer => {
   const { hostname, port, limits, bodies } = options;
   const tickMs = Math.min(1000, Math.max(50, Math.floor(limits.timeoutMs / 4)));
+  if (options.plain) return serveUnbounded(hostname, port, handler, bodies, tickMs);
   if (!serveOnConnection) {
     console.error(
       "This Deno has no serveHttpOnConnection: Keel serves HTTP without its connection timeout and cap (use Deno 2.9.5)",

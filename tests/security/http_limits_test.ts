@@ -9,6 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
+import { BodyDeadlines, startServer } from "../../core/http/mod.ts";
 
 const enc = new TextEncoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -173,5 +174,45 @@ Deno.test("when every connection has a request in flight, one more is answered 5
   } finally {
     for (const c of conns) await c.close();
     await k.close();
+  }
+});
+
+Deno.test("Keel.close() ends while a silent connection, a half-sent header and an idle keep-alive are held", async () => {
+  const k = await startTestKeel({ httpTimeoutMs: 600_000 });
+  const conns = [await rawConnect(k.url), await rawConnect(k.url), await rawConnect(k.url)];
+  try {
+    await conns[1].write("GET /healthz HTTP/1.1\r\nHost: ke");
+    await conns[2].write("GET /healthz HTTP/1.1\r\nHost: keel\r\n\r\n");
+    await sleep(200);
+    const closing = k.close().then(() => true);
+    assert.equal(await Promise.race([closing, sleep(20_000).then(() => false)]), true, "close() did not end");
+    assert.deepEqual(await Promise.all(conns.map((c) => c.closedWithin(20_000))), [true, true, true]);
+  } finally {
+    for (const c of conns) await c.close();
+  }
+});
+
+Deno.test("this Deno serves one connection at a time (serveHttpOnConnection); plain Deno.serve still times bodies out", async () => {
+  const limits = { timeoutMs: 300, maxConnections: 4 };
+  for (const plain of [false, true]) {
+    const bodies = new BodyDeadlines(limits.timeoutMs);
+    const server = startServer({ hostname: "127.0.0.1", port: 0, limits, bodies, plain }, async (req) => {
+      const read = await bodies.read(req, 1024);
+      return new Response(typeof read === "string" ? read : `${read.length} bytes`, {
+        status: read === "timed_out" ? 408 : 200,
+      });
+    });
+    // Keel's pinned Deno has it: if an upgrade drops it, this says so before an operator finds out.
+    assert.equal(server.bounded, !plain);
+    const c = await rawConnect(`http://127.0.0.1:${server.addr.port}`);
+    try {
+      await c.write("POST / HTTP/1.1\r\nHost: keel\r\nContent-Length: 10\r\n\r\nab");
+      const deadline = performance.now() + 20_000;
+      while (!c.received.includes("timed_out") && performance.now() < deadline) await sleep(50);
+      assert.match(c.received, /^HTTP\/1\.1 408 [^]*timed_out$/, `plain: ${plain}`);
+    } finally {
+      await c.close();
+      await server.shutdown();
+    }
   }
 });
