@@ -464,7 +464,7 @@ export class Gateway extends Context.Service<Gateway, {
           yield* record(r, { effect: r.effect, effectClass: decl.class, plugin: connector.name }, d, null);
           return yield* denied(r, d);
         }
-        const problems = host.validate(connector, `in:${decl.name}`, decl.input, r.args);
+        const problems = yield* host.validate(connector, `in:${decl.name}`, decl.input, r.args);
         if (problems.length) {
           return yield* reject(
             r,
@@ -759,7 +759,7 @@ export class Gateway extends Context.Service<Gateway, {
           if (outcome._tag === "Success") {
             const value = outcome.success;
             const problems = auth.decl.output
-              ? host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
+              ? yield* host.validate(auth.connector, `out:${auth.decl.name}`, auth.decl.output, value)
               : [];
             const data = { ...base, latencyMs, ...(attempts > 1 ? { attempts } : {}) };
             // The outcome and its audit event commit together: a crash cannot keep one and lose the other.

@@ -79,7 +79,7 @@ export const explainRoute = Effect.fn("Http.policyExplain")(function* (b: Record
   if (found._tag === "Success") {
     const { plugin: connector, decl } = found.success;
     installed = { plugin: connector.name, class: decl.class };
-    const problems = tooDeep ? [] : host.validate(connector, `in:${decl.name}`, decl.input, args);
+    const problems = tooDeep ? [] : yield* host.validate(connector, `in:${decl.name}`, decl.input, args);
     if (problems.length) notes.push(`The Gateway would refuse these args before the policy: ${problems[0]}`);
     if (cls !== undefined && cls !== decl.class) {
       notes.push(`Effect "${effect}" is ${decl.class} in its manifest; explained as ${cls}, as asked`);

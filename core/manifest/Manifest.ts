@@ -7,6 +7,9 @@
 import { Cron, Effect } from "effect";
 import { Validator } from "@cfworker/json-schema";
 import { ManifestError } from "../errors/mod.ts";
+import { schemaErrors } from "./schemaErrors.ts";
+
+export { schemaErrors };
 
 /** A JSON Schema document (draft 2020-12 subset, validated without `eval`). */
 export type JsonSchema = Record<string, unknown>;
@@ -238,32 +241,6 @@ export const MANIFEST_SCHEMA: JsonSchema = {
 const FORBIDDEN_PERMISSIONS = ["import", "hrtime"];
 const manifestValidator = new Validator(MANIFEST_SCHEMA, "2020-12", false);
 
-/** The first schema violations of a value, as `field: why` lines. */
-export const schemaErrors = (validator: Validator, value: unknown, limit = 5): string[] => {
-  const result = validator.validate(value);
-  if (result.valid) return [];
-  // cfworker reports the chain from the root; the deepest errors say the most (sort is stable).
-  const seen = new Set<string>();
-  const lines: string[] = [];
-  const depth = (e: { instanceLocation: string }) => e.instanceLocation.split("/").length;
-  for (const e of [...result.errors].sort((a, b) => depth(b) - depth(a))) {
-    const at = e.instanceLocation.replace(/^#\/?/, "").replaceAll("/", ".");
-    const missing = e.keyword === "required" ? /required property "([^"]+)"/.exec(e.error)?.[1] : undefined;
-    const field = missing ? (at ? `${at}.${missing}` : missing) : at || "(root)";
-    // A `false` schema (`additionalProperties: false`, say) reports "False boolean schema": say what it means.
-    const line = missing
-      ? `field "${field}" is required`
-      : e.keyword === "false"
-      ? `field "${field}" is not allowed`
-      : `field "${field}" ${e.error.replace(/^Instance /, "").replace(/\.$/, "")}`;
-    if (e.keyword === "properties" || e.keyword === "items" || seen.has(field)) continue;
-    seen.add(field);
-    lines.push(line);
-    if (lines.length >= limit) break;
-  }
-  return lines.length ? lines : [`${result.errors[0]?.error ?? "invalid"}`];
-};
-
 /**
  * Whether a parsed cron ever fires: `Cron.parse` accepts "0 0 31 2 *" (31 February), for which `Cron.next` and
  * `Cron.prev` throw.
@@ -428,11 +405,13 @@ export const schemaProblem = (schema: JsonSchema): string | undefined => {
 };
 
 /**
- * Why a schema pattern could take exponential time to match, or undefined. Keel checks values against a plugin's
- * schemas on its main thread with JavaScript's backtracking regular expressions, so a plugin could stall the host
- * with a pattern such as `^(a+)+$` and a value it sends. Refused, conservatively: a backreference, and a group
- * repeated more than once (`*`, `+`, `{2,}` …) whose body itself repeats or has alternatives. A pattern with neither
- * can still backtrack polynomially on a long string (see the README's "Not yet").
+ * Why a schema pattern could take exponential time to match, or undefined. JavaScript's regular expressions
+ * backtrack, so a pattern such as `^(a+)+$` can take forever on a value that a plugin sends. Values are checked
+ * against schemas with patterns in a separate process under a deadline (`SchemaChecker.ts`), which bounds what any
+ * pattern costs Keel; these are refused at install all the same, as a schema that would refuse long values by
+ * timing out. Conservatively: a backreference, and a group repeated more than once (`*`, `+`, `{2,}` …) whose body
+ * itself repeats or has alternatives. A pattern with neither can still backtrack polynomially (`^\d*\d*x$` on a
+ * long run of digits): the deadline stops that one.
  */
 export const patternRisk = (pattern: string): string | undefined => {
   /** Per open group: does its body repeat something, or alternate? */

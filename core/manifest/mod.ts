@@ -5,3 +5,4 @@
 export * from "./Manifest.ts";
 export * from "./Grant.ts";
 export * from "./ManifestDiff.ts";
+export * from "./SchemaChecker.ts";

@@ -1365,7 +1365,7 @@ export class Orchestrator extends Context.Service<Orchestrator, {
         }
         const { plugin, decl } = yield* host.findWorkflow(workflow);
         learnLimits(plugin, decl);
-        const problems = host.validate(plugin, `wf:${workflow}`, decl.input, input);
+        const problems = yield* host.validate(plugin, `wf:${workflow}`, decl.input, input);
         if (problems.length) {
           return yield* new InvalidInputError({
             message: `Input for workflow "${workflow}" is invalid: ${problems[0]}`,

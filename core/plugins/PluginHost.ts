@@ -9,7 +9,6 @@
  * serving. Health checks run in the background (`health.ts`).
  */
 import { Context, Effect, Layer } from "effect";
-import { Validator } from "@cfworker/json-schema";
 import { KeelConfig } from "../config/mod.ts";
 import {
   ConflictError,
@@ -32,9 +31,10 @@ import {
 import {
   type EffectDecl,
   type Grant,
+  makeSchemaChecker,
   type Manifest,
   type Permissions,
-  schemaErrors,
+  type PreparedSchema,
   workerPermissions,
   type WorkflowDecl,
 } from "../manifest/mod.ts";
@@ -139,7 +139,7 @@ interface Live {
   restarts: number;
   lastError?: string;
   crashed: boolean;
-  validators: Map<string, Validator>;
+  validators: Map<string, PreparedSchema>;
   backoff?: RestartBackoff;
 }
 
@@ -174,8 +174,16 @@ export class PluginHost extends Context.Service<PluginHost, {
   findEffect(effect: string): Effect.Effect<{ plugin: InstalledPlugin; decl: EffectDecl }, NotFoundError>;
   /** The agent and declaration serving a workflow name. */
   findWorkflow(workflow: string): Effect.Effect<{ plugin: InstalledPlugin; decl: WorkflowDecl }, NotFoundError>;
-  /** Validate a value against a declared JSON Schema (cached per plugin). */
-  validate(plugin: InstalledPlugin, key: string, schema: Record<string, unknown>, value: unknown): string[];
+  /**
+   * Validate a value against a declared JSON Schema (cached per plugin): its violations as lines. A schema with
+   * patterns is checked off the main thread under a deadline, and a check that overruns it is one line saying so.
+   */
+  validate(
+    plugin: InstalledPlugin,
+    key: string,
+    schema: Record<string, unknown>,
+    value: unknown,
+  ): Effect.Effect<string[]>;
   callEffect(
     plugin: InstalledPlugin,
     effect: string,
@@ -231,6 +239,7 @@ export class PluginHost extends Context.Service<PluginHost, {
       }
 
       const registry = yield* PluginRegistry.load(kv);
+      const checker = yield* makeSchemaChecker();
       const storeRoot = config.dataDir === ":memory:"
         ? Deno.makeTempDirSync({ prefix: "keel-store-" })
         : `${config.dataDir}/plugins`;
@@ -579,10 +588,10 @@ export class PluginHost extends Context.Service<PluginHost, {
         const l = liveOf(versionKey(plugin));
         let v = l.validators.get(key);
         if (!v) {
-          v = new Validator(schema, "2020-12", false);
+          v = checker.prepare(schema);
           l.validators.set(key, v);
         }
-        return schemaErrors(v, value);
+        return v.check(value);
       };
 
       return PluginHost.of({

@@ -56,7 +56,7 @@ export const callEffect = async (
   const exit = await keel.keel.runtime.runPromiseExit(Effect.gen(function* () {
     const host = yield* PluginHost;
     const { plugin, decl } = yield* host.findEffect(effect);
-    const problems = host.validate(plugin, `test-kit:${effect}:input`, decl.input, args);
+    const problems = yield* host.validate(plugin, `test-kit:${effect}:input`, decl.input, args);
     if (problems.length) {
       return yield* Effect.fail({ _tag: "InvalidInputError", message: `Args of "${effect}": ${problems[0]}` });
     }

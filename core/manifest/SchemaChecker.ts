@@ -1,0 +1,234 @@
+/**
+ * @module
+ * Checks values against JSON Schemas that plugin authors wrote. A schema's
+ * `pattern` runs on JavaScript's backtracking regular expressions, and Keel
+ * refuses at install only the patterns that can take exponential time
+ * (`patternRisk`): `^\d*\d*x$` still takes seconds on 60 KB of digits, and on
+ * Keel's main thread that stalls every run and the API. So a schema that
+ * holds a regular expression (`pattern`, `patternProperties`) is checked in a
+ * separate process with no permissions (`_schema_check_entry.ts`), started on
+ * first use, one check at a time under a deadline; at the deadline Keel kills
+ * it (a Worker cannot be used: terminating one does not stop a regular
+ * expression that is running, whose thread keeps a core busy until it ends)
+ * and the check fails with a line saying so. The next check starts a new
+ * process. Schemas without regular expressions are checked on the main
+ * thread, as before: they cost no extra hop.
+ */
+import { Effect, type Scope } from "effect";
+import { Validator } from "@cfworker/json-schema";
+import type { JsonSchema } from "./Manifest.ts";
+import { schemaErrors } from "./schemaErrors.ts";
+
+/** How long one check against a schema with patterns may take before it is stopped and refused. */
+export const SCHEMA_CHECK_DEADLINE_MS = 1000;
+
+/** A schema made ready to check values against, on the main thread or in the schema-check process. */
+export interface PreparedSchema {
+  /** Whether checks go to the schema-check process (the schema holds a regular expression). */
+  readonly isolated: boolean;
+  /** The first violations of a value as `field …` lines (see `schemaErrors`); none when it matches. */
+  check(value: unknown): Effect.Effect<string[]>;
+}
+
+/** Prepares schemas whose checks cannot stall Keel's main thread (see the module doc). */
+export interface SchemaChecker {
+  /** Compile a schema (throws what `new Validator` throws) and say where its checks run. */
+  prepare(schema: JsonSchema): PreparedSchema;
+}
+
+/** Whether a schema holds a regular expression that a value is matched against (`pattern`, `patternProperties`). */
+export const hasPatterns = (schema: unknown): boolean => {
+  if (schema === null || typeof schema !== "object") return false;
+  if (Array.isArray(schema)) return schema.some(hasPatterns);
+  for (const [k, v] of Object.entries(schema)) {
+    if (k === "pattern" && typeof v === "string") return true;
+    if (k === "patternProperties" && v !== null && typeof v === "object" && Object.keys(v).length) return true;
+    if (hasPatterns(v)) return true;
+  }
+  return false;
+};
+
+type Outcome = { errors: string[] } | { failed: string };
+
+/** How long the schema-check process may take to start (a cold `deno run` under load), not part of a check's deadline. */
+const START_MS = 30_000;
+
+/** The schema-check process: one check at a time, killed at a check's deadline and started again on the next. */
+const makeProcess = (deadlineMs: number) => {
+  const entry = new URL("./_schema_check_entry.ts", import.meta.url);
+  // Keel's own configuration, for its import map and node_modules.
+  const config = decodeURIComponent(new URL("../../deno.json", import.meta.url).pathname);
+  let current: Running | undefined;
+  let closed = false;
+  let tail: Promise<unknown> = Promise.resolve();
+
+  interface Running {
+    readonly child: Deno.ChildProcess;
+    readonly writer: WritableStreamDefaultWriter<Uint8Array>;
+    readonly ready: Promise<void>;
+    readonly ended: Promise<unknown>;
+    answer?: (message: Record<string, unknown> | undefined) => void;
+  }
+
+  const start = (): Running => {
+    const child = new Deno.Command(Deno.execPath(), {
+      // No --allow-* flag: the process may read no file (its modules load anyway), reach no host, run nothing.
+      args: [
+        "run",
+        "--no-prompt",
+        `--config=${config}`,
+        "--no-lock",
+        "--cached-only",
+        "--no-remote",
+        "--v8-flags=--max-old-space-size=512",
+        entry.href,
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    let readyNow: () => void = () => {};
+    let notReady: (e: Error) => void = () => {};
+    const ready = new Promise<void>((resolve, reject) => {
+      readyNow = resolve;
+      notReady = reject;
+    });
+    const running: Running = { child, writer: child.stdin.getWriter(), ready, ended: Promise.resolve() };
+    const onLine = (line: string) => {
+      let message: Record<string, unknown>;
+      try {
+        message = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (message.ready === true) readyNow();
+      else running.answer?.(message);
+    };
+    (running as { ended: Promise<unknown> }).ended = (async () => {
+      let parts: string[] = [];
+      try {
+        for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+          let from = 0;
+          for (let nl = chunk.indexOf("\n"); nl !== -1; nl = chunk.indexOf("\n", from)) {
+            parts.push(chunk.slice(from, nl));
+            onLine(parts.join(""));
+            parts = [];
+            from = nl + 1;
+          }
+          if (from < chunk.length) parts.push(chunk.slice(from));
+        }
+      } catch {
+        // Killed: the stream ends either way.
+      }
+      notReady(new Error("the schema-check process stopped before it was ready"));
+      running.writer.abort().catch(() => {});
+      running.answer?.(undefined);
+      if (current === running) current = undefined;
+      await child.status;
+    })();
+    return running;
+  };
+
+  const stop = (running: Running) => {
+    if (current === running) current = undefined;
+    try {
+      running.child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    return running.ended;
+  };
+
+  const once = async (id: number, schema: JsonSchema, value: unknown): Promise<Outcome> => {
+    if (closed) return { failed: "Keel is shutting down" };
+    let running: Running;
+    try {
+      running = current ??= start();
+    } catch (error) {
+      return { failed: `the schema-check process could not start: ${error instanceof Error ? error.message : error}` };
+    }
+    let late: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        running.ready,
+        new Promise((_, reject) => {
+          late = setTimeout(() => {
+            stop(running);
+            reject(new Error(`the schema-check process did not start within ${START_MS / 1000} s`));
+          }, START_MS);
+        }),
+      ]);
+    } catch (error) {
+      return { failed: error instanceof Error ? error.message : String(error) };
+    } finally {
+      clearTimeout(late);
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const answered = new Promise<Outcome>((resolve) => {
+      running.answer = (m) =>
+        resolve(
+          m === undefined
+            ? { failed: "the schema-check process stopped before it answered" }
+            : Array.isArray(m.errors)
+            ? { errors: m.errors as string[] }
+            : { failed: String(m.failed) },
+        );
+      timer = setTimeout(() => {
+        // The check is stuck in a regular expression: only killing the process stops it.
+        stop(running);
+        resolve({
+          failed: `the check against the schema's patterns took longer than ${deadlineMs} ms and was stopped`,
+        });
+      }, deadlineMs);
+    });
+    running.writer.write(new TextEncoder().encode(JSON.stringify({ id, schema, value }) + "\n")).catch(() => {});
+    try {
+      return await answered;
+    } finally {
+      clearTimeout(timer);
+      running.answer = undefined;
+    }
+  };
+
+  return {
+    check: (id: number, schema: JsonSchema, value: unknown): Promise<Outcome> => {
+      const run = tail.then(() => once(id, schema, value));
+      tail = run.catch(() => {});
+      return run;
+    },
+    close: async () => {
+      closed = true;
+      // The check in flight ends as "stopped"; the queued ones see `closed`.
+      if (current) await stop(current);
+      await tail;
+    },
+  };
+};
+
+/** A schema checker whose process (started on first use) ends with the scope. */
+export const makeSchemaChecker = (
+  deadlineMs: number = SCHEMA_CHECK_DEADLINE_MS,
+): Effect.Effect<SchemaChecker, never, Scope.Scope> =>
+  Effect.map(
+    Effect.acquireRelease(Effect.sync(() => makeProcess(deadlineMs)), (p) => Effect.promise(p.close)),
+    (process): SchemaChecker => {
+      let ids = 0;
+      return {
+        prepare: (schema) => {
+          const validator = new Validator(schema, "2020-12", false);
+          if (!hasPatterns(schema)) {
+            return { isolated: false, check: (value) => Effect.sync(() => schemaErrors(validator, value)) };
+          }
+          const id = ++ids;
+          return {
+            isolated: true,
+            check: (value) =>
+              Effect.map(
+                Effect.promise(() => process.check(id, schema, value)),
+                (o) => "errors" in o ? o.errors : [o.failed],
+              ),
+          };
+        },
+      };
+    },
+  );

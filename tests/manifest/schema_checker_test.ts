@@ -1,0 +1,81 @@
+/**
+ * @module
+ * `makeSchemaChecker()`: which schemas go to the schema-check process, that
+ * a check stuck in a pattern is stopped by killing that process (so nothing
+ * keeps a core busy after the refusal), that checks queued behind it still
+ * get right answers from a new process, and that closing the scope leaves
+ * no process behind. Real child processes, found through `/proc`.
+ */
+import assert from "node:assert/strict";
+import { Effect, Exit, Scope } from "effect";
+import { hasPatterns, makeSchemaChecker, SCHEMA_CHECK_DEADLINE_MS } from "../../core/manifest/mod.ts";
+import { eventually } from "../_support/process.ts";
+
+/** Pids of this process's schema-check children. */
+const checkers = (): number[] => {
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const cmd = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
+      if (ppid === Deno.pid && cmd.includes("_schema_check_entry.ts")) pids.push(Number(e.name));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids;
+};
+
+const SLOW = { type: "object", properties: { code: { type: "string", pattern: "^\\d*\\d*x$" } } };
+const STOPPED =
+  `the check against the schema's patterns took longer than ${SCHEMA_CHECK_DEADLINE_MS} ms and was stopped`;
+
+Deno.test("hasPatterns() finds pattern and patternProperties anywhere in a schema, and nothing else", () => {
+  assert.equal(hasPatterns(SLOW), true);
+  assert.equal(hasPatterns({ type: "object", patternProperties: { "^a": { type: "string" } } }), true);
+  assert.equal(hasPatterns({ anyOf: [{ type: "number" }, { items: { pattern: "a" } }] }), true);
+  assert.equal(hasPatterns({ $defs: { s: { type: "string", pattern: "a" } } }), true);
+  assert.equal(hasPatterns({ type: "object", properties: { pattern: { type: "string" } } }), false);
+  assert.equal(hasPatterns({ type: "object", patternProperties: {} }), false);
+  assert.equal(hasPatterns({ type: "string", format: "email", minLength: 1 }), false);
+  assert.equal(hasPatterns(true), false);
+});
+
+Deno.test("makeSchemaChecker() stops a check stuck in a pattern by killing its process, then answers from a new one", async () => {
+  const scope = Effect.runSync(Scope.make());
+  try {
+    const checker = await Effect.runPromise(Scope.provide(makeSchemaChecker(), scope));
+    const plain = checker.prepare({ type: "object", required: ["code"] });
+    assert.equal(plain.isolated, false);
+    assert.deepEqual(Effect.runSync(plain.check({})), ['field "code" is required']);
+    assert.deepEqual(checkers(), [], "a schema without patterns starts no process");
+
+    const slow = checker.prepare(SLOW);
+    assert.equal(slow.isolated, true);
+    assert.deepEqual(await Effect.runPromise(slow.check({ code: "12x" })), []);
+    const [first] = checkers();
+    assert.ok(first, "the first check with a pattern starts the schema-check process");
+
+    // The slow check and three queued behind it: the slow one is stopped, the others answered by a new process.
+    const answers = await Promise.all([
+      { code: "1".repeat(58_000) },
+      { code: "7x" },
+      { code: "7" },
+      { code: 7 },
+    ].map((value) => Effect.runPromise(slow.check(value))));
+    assert.deepEqual(answers, [
+      [STOPPED],
+      [],
+      ['field "code" String does not match pattern'],
+      ['field "code" type "number" is invalid. Expected "string"'],
+    ]);
+    const now = checkers();
+    assert.ok(!now.includes(first), `the stopped process ${first} is still running`);
+    assert.equal(now.length, 1, `one schema-check process, not ${now.length}`);
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void));
+  }
+  await eventually(() => Promise.resolve(checkers().length === 0 ? true : undefined), () => "a process outlived");
+});
