@@ -8,6 +8,7 @@ import { Cron, Effect } from "effect";
 import { Validator } from "@cfworker/json-schema";
 import { ManifestError } from "../errors/mod.ts";
 import { schemaErrors } from "./schemaErrors.ts";
+import type { SchemaChecker } from "./SchemaChecker.ts";
 
 export { schemaErrors };
 
@@ -254,8 +255,15 @@ export const cronMatches = (cron: Cron.Cron): boolean => {
   }
 };
 
-/** Validate a parsed `plugin.json`; `file` is only used in messages. */
-export const validateManifest = (raw: unknown, file: string): Effect.Effect<Manifest, ManifestError> =>
+/**
+ * Validate a parsed `plugin.json`; `file` is only used in messages. With a `checker` (the host's), a schedule's input
+ * is checked against a workflow input schema with patterns off the main thread, under its deadline.
+ */
+export const validateManifest = (
+  raw: unknown,
+  file: string,
+  checker?: SchemaChecker,
+): Effect.Effect<Manifest, ManifestError> =>
   Effect.gen(function* () {
     if (raw !== null && typeof raw === "object" && "permissions" in raw) {
       const perms = (raw as { permissions: unknown }).permissions;
@@ -374,7 +382,10 @@ export const validateManifest = (raw: unknown, file: string): Effect.Effect<Mani
             `never matches a date (a day the month does not have?): "${w.schedule.cron}"`,
           );
         }
-        const wrong = schemaErrors(new Validator(w.input, "2020-12", false), w.schedule.input ?? {}, 1);
+        // The plugin wrote both: a pattern in the input schema is checked off the main thread when Keel can.
+        const wrong = checker
+          ? yield* checker.prepare(w.input).check(w.schedule.input ?? {})
+          : schemaErrors(new Validator(w.input, "2020-12", false), w.schedule.input ?? {}, 1);
         if (wrong.length) {
           return yield* invalid(
             file,
@@ -527,7 +538,7 @@ const shapeProblem = (schema: unknown, at: string, root: JsonSchema): string | u
 };
 
 /** Read and validate `<dir>/plugin.json`. */
-export const readManifest = (dir: string): Effect.Effect<Manifest, ManifestError> =>
+export const readManifest = (dir: string, checker?: SchemaChecker): Effect.Effect<Manifest, ManifestError> =>
   Effect.gen(function* () {
     const file = `${dir}/plugin.json`;
     const text = yield* Effect.tryPromise({
@@ -548,7 +559,7 @@ export const readManifest = (dir: string): Effect.Effect<Manifest, ManifestError
           details: { file },
         }),
     });
-    return yield* validateManifest(raw, file);
+    return yield* validateManifest(raw, file, checker);
   });
 
 /** A stable SHA-256 of the manifest's canonical JSON, recorded with the grant. */

@@ -476,6 +476,7 @@ export class PluginHost extends Context.Service<PluginHost, {
         registry,
         store,
         sdkDir,
+        checker,
         launch: (plugin) =>
           Effect.suspend(() => {
             // A grant or upgrade that reaches here after plugins were stopped starts nothing: a Worker started now

@@ -57,6 +57,7 @@ import {
   type Permissions,
   readManifest,
   requestedPermissions,
+  type SchemaChecker,
   validateConfig,
 } from "../manifest/mod.ts";
 import { checkModuleGraph } from "./moduleGraph.ts";
@@ -108,6 +109,8 @@ export interface LifecycleDeps {
   readonly registry: PluginRegistry;
   readonly store: PluginStore;
   readonly sdkDir: string;
+  /** Checks a manifest's schedule inputs against its own schemas, off the main thread when they hold patterns. */
+  readonly checker: SchemaChecker;
   /** Start a version (stopping one already running) and wait for what it implements. */
   launch(
     plugin: InstalledPlugin,
@@ -182,7 +185,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
         namedBySource(
           staged,
           Effect.gen(function* () {
-            const manifest = yield* readManifest(root);
+            const manifest = yield* readManifest(root, deps.checker);
             // Before the old config is tried: another plugin's schema would only report it as invalid.
             if (replaces && manifest.name !== replaces.name) {
               return yield* new InvalidInputError({
@@ -219,7 +222,7 @@ export const makeLifecycle = (deps: LifecycleDeps) =>
             yield* Effect.tryPromise({ try: () => Deno.stat(`${staged.dir}/mod.ts`), catch: () => noMod });
             if (pkg.kind === "folder") {
               // The folder may have changed since it was read: what is stored must be what was checked.
-              const copied = yield* readManifest(staged.dir);
+              const copied = yield* readManifest(staged.dir, deps.checker);
               if ((yield* manifestHash(copied)) !== (yield* manifestHash(pkg.manifest))) {
                 return yield* new ConflictError({
                   message:

@@ -122,3 +122,47 @@ Deno.test("a slow schema pattern on effect args is refused at its deadline while
     await k.close();
   }
 });
+
+Deno.test("a schedule input that a slow schema pattern checks is refused at install while Keel keeps serving", async () => {
+  const k = await startTestKeel();
+  const dir = await Deno.makeTempDir({ prefix: "keel-slow-schedule-" });
+  try {
+    await install(k);
+    // The plugin wrote both the pattern and the value it is checked against, at install: 45 KB of digits.
+    const input = { type: "object", properties: { code: { type: "string", pattern: "^\\d*\\d*x$" } } };
+    await Deno.writeTextFile(
+      `${dir}/plugin.json`,
+      JSON.stringify({
+        name: "slow-schedule",
+        version: "0.1.0",
+        kind: "agent",
+        description: "A scheduled workflow whose own schedule input backtracks in its own input schema",
+        permissions: {},
+        workflows: [{
+          name: "pattern_scheduled",
+          description: "Never runs: the install is refused",
+          input,
+          schedule: { cron: "0 3 * * *", input: { code: "1".repeat(45_000) } },
+        }],
+      }),
+    );
+    await Deno.copyFile(`${FIXTURES}/slow_pattern_agent/mod.ts`, `${dir}/mod.ts`);
+    const { answer, healthy, longestMs, otherEnded } = await whileSlow(
+      k,
+      () => k.api("POST", "/api/plugins", { path: dir, grant: {} }),
+    );
+    assert.ok(healthy >= 10, `only ${healthy} health checks were answered during the slow check`);
+    // Not a speed bound: a main thread stuck in the pattern answers nothing for seconds, longer than the deadline.
+    assert.ok(longestMs < SCHEMA_CHECK_DEADLINE_MS, `a health check waited ${Math.round(longestMs)} ms`);
+    assert.ok(otherEnded, "a run without patterns did not end while the slow check was under way");
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.equal(
+      answer.body.error.message,
+      `Invalid manifest "${dir}/plugin.json": field "workflows.0.schedule.input" does not match the workflow's input: the check against the schema's patterns took longer than ${SCHEMA_CHECK_DEADLINE_MS} ms and was stopped`,
+    );
+    assert.equal((await k.api("GET", "/api/plugins/slow-schedule")).status, 404);
+  } finally {
+    await k.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
