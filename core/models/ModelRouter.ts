@@ -28,7 +28,6 @@
  * answered yet.
  */
 import { Clock, Context, Effect, Layer, Option } from "effect";
-import { Validator } from "@cfworker/json-schema";
 import {
   InvalidInputError,
   type ModelConfigError,
@@ -39,7 +38,7 @@ import {
 } from "../errors/mod.ts";
 import { KeelConfig } from "../config/mod.ts";
 import { Kv } from "../store/mod.ts";
-import { schemaErrors } from "../manifest/mod.ts";
+import { makeSchemaChecker, type PreparedSchema, type SchemaChecker } from "../manifest/mod.ts";
 import { Limits, Policy, policyContext, type PolicyDecision, type Reservation } from "../policy/mod.ts";
 import type { ModelAttempt, ModelRequest, ModelResult } from "../sdk/mod.ts";
 import { anthropicProvider } from "./AnthropicProvider.ts";
@@ -91,7 +90,8 @@ export class ModelRouter extends Context.Service<ModelRouter, {
         const { policiesDir } = yield* KeelConfig;
         const config = yield* loadModelsConfig(policiesDir);
         const { kv } = yield* Kv;
-        return makeRouter(config, kvResponseCache(kv), yield* Policy, yield* Limits);
+        const checker = yield* makeSchemaChecker();
+        return makeRouter(config, kvResponseCache(kv), yield* Policy, yield* Limits, checker);
       }),
     );
 }
@@ -113,6 +113,7 @@ const makeRouter = (
   cache: ResponseCache,
   policy: Context.Service.Shape<typeof Policy>,
   limits: Context.Service.Shape<typeof Limits>,
+  checker: SchemaChecker,
 ) => {
   const providers = new Map<string, ModelProvider>([[OFFLINE, offlineProvider()]]);
   for (const [name, p] of Object.entries(config.providers)) {
@@ -309,11 +310,12 @@ const makeRouter = (
         details: { errors: problems },
       });
     }
-    let validator: Validator | undefined;
+    let validator: PreparedSchema | undefined;
     if (request.schema) {
       const schema = request.schema;
+      // The agent wrote the schema and the model wrote the answer: a pattern in it is checked off the main thread.
       validator = yield* Effect.try({
-        try: () => new Validator(schema, "2020-12", false),
+        try: () => checker.prepare(schema),
         catch: (e) => new InvalidInputError({ message: `Model request "schema" is not a JSON Schema: ${String(e)}` }),
       });
     }
@@ -356,7 +358,7 @@ const makeRouter = (
       let costMicro = got.costMicro;
       let data: unknown = undefined;
       if (validator) {
-        let checked = validate(validator, got.answer);
+        let checked = yield* validate(validator, got.answer);
         if (!checked.ok) {
           // One retry, telling the model what was wrong.
           const retry: ProviderCall = {
@@ -383,7 +385,7 @@ const makeRouter = (
             outputTokens: usage.outputTokens + second.answer.usage.outputTokens,
           };
           costMicro += second.costMicro;
-          checked = validate(validator, second.answer);
+          checked = yield* validate(validator, second.answer);
           if (!checked.ok) {
             return yield* new ModelOutputError({
               message:
@@ -434,18 +436,17 @@ const makeRouter = (
 
 /** Parse and validate a structured answer: the provider's structured value, else the text as JSON. */
 const validate = (
-  validator: Validator,
+  validator: PreparedSchema,
   answer: ProviderAnswer,
-): { ok: true; value: unknown } | { ok: false; errors: string[] } => {
+): Effect.Effect<{ ok: true; value: unknown } | { ok: false; errors: string[] }> => {
   let value = answer.structured;
   if (value === undefined) {
     const raw = answer.text.trim().replace(/^```(?:json)?\s*|\s*```$/g, "");
     try {
       value = JSON.parse(raw);
     } catch {
-      return { ok: false, errors: ["the answer is not JSON"] };
+      return Effect.succeed({ ok: false, errors: ["the answer is not JSON"] });
     }
   }
-  const errors = schemaErrors(validator, value);
-  return errors.length ? { ok: false, errors } : { ok: true, value };
+  return Effect.map(validator.check(value), (errors) => errors.length ? { ok: false, errors } : { ok: true, value });
 };

@@ -12,6 +12,7 @@ import { type FakeOllama, startFakeOllama } from "../_support/fake_ollama.ts";
 import { freePort } from "../_support/process.ts";
 import { ALLOW_ALL, KEY_ENV, startRouter, type TestRouter } from "./_router.ts";
 import type { ModelRequest } from "../../core/sdk/mod.ts";
+import { SCHEMA_CHECK_DEADLINE_MS } from "../../core/manifest/mod.ts";
 
 interface Peers {
   readonly claude: FakeAnthropic;
@@ -454,6 +455,41 @@ Deno.test("ModelRouter validates a structured answer, retries once with the erro
     const local = await router.generate(ask("classify", "I want to buy", { schema: TRIAGE }));
     assert.deepEqual(local.data, { label: "sales", urgent: false });
     assert.deepEqual(p.ollama.requests[0].body.format, TRIAGE, "Ollama gets the schema as its format");
+  });
+});
+
+Deno.test("ModelRouter checks an answer against a schema's slow pattern off the main thread, under a deadline", async () => {
+  await withPeers(async (p, start) => {
+    // Not streamed: the fake streams 6 characters a line, and 58 KB would take the reading, not the check, seconds.
+    const router = await start(config(p, { local: { stream: false } }));
+    // The agent wrote the schema, the model the answer: `^\d*\d*x$` on 58 KB of digits backtracks for seconds.
+    const schema = {
+      type: "object",
+      required: ["code"],
+      properties: { code: { type: "string", pattern: "^\\d*\\d*x$" } },
+    };
+    const slow = JSON.stringify({ code: "1".repeat(58_000) });
+    p.ollama.script({ content: slow }, { content: slow });
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 20);
+    const error = await router.fail(ask("classify", "Give me a code", { schema })).finally(() => clearInterval(timer));
+    assert.equal(error._tag, "ModelOutputError");
+    assert.match(
+      error.message,
+      new RegExp(
+        `twice without matching the schema: the check against the schema's patterns took longer than ${SCHEMA_CHECK_DEADLINE_MS} ms and was stopped`,
+      ),
+    );
+    // Two checks stopped at the deadline: this thread's timers kept firing meanwhile (a blocked thread fires none).
+    assert.ok(ticks >= 10, `only ${ticks} timer ticks during two slow checks`);
+
+    // The next answers are checked in a new process; a fenced answer is read as JSON.
+    p.ollama.script({ content: '```json\n{"code":"12x"}\n```' });
+    const ok = await router.generate(ask("classify", "Again", { schema }));
+    assert.deepEqual(ok.data, { code: "12x" });
+    p.ollama.script({ content: '{"code":"12"}' }, { content: '{"code":"12"}' });
+    const wrong = await router.fail(ask("classify", "Once more", { schema }));
+    assert.match(wrong.message, /field "code" String does not match pattern/);
   });
 });
 
