@@ -441,7 +441,12 @@ const validate = (
 ): Effect.Effect<{ ok: true; value: unknown } | { ok: false; errors: string[] }> => {
   let value = answer.structured;
   if (value === undefined) {
-    const raw = answer.text.trim().replace(/^```(?:json)?\s*|\s*```$/g, "");
+    // A code fence around the JSON is dropped. Without a regular expression that backtracks: `\s*```$` takes
+    // seconds on a long run of spaces, and the model's text is not Keel's to trust.
+    let raw = answer.text.trim();
+    const fence = /^```(?:json)?/.exec(raw);
+    if (fence) raw = raw.slice(fence[0].length).trimStart();
+    if (raw.endsWith("```")) raw = raw.slice(0, -3).trimEnd();
     try {
       value = JSON.parse(raw);
     } catch {

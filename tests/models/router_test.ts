@@ -493,6 +493,31 @@ Deno.test("ModelRouter checks an answer against a schema's slow pattern off the 
   });
 });
 
+Deno.test("ModelRouter drops a code fence around a structured answer without backtracking on long whitespace", async () => {
+  await withPeers(async (p, start) => {
+    const router = await start(config(p, { local: { stream: false } }));
+    const schema = { type: "object", required: ["n"], properties: { n: { type: "number" } } };
+    for (const text of ['```json\n{"n":1}\n```', '```\n{"n":1}```', '  {"n":1}  ', '```json{"n":1}']) {
+      p.ollama.script({ content: text });
+      assert.deepEqual((await router.generate(ask("classify", `Read ${text}`, { schema }))).data, { n: 1 }, text);
+    }
+    // Not JSON, with 40 000 spaces inside: `\s*```$` took seconds per answer on this thread.
+    const spaced = `a${" ".repeat(40_000)}b`;
+    p.ollama.script({ content: spaced }, { content: spaced });
+    let last = performance.now();
+    let longestMs = 0;
+    const timer = setInterval(() => {
+      longestMs = Math.max(longestMs, performance.now() - last);
+      last = performance.now();
+    }, 10);
+    const error = await router.fail(ask("classify", "Spaces", { schema })).finally(() => clearInterval(timer));
+    longestMs = Math.max(longestMs, performance.now() - last);
+    assert.match(error.message, /twice without matching the schema: the answer is not JSON/);
+    // Not a speed bound: a thread stuck in the expression fires no timer for seconds.
+    assert.ok(longestMs < 1000, `this thread was stalled for ${Math.round(longestMs)} ms`);
+  });
+});
+
 Deno.test("ModelRouter wraps untrusted content so it cannot close its own block, and taints the answer", async () => {
   await withPeers(async (p, start) => {
     const router = await start();
