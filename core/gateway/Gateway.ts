@@ -18,8 +18,9 @@
  * One request at a time decides a step: a second request for the same run
  * and step (a replay while the first is still at the gate, two executors on
  * one approval) waits until the first's call is in flight or answered, then
- * joins that call or reads its outcome. So a step is sent once and counted
- * once. A call that loses its intent after being counted (another holder of
+ * joins that call or reads its outcome; one asking another call than the
+ * one in flight is refused as diverged, even before that call's intent is
+ * journaled. So a step is sent once and counted once. A call that loses its intent after being counted (another holder of
  * its idempotency key, an approval used meanwhile) gives the count back, and
  * so does the next request for a step whose count an execution took but
  * whose intent it never journaled (Keel stopped in between): the count's
@@ -1008,6 +1009,13 @@ export class Gateway extends Context.Service<Gateway, {
         if (running && running.name === stepNameOf(r) && running.args === canonicalJson(r.args ?? null)) {
           // The same call, still with its connector (the agent that asked it died, and this is its replay).
           return yield* Fiber.join(running.fiber) as Effect.Effect<unknown, GatewayError>;
+        }
+        if (running) {
+          // Another call holds the step, its intent perhaps not journaled yet: neither sent beside it nor counted again.
+          return yield* diverged(
+            r,
+            `effect "${running.name}" is in flight with other args, code asked for "${r.effect}"`,
+          );
         }
         // Nothing yielded since the loop saw no turn taken: this request takes it.
         const turn = Deferred.makeUnsafe<void>();
