@@ -287,23 +287,26 @@ export class Gateway extends Context.Service<Gateway, {
        * Count the call against its limits; a refusal (or a store that cannot count) turns the decision into a deny.
        * Counting for real takes `counting`: the label of the step's holds, whether holds left under it stand for calls
        * never made (no intent was ever journaled for the step), given back first; it receives what was counted.
+       * `dryRun` (before asking the operator): gives those holds back all the same, but only says whether it fits.
        */
       const countLimits = Effect.fn("Gateway.countLimits")(function* (
         d: PolicyDecision,
         usage: Usage,
         counting?: { readonly hold: string; readonly reclaim: boolean; reservation?: Reservation },
+        dryRun = false,
       ) {
         if (!d.limits?.length) return d;
         const verdict = yield* Effect.result(Effect.gen(function* () {
-          // Counted by an execution that stopped before its intent (a crash): that call never went out.
+          // Counted by an execution that stopped before its intent (a crash): that call never went out. Given back
+          // before a dry run too (the approval it was counted under expired meanwhile, say): it must not refuse this.
           if (counting?.reclaim) yield* limits.reclaim(counting.hold);
-          return yield* limits.consume(d, usage, counting ? { hold: counting.hold } : { dryRun: true });
+          return yield* limits.consume(d, usage, counting && !dryRun ? { hold: counting.hold } : { dryRun: true });
         }));
         if (verdict._tag === "Failure") {
           return failClosed(d.policyHash, `limits could not be counted: ${verdict.failure.message}`);
         }
         if (verdict.success.ok) {
-          if (counting) counting.reservation = verdict.success.reservation;
+          if (counting && !dryRun) counting.reservation = verdict.success.reservation;
           return d;
         }
         const hit: AppliedLimit = verdict.success.limit;
@@ -564,7 +567,7 @@ export class Gateway extends Context.Service<Gateway, {
           }
         }
         // Do not ask the operator for something its limits would refuse anyway.
-        const fits = yield* countLimits(decision, usage);
+        const fits = yield* countLimits(decision, usage, taken, true);
         yield* record(r, req, fits);
         if (fits.decision === "deny") return yield* denied(r, fits);
         const createdAt = yield* Clock.currentTimeMillis;
