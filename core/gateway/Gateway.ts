@@ -1020,10 +1020,15 @@ export class Gateway extends Context.Service<Gateway, {
             `effect "${running.name}" is in flight with other args, code asked for "${r.effect}"`,
           );
         }
-        // Nothing yielded since the loop saw no turn taken: this request takes it.
-        const turn = Deferred.makeUnsafe<void>();
-        deciding.set(key, turn);
-        return yield* Effect.ensuring(decide(r), Effect.sync(() => endTurn(key, turn)));
+        // Taking the turn and arming its release are one uninterruptible step: an interrupt (the agent died, the run
+        // was cancelled) landing between them would leave the turn taken, and every later request for the step
+        // waiting forever. If the scheduler let another request take it meanwhile, this one waits again.
+        return yield* Effect.uninterruptibleMask((restore): Effect.Effect<unknown, GatewayError> => {
+          if (deciding.has(key)) return restore(request(r));
+          const turn = Deferred.makeUnsafe<void>();
+          deciding.set(key, turn);
+          return Effect.ensuring(restore(decide(r)), Effect.sync(() => endTurn(key, turn)));
+        });
       });
 
       /** A request in its turn: the journal's answer, or the gate and the call. */
