@@ -248,7 +248,10 @@ differs (events up to it were removed, changed or written again).`,
       // A broken chain or a lost anchor fails the command too: scripts check the exit code.
       if (!report.ok) Deno.exitCode = 1;
       print(report);
-      if (report.head) console.error(`Head: ${report.head.seq}:${report.head.hash} (keep it; check it with --anchor)`);
+      // Only a whole chain's head is worth keeping: a broken one's would anchor what may be forged.
+      if (report.ok && report.head) {
+        console.error(`Head: ${report.head.seq}:${report.head.hash} (keep it; check it with --anchor)`);
+      }
       return;
     }
     const q = new URLSearchParams();
