@@ -60,11 +60,38 @@ const serveOnConnection = ((): ServeOnConnection | undefined => {
 /** One accepted connection. */
 interface Connection {
   readonly abort: AbortController;
+  /** Deno's server has let it go, or it was aborted: aborting it (again) is not needed, nor safe. */
+  ended?: boolean;
   served?: { finished: Promise<void>; shutdown(): Promise<void> };
   inFlight: number;
   /** When it was accepted or last answered (`performance.now()`); -Infinity once it must close (after a 408). */
   since: number;
 }
+
+/** Set while `abortConnection` aborts: a BadResource reported then comes from a connection already let go. */
+let aborting = false;
+let guarded = false;
+
+/**
+ * Abort the serving of one connection. Deno's server cancels it in the signal's listener, which throws BadResource
+ * when the server has already let the connection go (its peer hung up, or a graceful shutdown ended it, an instant
+ * before): thrown in a listener, that is an uncaught error, and it would end Keel. The connection is closed either
+ * way, so that one error is not reported; any other is.
+ */
+export const abortConnection = (controller: AbortController): void => {
+  if (!guarded) {
+    guarded = true;
+    globalThis.addEventListener("error", (event) => {
+      if (aborting && event.error instanceof Deno.errors.BadResource) event.preventDefault();
+    });
+  }
+  aborting = true;
+  try {
+    controller.abort();
+  } finally {
+    aborting = false;
+  }
+};
 
 const internalError = (error: unknown) => {
   const { status, body } = errorResponse(error);
@@ -117,7 +144,9 @@ export const startServer = (
 
   const close = (c: Connection) => {
     open.delete(c);
-    c.abort.abort();
+    if (c.ended) return;
+    c.ended = true;
+    abortConnection(c.abort);
   };
   /** The open connection with no request in flight that has been idle the longest. */
   const longestIdle = (): Connection | undefined => {
@@ -176,7 +205,11 @@ export const startServer = (
       () => {},
     );
     open.add(c);
-    c.served.finished.catch(() => {}).finally(() => open.delete(c));
+    const ended = () => {
+      c.ended = true;
+      open.delete(c);
+    };
+    c.served.finished.then(ended, ended);
   };
 
   const accepting = (async () => {
