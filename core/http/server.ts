@@ -36,7 +36,7 @@ export interface KeelServer {
   readonly addr: Deno.NetAddr;
   /** Whether connections are bounded (false on a Deno without `serveHttpOnConnection`). */
   readonly bounded: boolean;
-  /** Stop accepting, close idle connections, and wait for requests in flight to be answered. */
+  /** Stop accepting, close idle connections, wait for requests in flight to be answered (at most 5 s), cut the rest. */
   shutdown(): Promise<void>;
 }
 
@@ -92,6 +92,9 @@ export const abortConnection = (controller: AbortController): void => {
     aborting = false;
   }
 };
+
+/** How long `shutdown` waits for requests in flight before it cuts them (at most `timeoutMs`). */
+const SHUTDOWN_GRACE_MS = 5_000;
 
 const internalError = (error: unknown) => {
   const { status, body } = errorResponse(error);
@@ -252,12 +255,16 @@ export const startServer = (
       closing = true;
       listener.close();
       await accepting;
-      const busy: Promise<void>[] = [];
-      for (const c of [...open]) {
-        if (c.inFlight === 0) close(c);
-        else if (c.served) busy.push(c.served.shutdown().catch(() => {}));
+      // A request may wait minutes (`?wait=300`): close() (and SIGTERM) waited for it. Now connections close as their
+      // requests are answered, and past a grace what is still in flight is cut. None is shut down gracefully
+      // meanwhile: that hands its resource back to Deno, and aborting it later throws "Bad resource ID" from the
+      // signal's listener (an uncaught error).
+      const until = performance.now() + Math.min(limits.timeoutMs, SHUTDOWN_GRACE_MS);
+      for (;;) {
+        for (const c of [...open]) if (c.inFlight === 0) close(c);
+        if (open.size === 0 || performance.now() >= until) break;
+        await new Promise((r) => setTimeout(r, 20));
       }
-      await Promise.all(busy);
       clearInterval(tick);
       for (const c of [...open]) close(c);
     },

@@ -8,7 +8,7 @@
  * has a request in flight. Deadlines here are generous: they say "eventually", not how fast.
  */
 import assert from "node:assert/strict";
-import { startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
+import { ROOT, startTestKeel, TEST_TOKEN } from "../_support/keel.ts";
 import { BodyDeadlines, startServer } from "../../core/http/mod.ts";
 
 const enc = new TextEncoder();
@@ -189,6 +189,33 @@ Deno.test("Keel.close() ends while a silent connection, a half-sent header and a
     assert.deepEqual(await Promise.all(conns.map((c) => c.closedWithin(20_000))), [true, true, true]);
   } finally {
     for (const c of conns) await c.close();
+  }
+});
+
+Deno.test("Keel.close() ends within seconds while a GET /api/runs/{id}?wait=300 long poll is in flight", async () => {
+  // Unbounded, close() (and so SIGTERM) waited for the poll: up to 300 s, with the stores still open.
+  const k = await startTestKeel();
+  let poll: Promise<unknown> | undefined;
+  try {
+    const installed = await k.api("POST", "/api/plugins", {
+      path: `${ROOT}/tests/fixtures/hostile/slow_pattern_agent`,
+      grant: {},
+    });
+    assert.equal(installed.status, 201, JSON.stringify(installed.body));
+    // A run delayed by an hour: the poll has nothing to report for its whole wait.
+    const run = await k.api("POST", "/api/workflows/pattern_free/runs?delay=3600", { input: { n: 1 } });
+    assert.equal(run.status, 202, JSON.stringify(run.body));
+    poll = fetch(`${k.url}/api/runs/${run.body.runId}?wait=300`, {
+      headers: { authorization: `Bearer ${TEST_TOKEN}` },
+    }).then((res) => res.body?.cancel(), () => {});
+    await sleep(500);
+  } finally {
+    const began = performance.now();
+    const closed = await Promise.race([k.close().then(() => true), sleep(30_000).then(() => false)]);
+    const ms = Math.round(performance.now() - began);
+    await Promise.race([poll, sleep(1000)]);
+    assert.equal(closed, true, "close() did not end within 30 s while a long poll was in flight");
+    assert.ok(ms < 15_000, `close() took ${ms} ms`);
   }
 });
 
