@@ -11,8 +11,10 @@
  * it (a Worker cannot be used: terminating one does not stop a regular
  * expression that is running, whose thread keeps a core busy until it ends)
  * and the check fails with a line saying so. The next check starts a new
- * process. Schemas without regular expressions are checked on the main
- * thread, as before: they cost no extra hop.
+ * process. A `format` counts as a regular expression: the validator checks
+ * most formats with its own, and `url`'s backtracks exponentially. Schemas
+ * without regular expressions are checked on the main thread, as before: they
+ * cost no extra hop.
  */
 import { Effect, type Scope } from "effect";
 import { Validator } from "@cfworker/json-schema";
@@ -36,12 +38,16 @@ export interface SchemaChecker {
   prepare(schema: JsonSchema): PreparedSchema;
 }
 
-/** Whether a schema holds a regular expression that a value is matched against (`pattern`, `patternProperties`). */
+/**
+ * Whether a schema holds a regular expression that a value is matched against: its own (`pattern`,
+ * `patternProperties`) or a `format`'s, which the validator checks with regular expressions of its own (`url`'s,
+ * `(?:[a-z…0-9]+-?)*[a-z…0-9]+`, backtracks exponentially: 34 characters took two seconds, each one more doubles it).
+ */
 export const hasPatterns = (schema: unknown): boolean => {
   if (schema === null || typeof schema !== "object") return false;
   if (Array.isArray(schema)) return schema.some(hasPatterns);
   for (const [k, v] of Object.entries(schema)) {
-    if (k === "pattern" && typeof v === "string") return true;
+    if ((k === "pattern" || k === "format") && typeof v === "string") return true;
     if (k === "patternProperties" && v !== null && typeof v === "object" && Object.keys(v).length) return true;
     if (hasPatterns(v)) return true;
   }

@@ -90,6 +90,32 @@ Deno.test("a slow schema pattern on workflow input is refused at its deadline wh
   }
 });
 
+Deno.test("format url, whose own regular expression backtracks, is refused at the deadline while Keel keeps serving", async () => {
+  const k = await startTestKeel();
+  try {
+    await install(k);
+    const good = await start(k, "format_start", { url: "https://example.com/x" });
+    assert.equal(good.body.status, "succeeded", JSON.stringify(good.body));
+    // 36 characters: eight seconds on Keel's main thread, each one more doubles it (no pattern of the plugin's own).
+    const { answer, healthy, longestMs } = await whileSlow(
+      k,
+      () => start(k, "format_start", { url: `http://${"a".repeat(28)}_` }),
+    );
+    assert.ok(healthy >= 10, `only ${healthy} health checks were answered during the slow check`);
+    assert.ok(longestMs < SCHEMA_CHECK_DEADLINE_MS, `a health check waited ${Math.round(longestMs)} ms`);
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.equal(
+      answer.body.error.message,
+      `Input for workflow "format_start" is invalid: the check against the schema's patterns took longer than ${SCHEMA_CHECK_DEADLINE_MS} ms and was stopped`,
+    );
+    const bad = await start(k, "format_start", { url: "not a url" });
+    assert.equal(bad.status, 400, JSON.stringify(bad.body));
+    assert.match(bad.body.error.message, /field "url" String does not match format "url"/);
+  } finally {
+    await k.close();
+  }
+});
+
 Deno.test("a slow schema pattern on effect args is refused at its deadline while Keel keeps serving", async () => {
   const k = await startTestKeel();
   try {
