@@ -147,6 +147,15 @@ const makeProcess = (deadlineMs: number) => {
 
   const once = async (id: number, schema: JsonSchema, value: unknown): Promise<Outcome> => {
     if (closed) return { failed: "Keel is shutting down" };
+    // Before anything starts: a value that is not JSON (a BigInt, a cycle, which a Worker's structured clone carries)
+    // threw here after the deadline's timer was set, so the check died as a defect and the timer killed the process
+    // a second later, in the middle of whatever check it was doing by then.
+    let line: Uint8Array;
+    try {
+      line = new TextEncoder().encode(JSON.stringify({ id, schema, value }) + "\n");
+    } catch (error) {
+      return { failed: `the value is not JSON (${error instanceof Error ? error.message : String(error)})` };
+    }
     let running: Running;
     try {
       running = current ??= start();
@@ -187,7 +196,7 @@ const makeProcess = (deadlineMs: number) => {
         });
       }, deadlineMs);
     });
-    running.writer.write(new TextEncoder().encode(JSON.stringify({ id, schema, value }) + "\n")).catch(() => {});
+    running.writer.write(line).catch(() => {});
     try {
       return await answered;
     } finally {

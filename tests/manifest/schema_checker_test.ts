@@ -100,3 +100,28 @@ Deno.test("a format whose regular expression backtracks (url) is checked in the 
     await Effect.runPromise(Scope.close(scope, Exit.void));
   }
 });
+
+Deno.test("a value that is not JSON (a BigInt, a cycle) is refused with a line, and leaves the schema-check process be", async () => {
+  // A Worker plugin's effect args come by structured clone, which carries both. The check used to die (a defect, not
+  // a refusal), and the deadline's timer it had already set killed the process a second later, whatever it was doing.
+  const scope = Effect.runSync(Scope.make());
+  try {
+    const checker = await Effect.runPromise(Scope.provide(makeSchemaChecker(), scope));
+    const slow = checker.prepare(SLOW);
+    assert.deepEqual(await Effect.runPromise(slow.check({ code: "1x" })), []);
+    const [first] = checkers();
+    const cycle: Record<string, unknown> = { code: "1x" };
+    cycle.self = cycle;
+    for (const value of [{ code: 1n }, cycle]) {
+      const exit = await Effect.runPromiseExit(slow.check(value));
+      assert.equal(exit._tag, "Success", `the check died: ${exit._tag === "Failure" ? String(exit.cause) : ""}`);
+      assert.equal(exit.value.length, 1);
+      assert.match(exit.value[0], /^the value is not JSON \(/);
+    }
+    await new Promise((r) => setTimeout(r, SCHEMA_CHECK_DEADLINE_MS + 500));
+    assert.deepEqual(await Effect.runPromise(slow.check({ code: "2x" })), []);
+    assert.deepEqual(checkers(), [first], "the schema-check process was killed though no check overran");
+  } finally {
+    await Effect.runPromise(Scope.close(scope, Exit.void));
+  }
+});
