@@ -71,7 +71,8 @@ export const parseIntSetting = (
   max: number,
 ): number => {
   if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
+  // Plain digits only: `Number()` reads "0x10" as 16, "1e3" as 1000, " 5 " as 5.
+  const n = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
   if (!Number.isInteger(n) || n < min || n > max) {
     throw new Error(`${name} must be an integer between ${min} and ${max}: got "${raw}"`);
   }

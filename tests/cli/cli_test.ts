@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { ROOT, startTestKeel, TEST_TOKEN, type TestKeel } from "../_support/keel.ts";
 import { cleanError, cliRunner } from "../_support/cli.ts";
+import { parseHttpTimeout, parseMaxConnections, parsePort } from "../../core/config/mod.ts";
 
 const { scratch, keel, keelAll } = await cliRunner("keel-cli-");
 
@@ -66,6 +67,21 @@ Deno.test("`serve` with a setting it cannot use exits 1 naming the variable and 
   const results = await keelAll(cases.map(([env]) => [["serve"], { ...env, KEEL_DATA_DIR: `${scratch}/untouched` }]));
   for (const [i, r] of results.entries()) cleanError(r, `error: ${cases[i][1]}`);
   assert.throws(() => Deno.statSync(`${scratch}/untouched`), Deno.errors.NotFound);
+});
+
+Deno.test("an integer setting is plain digits: hex, an exponent, a fraction or spaces are refused, not read as a number", () => {
+  // `Number()` took "0x10" as 16, "1e3" as 1000, " 500 " as 500 and "500.0" as 500: a typo started Keel with a value
+  // that was not the one written.
+  const cases: Array<[() => number, string]> = [
+    [() => parseMaxConnections("0x10"), 'KEEL_MAX_CONNECTIONS must be an integer between 1 and 100000: got "0x10"'],
+    [() => parseHttpTimeout("1e3"), 'KEEL_HTTP_TIMEOUT_MS must be an integer between 100 and 3600000: got "1e3"'],
+    [() => parseHttpTimeout(" 500 "), 'KEEL_HTTP_TIMEOUT_MS must be an integer between 100 and 3600000: got " 500 "'],
+    [() => parseMaxConnections("500.0"), 'KEEL_MAX_CONNECTIONS must be an integer between 1 and 100000: got "500.0"'],
+    [() => parsePort("+8787", 1), 'KEEL_PORT must be an integer between 0 and 65535: got "+8787"'],
+  ];
+  for (const [parse, message] of cases) assert.throws(parse, { message });
+  assert.equal(parseMaxConnections("256"), 256);
+  assert.equal(parseHttpTimeout(undefined), 30_000);
 });
 
 Deno.test('client commands exit 1 with "Keel is not running at …" when nothing listens there', async () => {
