@@ -11,7 +11,10 @@
  * it (a Worker cannot be used: terminating one does not stop a regular
  * expression that is running, whose thread keeps a core busy until it ends)
  * and the check fails with a line saying so. The next check starts a new
- * process. A `format` counts as a regular expression: the validator checks
+ * process. The process lives under a CPU-time limit (`ulimit -t`) that Keel
+ * retires it well before: if Keel dies (kill -9) while a check is stuck, its
+ * process dies of the limit instead of keeping a core busy for days. A
+ * `format` counts as a regular expression: the validator checks
  * most formats with its own, and `url`'s backtracks exponentially. Schemas
  * without regular expressions are checked on the main thread, as before: they
  * cost no extra hop.
@@ -56,11 +59,19 @@ export const hasPatterns = (schema: unknown): boolean => {
 
 type Outcome = { errors: string[] } | { failed: string };
 
+/**
+ * CPU seconds the schema-check process may use in all (`ulimit -t`): what an orphan stuck in a regular expression
+ * burns at most after Keel died. Keel retires the process after `RETIRE_MS` of wall time, which it cannot have
+ * outspent in CPU (or half the limit, if lower), so a live Keel never meets the limit.
+ */
+export const SCHEMA_CHECK_CPU_SECONDS = 120;
+const RETIRE_MS = 60_000;
+
 /** How long the schema-check process may take to start (a cold `deno run` under load), not part of a check's deadline. */
 const START_MS = 30_000;
 
 /** The schema-check process: one check at a time, killed at a check's deadline and started again on the next. */
-const makeProcess = (deadlineMs: number) => {
+const makeProcess = (deadlineMs: number, cpuSeconds: number) => {
   const entry = new URL("./_schema_check_entry.ts", import.meta.url);
   // Keel's own configuration, for its import map and node_modules.
   const config = decodeURIComponent(new URL("../../deno.json", import.meta.url).pathname);
@@ -73,22 +84,26 @@ const makeProcess = (deadlineMs: number) => {
     readonly writer: WritableStreamDefaultWriter<Uint8Array>;
     readonly ready: Promise<void>;
     readonly ended: Promise<unknown>;
+    readonly startedAt: number;
     answer?: (message: Record<string, unknown> | undefined) => void;
   }
 
   const start = (): Running => {
-    const child = new Deno.Command(Deno.execPath(), {
-      // No --allow-* flag: the process may read no file (its modules load anyway), reach no host, run nothing.
-      args: [
-        "run",
-        "--no-prompt",
-        `--config=${config}`,
-        "--no-lock",
-        "--cached-only",
-        "--no-remote",
-        "--v8-flags=--max-old-space-size=512",
-        entry.href,
-      ],
+    // No --allow-* flag: the process may read no file (its modules load anyway), reach no host, run nothing. Started
+    // through sh for its CPU-time limit (Deno cannot set one); `exec` leaves Deno as the process Keel kills.
+    const deno = [
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      `--config=${config}`,
+      "--no-lock",
+      "--cached-only",
+      "--no-remote",
+      "--v8-flags=--max-old-space-size=512",
+      entry.href,
+    ];
+    const child = new Deno.Command("/bin/sh", {
+      args: ["-c", `ulimit -t ${cpuSeconds} && exec "$0" "$@"`, ...deno],
       stdin: "piped",
       stdout: "piped",
       stderr: "null",
@@ -99,7 +114,13 @@ const makeProcess = (deadlineMs: number) => {
       readyNow = resolve;
       notReady = reject;
     });
-    const running: Running = { child, writer: child.stdin.getWriter(), ready, ended: Promise.resolve() };
+    const running: Running = {
+      child,
+      writer: child.stdin.getWriter(),
+      ready,
+      ended: Promise.resolve(),
+      startedAt: performance.now(),
+    };
     const onLine = (line: string) => {
       let message: Record<string, unknown>;
       try {
@@ -156,6 +177,8 @@ const makeProcess = (deadlineMs: number) => {
     } catch (error) {
       return { failed: `the value is not JSON (${error instanceof Error ? error.message : String(error)})` };
     }
+    // Retired before it can have spent its CPU-time limit (see SCHEMA_CHECK_CPU_SECONDS): between checks, so none fails.
+    if (current && performance.now() - current.startedAt > Math.min(RETIRE_MS, cpuSeconds * 500)) await stop(current);
     let running: Running;
     try {
       running = current ??= start();
@@ -223,9 +246,10 @@ const makeProcess = (deadlineMs: number) => {
 /** A schema checker whose process (started on first use) ends with the scope. */
 export const makeSchemaChecker = (
   deadlineMs: number = SCHEMA_CHECK_DEADLINE_MS,
+  cpuSeconds: number = SCHEMA_CHECK_CPU_SECONDS,
 ): Effect.Effect<SchemaChecker, never, Scope.Scope> =>
   Effect.map(
-    Effect.acquireRelease(Effect.sync(() => makeProcess(deadlineMs)), (p) => Effect.promise(p.close)),
+    Effect.acquireRelease(Effect.sync(() => makeProcess(deadlineMs, cpuSeconds)), (p) => Effect.promise(p.close)),
     (process): SchemaChecker => {
       let ids = 0;
       return {

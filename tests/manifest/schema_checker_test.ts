@@ -4,15 +4,17 @@
  * a check stuck in a pattern is stopped by killing that process (so nothing
  * keeps a core busy after the refusal), that checks queued behind it still
  * get right answers from a new process, and that closing the scope leaves
- * no process behind. Real child processes, found through `/proc`.
+ * no process behind; and that a checker left stuck by a Keel killed with
+ * kill -9 dies of its CPU-time limit instead of keeping a core busy. Real
+ * child processes, found through `/proc`.
  */
 import assert from "node:assert/strict";
 import { Effect, Exit, Scope } from "effect";
 import { hasPatterns, makeSchemaChecker, SCHEMA_CHECK_DEADLINE_MS } from "../../core/manifest/mod.ts";
 import { eventually } from "../_support/process.ts";
 
-/** Pids of this process's schema-check children. */
-const checkers = (): number[] => {
+/** Pids of the schema-check children of `parent` (default: this process). */
+const checkers = (parent = Deno.pid): number[] => {
   const pids: number[] = [];
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
@@ -20,7 +22,7 @@ const checkers = (): number[] => {
       const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       const cmd = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
-      if (ppid === Deno.pid && cmd.includes("_schema_check_entry.ts")) pids.push(Number(e.name));
+      if (ppid === parent && cmd.includes("_schema_check_entry.ts")) pids.push(Number(e.name));
     } catch {
       // Gone meanwhile.
     }
@@ -123,5 +125,43 @@ Deno.test("a value that is not JSON (a BigInt, a cycle) is refused with a line, 
     assert.deepEqual(checkers(), [first], "the schema-check process was killed though no check overran");
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void));
+  }
+});
+
+Deno.test("a checker stuck in a pattern when its Keel is killed (kill -9) dies of its CPU-time limit, not days later", async () => {
+  const parent = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./fixtures/orphan_checker.ts", import.meta.url).pathname, "2"],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = parent.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("stuck")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    out += value;
+  }
+  const [orphan] = checkers(parent.pid);
+  assert.ok(orphan, `no schema-check process under ${parent.pid}: ${out}`);
+  try {
+    const limits = Deno.readTextFileSync(`/proc/${orphan}/limits`);
+    assert.match(limits, /Max cpu time\s+2\s+2\s+seconds/, limits);
+    parent.kill("SIGKILL");
+    await parent.status;
+    reader.cancel().catch(() => {});
+    // Nobody is left to kill it: the kernel does, once it has spent its 2 s of CPU (generous: the machine is shared).
+    const gone = () => {
+      try {
+        const stat = Deno.readTextFileSync(`/proc/${orphan}/stat`);
+        return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z") ? true : undefined;
+      } catch {
+        return true;
+      }
+    };
+    await eventually(() => Promise.resolve(gone()), () => `the orphaned checker ${orphan} still runs`, 60_000);
+  } finally {
+    try {
+      Deno.kill(orphan, "SIGKILL");
+    } catch { /* gone, as it should be */ }
   }
 });
