@@ -1271,8 +1271,8 @@ export const openApiDocument = withBodyLimits(
               required: false,
               schema: { type: "string", pattern: "^[0-9]{1,12}$" },
               description: "Unix time in seconds when the delivery was signed; needed by a `timestamped` hook. More " +
-                "than 300 s from Keel's clock is a 401. The same signed request sent again maps to the run it " +
-                "started, with any X-Keel-Delivery or none (that header is not signed)",
+                "than 300 s from Keel's clock is a 401. Without X-Keel-Delivery, the same signed request sent again " +
+                "maps to the same run",
             },
             {
               name: "X-Keel-Delivery",

@@ -22,16 +22,11 @@
  * and a timestamped delivery without a delivery id starts the run
  * `hook_<id>_t<timestamp>.<first 32 hex of its signature>`, so the same
  * request sent again within the window finds its run and starts nothing.
- * The delivery id header is not signed, so a timestamped request also
- * claims its signature (`["hook_stamp", hook, "<timestamp>.<prefix>"]`) for
- * twice the window: sent again with another delivery id, or none, it finds
- * the run it started all the same.
  * A `body` hook takes either form; its body-only signature does not stop a
  * replay unless the sender puts a unique id in the body or the delivery id.
  */
 import { Clock, Context, Effect, Layer } from "effect";
 import {
-  ConflictError,
   InvalidInputError,
   NotFoundError,
   PayloadTooLargeError,
@@ -140,7 +135,6 @@ const equalConstantTime = (a: string, b: string): boolean => {
 };
 
 type DeliveryError =
-  | ConflictError
   | NotFoundError
   | UnauthorizedError
   | InvalidInputError
@@ -414,29 +408,6 @@ export class Hooks extends Context.Service<Hooks, {
             }),
             result,
           );
-        // The delivery id header is not signed: a captured request sent again with another (or without one) is still
-        // the same signed request. The first to arrive claims its signature for as long as its timestamp is taken,
-        // and the same signature again finds the run that one started, whatever delivery id travels with it.
-        const stamp: Deno.KvKey | undefined = stamped
-          ? ["hook_stamp", hook.id, `${timestamp}.${given.slice(0, 32)}`]
-          : undefined;
-        if (stamp) {
-          const holder = yield* kvTry("Cannot record webhook delivery", async () => {
-            const claim = await kv.atomic().check({ key: stamp, versionstamp: null })
-              .set(stamp, runId, { expireIn: (2 * HOOK_TOLERANCE_SECONDS + 60) * 1000 }).commit();
-            return claim.ok ? runId : (await kv.get<string>(stamp)).value ?? runId;
-          });
-          if (holder !== runId) {
-            const first = yield* journal.getRun(holder!);
-            if (first) return yield* accepted({ runId: first.id, status: first.status, duplicate: true });
-            return yield* reject(
-              "replayed",
-              new ConflictError({ message: "The same signed webhook delivery is being started already" }),
-              {},
-              hook.id,
-            );
-          }
-        }
         const existing = runId ? yield* journal.getRun(runId) : undefined;
         if (existing) return yield* accepted({ runId: existing.id, status: existing.status, duplicate: true });
         const started = yield* Effect.result(
@@ -450,13 +421,6 @@ export class Hooks extends Context.Service<Hooks, {
           return yield* accepted({ runId: started.success.id, status: started.success.status, duplicate: false });
         }
         const error = started.failure;
-        if (stamp && error._tag !== "StoreError") {
-          // Nothing started: the same signed request may be sent again (after a 429, say) under any delivery id.
-          yield* Effect.ignore(kvTry("Cannot record webhook delivery", async () => {
-            const held = await kv.get<string>(stamp);
-            if (held.value === runId) await kv.atomic().check(held).delete(stamp).commit();
-          }));
-        }
         if (error._tag === "StoreError" && runId) {
           // Two deliveries with one id raced; the one that lost sees the winner's run.
           const won = yield* journal.getRun(runId);
