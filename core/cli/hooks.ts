@@ -13,14 +13,16 @@ const HELP = `Usage: deno task keel hooks create WORKFLOW [--name LABEL] [--body
 create prints the hook's URL and secret; the secret is shown only this once.
 A sender posts the workflow's input as JSON to the URL with the headers
   X-Keel-Timestamp: <Unix time in seconds, when it signs>
-  X-Keel-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>", keyed with the secret>
-and, to make a retried delivery start nothing new, X-Keel-Delivery: <its id>.
-Keel refuses a timestamp more than ${HOOK_TOLERANCE_SECONDS} s from its clock, and the same signed
-request sent again starts nothing new: a captured delivery cannot be replayed.
-For example:
+  X-Keel-Delivery:  <the delivery's id: a retry with the same id starts nothing new>
+  X-Keel-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<delivery id>.<raw body>", keyed with the secret>
+(without a delivery id, the signature covers "<timestamp>..<raw body>"). Keel
+refuses a timestamp more than ${HOOK_TOLERANCE_SECONDS} s from its clock; within that time the same
+signed request sent again finds the run it started, and one whose delivery id
+was changed does not verify: a captured delivery cannot be replayed.
+For example (ID: the delivery's id, say an event id):
   ts=$(date +%s)
-  sig=$(printf '%s.%s' "$ts" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
-  curl -H "X-Keel-Timestamp: $ts" -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"
+  sig=$(printf '%s.%s.%s' "$ts" "$ID" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
+  curl -H "X-Keel-Timestamp: $ts" -H "X-Keel-Delivery: $ID" -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"
 
 --body-only makes a hook whose senders may sign the body alone, without a
 timestamp (as hooks made before timestamps did): a captured request can then

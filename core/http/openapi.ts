@@ -183,7 +183,8 @@ export const openApiDocument = withBodyLimits(
             signing: {
               type: "string",
               enum: ["timestamped", "body"],
-              description: "timestamped: deliveries need X-Keel-Timestamp, signed with the body (replays refused); " +
+              description:
+                "timestamped: deliveries need X-Keel-Timestamp, signed with the delivery id and body (replays refused); " +
                 "body: a signature over the body alone is taken too (hooks made before timestamps)",
             },
             createdAt: { type: "string", format: "date-time" },
@@ -1262,8 +1263,9 @@ export const openApiDocument = withBodyLimits(
               in: "header",
               required: true,
               schema: { type: "string", pattern: "^sha256=[0-9a-f]{64}$" },
-              description: "sha256=<hex HMAC-SHA256 under the hook's secret of `<X-Keel-Timestamp>.<raw body>`, or " +
-                "of the raw body alone when no timestamp is sent (only a `body` hook takes that)>",
+              description: "sha256=<hex HMAC-SHA256 under the hook's secret of " +
+                "`<X-Keel-Timestamp>.<X-Keel-Delivery, or nothing>.<raw body>`, or of the raw body alone when no " +
+                "timestamp is sent (only a `body` hook takes that)>",
             },
             {
               name: "X-Keel-Timestamp",
@@ -1279,7 +1281,7 @@ export const openApiDocument = withBodyLimits(
               in: "header",
               required: false,
               schema: { type: "string", pattern: "^[A-Za-z0-9_.:-]{1,100}$" },
-              description: "Idempotency: the same delivery id always maps to the same run",
+              description: "Idempotency: the same delivery id always maps to the same run; signed with a timestamp",
             },
           ],
           requestBody: json({ type: "object", description: "The workflow's input (at most 48 KiB)" }),

@@ -17,7 +17,7 @@
  * Against replays of a captured request, a hook made with `signing:
  * "timestamped"` (the default; hooks made before the field are `body`)
  * needs `X-Keel-Timestamp: <unix seconds>`, and the signature covers
- * `<timestamp>.<raw body>`. A timestamp more than
+ * `<timestamp>.<X-Keel-Delivery, or nothing>.<raw body>`. A timestamp more than
  * `HOOK_TOLERANCE_SECONDS` from Keel's clock is refused (`stale_timestamp`),
  * and a timestamped delivery without a delivery id starts the run
  * `hook_<id>_t<timestamp>.<first 32 hex of its signature>`, so the same
@@ -45,7 +45,7 @@ export { HOOK_TOLERANCE_SECONDS };
 
 /** Largest delivery body Keel reads (bytes): the body is the run's input, which is bounded so. */
 export const MAX_HOOK_BODY_BYTES = MAX_RUN_INPUT_BYTES;
-/** How a hook's deliveries are signed: over timestamp and body (replays refused), or over the body alone. */
+/** How a hook's deliveries are signed: over timestamp, delivery id and body (replays refused), or the body alone. */
 export type HookSigning = "timestamped" | "body";
 /** Rejected deliveries audited per minute, per hook and reason (all unknown hooks count as one). */
 export const REJECTED_PER_MINUTE = 10;
@@ -116,13 +116,24 @@ export const signHookDelivery = async (
   secret: string,
   body: Uint8Array | string,
   seconds = Math.floor(Date.now() / 1000),
-): Promise<{ "x-keel-timestamp": string; "x-keel-signature": string }> => {
+  deliveryId?: string,
+): Promise<Record<string, string>> => {
   const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
-  const prefix = new TextEncoder().encode(`${seconds}.`);
-  const signed = new Uint8Array(prefix.length + bytes.length);
-  signed.set(prefix);
-  signed.set(bytes, prefix.length);
-  return { "x-keel-timestamp": String(seconds), "x-keel-signature": `sha256=${await signHook(secret, signed)}` };
+  const signature = await signHook(secret, signedMessage(String(seconds), deliveryId, bytes));
+  return {
+    "x-keel-timestamp": String(seconds),
+    "x-keel-signature": `sha256=${signature}`,
+    ...(deliveryId !== undefined ? { "x-keel-delivery": deliveryId } : {}),
+  };
+};
+
+/** What a timestamped delivery's signature covers: `<timestamp>.<delivery id, or nothing>.<raw body>`. */
+const signedMessage = (timestamp: string, deliveryId: string | undefined, body: Uint8Array): Uint8Array => {
+  const prefix = new TextEncoder().encode(`${timestamp}.${deliveryId ?? ""}.`);
+  const message = new Uint8Array(prefix.length + body.length);
+  message.set(prefix);
+  message.set(body, prefix.length);
+  return message;
 };
 
 /** Compare two strings in time that depends only on their lengths. */
@@ -293,12 +304,8 @@ export class Hooks extends Context.Service<Hooks, {
         // A timestamp the header gives is signed with the body; one that is not a number signs nothing.
         const timestamp = d.timestamp === undefined ? undefined : d.timestamp.trim();
         const stamped = timestamp !== undefined && TIMESTAMP.test(timestamp);
-        const signedBytes = stamped ? new TextEncoder().encode(`${timestamp}.`) : undefined;
-        const message = signedBytes ? new Uint8Array(signedBytes.length + body.length) : body;
-        if (signedBytes) {
-          message.set(signedBytes);
-          message.set(body, signedBytes.length);
-        }
+        // The delivery id is signed too: a captured request sent again under another id (or none) does not verify.
+        const message = stamped ? signedMessage(timestamp, d.deliveryId, body) : body;
         // The same work whether or not the hook exists: one HMAC, one constant-time compare.
         const expected = yield* Effect.promise(() => signHook(hook?.secret ?? decoySecret, message));
         const given = /^sha256=([0-9a-fA-F]{64})$/.exec(d.signature?.trim() ?? "")?.[1]?.toLowerCase() ?? "";
@@ -330,7 +337,7 @@ export class Hooks extends Context.Service<Hooks, {
             "missing_timestamp",
             new UnauthorizedError({
               message: 'Webhook delivery needs header "X-Keel-Timestamp: <unix seconds>", and "X-Keel-Signature" ' +
-                'over "<timestamp>.<body>"',
+                'over "<timestamp>.<X-Keel-Delivery, or nothing>.<body>"',
             }),
             {},
             hook.id,
@@ -341,7 +348,7 @@ export class Hooks extends Context.Service<Hooks, {
             "bad_signature",
             new UnauthorizedError({
               message: stamped
-                ? "Webhook signature does not match the timestamp and body"
+                ? "Webhook signature does not match the timestamp, delivery id and body"
                 : "Webhook signature does not match the body",
             }),
             {},

@@ -24,7 +24,7 @@ Deno.test("the run list puts a webhook's run (an id given by the sender) where i
       const body = JSON.stringify(input);
       const res = await fetch(`${k.url}/hooks/${hook.id}`, {
         method: "POST",
-        headers: { ...(await signHookDelivery(secret, body)), "x-keel-delivery": delivery },
+        headers: await signHookDelivery(secret, body, undefined, delivery),
         body,
       });
       const answer = await res.json();

@@ -90,8 +90,7 @@ Deno.test("workflow concurrency 1 holds for webhook deliveries that arrive at on
         method: "POST",
         headers: {
           "content-type": "application/json",
-          ...(await signHookDelivery(hook.secret, body)),
-          "x-keel-delivery": `d${i}`,
+          ...(await signHookDelivery(hook.secret, body, undefined, `d${i}`)),
         },
         body,
       });

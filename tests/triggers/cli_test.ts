@@ -45,29 +45,35 @@ Deno.test("keel hooks create prints the secret once; list hides it; delete remov
     assert.match(bodyOnly.stdout, /Signing: body \(no timestamp needed; replays possible\)/);
 
     // The example `hooks --help` gives, run as printed with bash, openssl and curl, delivers; sent again, it starts
-    // nothing new (a replay); the old body-only form is refused by this hook.
+    // nothing new; its delivery id changed after signing (a replay dressed as a new delivery) does not verify; the old
+    // body-only form is refused by this hook.
     const help = (await cli.keel(["hooks", "--help"])).stdout;
-    const example = help.slice(
-      help.indexOf("For example:") + "For example:".length,
-      help.indexOf("\n\n", help.indexOf("For example:")),
-    )
+    const from = help.indexOf("\n", help.indexOf("For example"));
+    const example = help.slice(from, help.indexOf("\n\n", from))
       .split("\n").map((l) => l.trim()).filter(Boolean).join("\n");
     assert.match(example, /^ts=\$\(date \+%s\)\nsig=.*\ncurl .*"\$URL"$/, example);
     const send = async (script: string) => {
       const out = await new Deno.Command("bash", {
         args: ["-c", script + " -s"],
-        env: { BODY: JSON.stringify({ count: 2, note: "from curl" }), SECRET: secret, URL: `${k.url}/hooks/${id}` },
+        env: {
+          BODY: JSON.stringify({ count: 2, note: "from curl" }),
+          SECRET: secret,
+          URL: `${k.url}/hooks/${id}`,
+          ID: "evt-77",
+        },
       }).output();
       assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
       return JSON.parse(new TextDecoder().decode(out.stdout));
     };
     const sent = await send(example);
     assert.equal(sent.duplicate, false, JSON.stringify(sent));
+    assert.equal(sent.runId, `hook_${id}_evt-77`);
     const run = await k.api("GET", `/api/runs/${sent.runId}?wait=30`);
     assert.deepEqual(run.body.input, { count: 2, note: "from curl" });
-    // The same request again, as a replay would send it: the timestamp and signature are the ones captured.
-    const replay = example.replace("ts=$(date +%s)", `ts=${/_t(\d+)\./.exec(sent.runId)?.[1]}`);
-    assert.deepEqual(await send(replay), { runId: sent.runId, status: "succeeded", duplicate: true });
+    // The sender's retry (signed anew, same delivery id) finds its run.
+    assert.deepEqual(await send(example), { runId: sent.runId, status: "succeeded", duplicate: true });
+    const forged = await send(example.replace('-H "X-Keel-Delivery: $ID"', '-H "X-Keel-Delivery: evt-78"'));
+    assert.equal(forged.error?.tag, "UnauthorizedError", JSON.stringify(forged));
     const old = await send(
       `sig=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/.* //')
 curl -H "X-Keel-Signature: sha256=$sig" -d "$BODY" "$URL"`,

@@ -30,7 +30,8 @@ const deliver = async (
 };
 
 /** The headers of a delivery signed now: `X-Keel-Timestamp`, and the signature over timestamp and body. */
-const signed = (secret: string, body: string) => signHookDelivery(secret, body);
+const signed = (secret: string, body: string, deliveryId?: string) =>
+  signHookDelivery(secret, body, undefined, deliveryId);
 
 const setUp = async () => {
   const k = await startTestKeel();
@@ -87,7 +88,7 @@ Deno.test("a repeated delivery id maps to the same run and starts nothing new", 
   const { k, hook, secret } = await setUp();
   try {
     const body = JSON.stringify({ count: 1 });
-    const headers = { ...(await signed(secret, body)), "x-keel-delivery": "evt_42" };
+    const headers = await signed(secret, body, "evt_42");
     const first = await deliver(k, hook.id, body, headers);
     assert.equal(first.status, 202, JSON.stringify(first.body));
     assert.equal(first.body.runId, `hook_${hook.id}_evt_42`);
@@ -99,10 +100,10 @@ Deno.test("a repeated delivery id maps to the same run and starts nothing new", 
     }
     const started = (await audit(k, "run.started")).filter((e) => e.runId === first.body.runId);
     assert.equal(started.length, 1, "one run for one delivery id");
-    const other = await deliver(k, hook.id, body, { ...(await signed(secret, body)), "x-keel-delivery": "evt_43" });
+    const other = await deliver(k, hook.id, body, await signed(secret, body, "evt_43"));
     assert.equal(other.body.duplicate, false);
     assert.notEqual(other.body.runId, first.body.runId);
-    const bad = await deliver(k, hook.id, body, { ...(await signed(secret, body)), "x-keel-delivery": "../../x" });
+    const bad = await deliver(k, hook.id, body, await signed(secret, body, "../../x"));
     assert.equal(bad.status, 400);
   } finally {
     await k.close();
@@ -135,6 +136,20 @@ Deno.test("forged deliveries are refused: wrong secret, another body's signature
         { ...(await signed(secret, body)), "x-keel-timestamp": String(now + 1) },
         "bad_signature",
       ],
+      // The delivery id is signed: a captured request dressed up as a new delivery does not verify.
+      [
+        "delivery id changed after signing",
+        { ...(await signed(secret, body, "evt_1")), "x-keel-delivery": "evt_2" },
+        "bad_signature",
+      ],
+      ["delivery id added to a request signed without one", {
+        ...(await signed(secret, body)),
+        "x-keel-delivery": "evt_3",
+      }, "bad_signature"],
+      ["delivery id taken off a request signed with one", {
+        ...ts,
+        "x-keel-signature": (await signed(secret, body, "evt_4"))["x-keel-signature"],
+      }, "bad_signature"],
       [
         "body-only signature to a timestamped hook",
         { "x-keel-signature": `sha256=${await signHook(secret, body)}` },
