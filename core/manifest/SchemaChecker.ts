@@ -7,7 +7,8 @@
  * Keel's main thread that stalls every run and the API. So a schema that
  * holds a regular expression (`pattern`, `patternProperties`) is checked in a
  * separate process with no permissions (`_schema_check_entry.ts`), started on
- * first use, one check at a time under a deadline; at the deadline Keel kills
+ * first use, one check at a time under a deadline (each schema's checks in
+ * their own queue, the queues taken in turn); at the deadline Keel kills
  * it (a Worker cannot be used: terminating one does not stop a regular
  * expression that is running, whose thread keeps a core busy until it ends)
  * and the check fails with a line saying so. The next check starts a new
@@ -39,6 +40,8 @@ export interface PreparedSchema {
 export interface SchemaChecker {
   /** Compile a schema (throws what `new Validator` throws) and say where its checks run. */
   prepare(schema: JsonSchema): PreparedSchema;
+  /** The schema-check process running now, if one is (its pid): for diagnostics and tests. */
+  processId(): number | undefined;
 }
 
 /**
@@ -77,7 +80,6 @@ const makeProcess = (deadlineMs: number, cpuSeconds: number) => {
   const config = decodeURIComponent(new URL("../../deno.json", import.meta.url).pathname);
   let current: Running | undefined;
   let closed = false;
-  let tail: Promise<unknown> = Promise.resolve();
 
   interface Running {
     readonly child: Deno.ChildProcess;
@@ -228,17 +230,54 @@ const makeProcess = (deadlineMs: number, cpuSeconds: number) => {
     }
   };
 
+  /**
+   * Checks wait in one queue per schema, taken in turn: a schema whose values each take the deadline (one plugin's
+   * slow pattern, sent again and again) delays another schema's check by at most one deadline, not by its whole queue.
+   */
+  const queues = new Map<number, Array<() => Promise<void>>>();
+  /** Schemas with checks waiting, in the order they take their turns. */
+  const turns: number[] = [];
+  /** The schema whose check is running: it takes its next turn when that check ends. */
+  let runningId: number | undefined;
+  /** The loop taking checks in turn runs while there are any (`drained` when it ends). */
+  let pumping = false;
+  let drained: Promise<void> = Promise.resolve();
+  const pump = () => {
+    if (pumping) return;
+    pumping = true;
+    drained = (async () => {
+      try {
+        for (let id = turns.shift(); id !== undefined; id = turns.shift()) {
+          const queue = queues.get(id)!;
+          runningId = id;
+          await queue.shift()!();
+          runningId = undefined;
+          // Its next check goes to the back of the line, behind the schemas that arrived while this one ran.
+          if (!queue.length) queues.delete(id);
+          else if (!turns.includes(id)) turns.push(id);
+        }
+      } finally {
+        pumping = false;
+      }
+    })();
+  };
+
   return {
+    processId: () => current?.child.pid,
     check: (id: number, schema: JsonSchema, value: unknown): Promise<Outcome> => {
-      const run = tail.then(() => once(id, schema, value));
-      tail = run.catch(() => {});
-      return run;
+      const { promise, resolve } = Promise.withResolvers<Outcome>();
+      const queue = queues.get(id) ?? [];
+      queues.set(id, queue);
+      if (id !== runningId && !turns.includes(id)) turns.push(id);
+      queue.push(() => once(id, schema, value).then(resolve, (error) => resolve({ failed: String(error) })));
+      pump();
+      return promise;
     },
     close: async () => {
       closed = true;
       // The check in flight ends as "stopped"; the queued ones see `closed`.
       if (current) await stop(current);
-      await tail;
+      await drained;
     },
   };
 };
@@ -253,6 +292,7 @@ export const makeSchemaChecker = (
     (process): SchemaChecker => {
       let ids = 0;
       return {
+        processId: process.processId,
         prepare: (schema) => {
           const validator = new Validator(schema, "2020-12", false);
           if (!hasPatterns(schema)) {
