@@ -8,7 +8,7 @@
  */
 import { Cause, Effect } from "effect";
 import { startKeel } from "../../core/mod.ts";
-import type { Policy } from "../../core/policy/mod.ts";
+import { type AppliedLimit, Limits, type Policy } from "../../core/policy/mod.ts";
 import type { EffectRequest } from "../../core/gateway/mod.ts";
 import { Gateway } from "../../core/gateway/mod.ts";
 import { PluginHost } from "../../core/plugins/mod.ts";
@@ -62,6 +62,10 @@ export interface LedgerKeel extends TestKeel {
   ): Promise<{ ok: boolean; value?: any; error?: any }>;
   /** A run's effect step. */
   effectStep(runId: string): Promise<StepRecord>;
+  /** Approve a pending approval in the journal, as a decision would, without resuming its run; whether it moved. */
+  approveInJournal(approvalId: string): Promise<boolean>;
+  /** What a limit's counter holds now. */
+  used(limit: AppliedLimit): Promise<number>;
 }
 
 /** Options for `withLedgerKeel`. */
@@ -144,6 +148,15 @@ export const withLedgerKeel = async (options: LedgerKeelOptions, fn: (k: LedgerK
           if (!step) throw new Error(`run ${runId} has no effect step`);
           return step;
         },
+        approveInJournal: (approvalId) =>
+          keel.runtime.runPromise(Journal.use((j) =>
+            Effect.gen(function* () {
+              const pending = yield* j.getApproval(approvalId);
+              if (!pending) throw new Error(`no approval ${approvalId}`);
+              return yield* j.transitionApproval({ ...pending, status: "approved", decidedBy: "operator" }, "pending");
+            })
+          )),
+        used: (limit) => keel.runtime.runPromise(Limits.use((l) => l.used(limit))),
       };
       await fn(k);
     } finally {

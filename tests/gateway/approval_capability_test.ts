@@ -61,16 +61,6 @@ const rewind = (k: LedgerKeel, runId: string, approvalId: string) =>
   }));
 
 /** Approve in the journal directly, as a decision the run has not yet acted on (the host stopped right after it). */
-const approveInJournal = (k: LedgerKeel, approvalId: string) =>
-  k.keel.runtime.runPromise(
-    Journal.use((j) =>
-      Effect.flatMap(
-        j.getApproval(approvalId),
-        (a) => j.transitionApproval({ ...a!, status: "approved", decidedBy: "operator" }, "pending"),
-      )
-    ),
-  );
-
 Deno.test("a used approval cannot be replayed: not on its own step rewound, and not on another run's step", async () => {
   await withLedgerKeel({ policies: gate() }, async (k) => {
     const first = await waitingCharge(k, 10);
@@ -205,7 +195,7 @@ Deno.test("another run's approval cannot release this run, even with identical a
     const mine = await waitingCharge(k, 10);
     const theirs = await waitingCharge(k, 10);
     // Approve theirs without letting it run, then point my step at it.
-    await approveInJournal(k, theirs.approvalId);
+    await k.approveInJournal(theirs.approvalId);
     const step = await rewind(k, mine.runId, theirs.approvalId);
     const stolen = await k.gateway({
       runId: mine.runId,
@@ -228,7 +218,7 @@ Deno.test("another run's approval cannot release this run, even with identical a
 Deno.test("an approval given in time but executed after it expired is refused, and a new one is asked for", async () => {
   await withLedgerKeel({ policies: gate("1h") }, async (k) => {
     const { runId, approvalId } = await waitingCharge(k, 10);
-    await approveInJournal(k, approvalId);
+    await k.approveInJournal(approvalId);
     const step = await k.effectStep(runId);
     const late = await k.gateway(
       { runId, seq: step.seq, workflow: "charge", effect: "ledger.charge", args: step.args },
@@ -294,7 +284,7 @@ Deno.test("an approval given just before a policy change is invalidated when the
   await withLedgerKeel({ policies: gate() }, async (k) => {
     const { runId, approvalId } = await waitingCharge(k, 10);
     // Approved under the old policy, the run not yet resumed (as if the host stopped right after).
-    await approveInJournal(k, approvalId);
+    await k.approveInJournal(approvalId);
     await editPolicy(k);
     const step = await k.effectStep(runId);
     const resumed = await k.gateway({

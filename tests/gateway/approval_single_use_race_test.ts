@@ -9,7 +9,6 @@
  * no idempotency-key claim behind the approval: the approval is the guard.)
  */
 import assert from "node:assert/strict";
-import { Effect } from "effect";
 import { Journal } from "../../core/journal/mod.ts";
 import { withLedgerKeel } from "./_ledger.ts";
 
@@ -30,14 +29,8 @@ Deno.test("two requests racing on one approved approval dispatch the effect once
       assert.equal(r.status, "waiting_approval", JSON.stringify(r));
       const approvalId: string = r.waitingFor.approvalId;
       // Approved in the journal, as a decision would, without resuming the run: the test plays the executors.
-      const step = await k.keel.runtime.runPromise(Effect.gen(function* () {
-        const journal = yield* Journal;
-        const pending = (yield* journal.getApproval(approvalId))!;
-        assert.ok(
-          yield* journal.transitionApproval({ ...pending, status: "approved", decidedBy: "ops" }, "pending"),
-        );
-        return (yield* journal.steps(r.runId)).find((s) => s.kind === "effect")!;
-      }));
+      assert.ok(await k.approveInJournal(approvalId));
+      const step = await k.effectStep(r.runId);
       const before = k.witness.calls.length;
       const request = () =>
         k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });

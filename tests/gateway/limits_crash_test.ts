@@ -10,7 +10,6 @@
  */
 import assert from "node:assert/strict";
 import { Effect } from "effect";
-import { Journal } from "../../core/journal/mod.ts";
 import { Kv } from "../../core/store/mod.ts";
 import { type AppliedLimit, Limits } from "../../core/policy/mod.ts";
 import { type LedgerKeel, withLedgerKeel } from "./_ledger.ts";
@@ -53,12 +52,7 @@ Deno.test("an approved step counted just before a stop is counted once when its 
     assert.equal(r.status, "waiting_approval", JSON.stringify(r));
     const step = await k.effectStep(r.runId);
     // Approved, and counted by an execution that stopped before it consumed the approval with its intent.
-    await k.keel.runtime.runPromise(Journal.use((j) =>
-      Effect.gen(function* () {
-        const pending = (yield* j.getApproval(r.waitingFor.approvalId))!;
-        assert.ok(yield* j.transitionApproval({ ...pending, status: "approved", decidedBy: "ops" }, "pending"));
-      })
-    ));
+    assert.ok(await k.approveInJournal(r.waitingFor.approvalId));
     assert.ok((await run(k, Limits.use((l) => l.consume([RATE], {}, { hold: `effect:${r.runId}:${step.seq}` })))).ok);
     const resumed = await k.gateway({
       runId: r.runId,

@@ -6,13 +6,10 @@
  * reached the connector; the counters are read from Deno KV.
  */
 import assert from "node:assert/strict";
-import { Effect } from "effect";
 import { Journal } from "../../core/journal/mod.ts";
 import { sha256Hex } from "../../core/manifest/mod.ts";
-import { type AppliedLimit, Limits } from "../../core/policy/mod.ts";
-import { type LedgerKeel, withLedgerKeel } from "./_ledger.ts";
-
-const used = (k: LedgerKeel, limit: AppliedLimit) => k.keel.runtime.runPromise(Limits.use((l) => l.used(limit)));
+import type { AppliedLimit } from "../../core/policy/mod.ts";
+import { withLedgerKeel } from "./_ledger.ts";
 
 const RATE: AppliedLimit = { kind: "rate", rule: "reads", key: "global", count: 100, per: "1h", perMs: 3_600_000 };
 
@@ -32,17 +29,13 @@ rules:
       assert.equal(r.status, "waiting_approval", JSON.stringify(r));
       const approvalId: string = r.waitingFor.approvalId;
       // Approved in the journal without resuming the run: the test plays the two executors.
-      const step = await k.keel.runtime.runPromise(Effect.gen(function* () {
-        const journal = yield* Journal;
-        const pending = (yield* journal.getApproval(approvalId))!;
-        assert.ok(yield* journal.transitionApproval({ ...pending, status: "approved", decidedBy: "ops" }, "pending"));
-        return (yield* journal.steps(r.runId)).find((s) => s.kind === "effect")!;
-      }));
+      assert.ok(await k.approveInJournal(approvalId));
+      const step = await k.effectStep(r.runId);
       const request = () =>
         k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });
       const answers = await Promise.all([request(), request()]);
       assert.equal(k.witness.calls.length, round + 1, JSON.stringify(answers));
-      assert.equal(await used(k, RATE), round + 1, `round ${round}: one call ran, one unit is charged`);
+      assert.equal(await k.used(RATE), round + 1, `round ${round}: one call ran, one unit is charged`);
       await k.api("POST", `/api/runs/${r.runId}/cancel`, {});
     }
   });
@@ -64,7 +57,7 @@ Deno.test("two requests racing on one allowed step send it once and charge its r
       assert.ok(answers.every((a) => a.ok), JSON.stringify(answers));
       assert.deepEqual(answers[0].value, answers[1].value, "the second gets the first's outcome");
       assert.equal(k.witness.calls.length, round + 1, `round ${round}: sent once`);
-      assert.equal(await used(k, RATE), round + 1, `round ${round}: charged once`);
+      assert.equal(await k.used(RATE), round + 1, `round ${round}: charged once`);
     }
   });
 });
@@ -91,7 +84,7 @@ Deno.test("a financial step raced by two requests is charged against its budget 
       k.gateway({ runId: "run_direct", seq: 1, workflow: "charge", effect: "ledger.charge", args: { amount: 7 } });
     const answers = await Promise.all([request(), request()]);
     assert.equal(k.witness.calls.length, 1);
-    assert.equal(await used(k, BUDGET), 0.3, "0.30 charged once, not twice");
+    assert.equal(await k.used(BUDGET), 0.3, "0.30 charged once, not twice");
     // The budget has room for one 0.30 charge: the loser must not be refused by the winner's charge.
     assert.ok(answers.every((a) => a.ok), JSON.stringify(answers));
     assert.deepEqual(await k.audit("effect.rejected"), []);
@@ -140,6 +133,6 @@ Deno.test("a call that loses its intent to another holder is not sent, and its b
     assert.equal(lost.ok, false);
     assert.equal(lost.error._tag, "ConflictError", JSON.stringify(lost.error));
     assert.equal(k.witness.calls.length, 0);
-    assert.equal(await used(k, BUDGET), 0, "the charge that was never sent is not counted");
+    assert.equal(await k.used(BUDGET), 0, "the charge that was never sent is not counted");
   });
 });
