@@ -3,11 +3,15 @@
  * The memory and records routes: `GET /api/memory?q=` (the operator's
  * recall, logged like any other) and `/api/collections/…` (define a
  * collection's schema, list, read, write and delete records). `app.ts` routes to
- * these; they check their query strings and bodies here.
+ * these; they check their query strings and bodies here. The operator's
+ * changes are audited (`collection.defined`, `record.written`,
+ * `record.deleted`: names, versions and hashes, never a record's data); a
+ * workflow's are journaled with its run.
  */
 import { Effect } from "effect";
 import { InvalidInputError, NotFoundError } from "../errors/mod.ts";
 import { MAX_QUERY_LIMIT, MAX_RECALL_LIMIT, Memory, parseRecallOptions, Records } from "../memory/mod.ts";
+import { Audit } from "../telemetry/mod.ts";
 
 type Query = Readonly<Record<string, ReadonlyArray<string>>>;
 
@@ -71,7 +75,17 @@ export const defineCollectionRoute = Effect.fn("Http.defineCollection")(function
       message: 'Field "schema" is required: a JSON Schema with "type": "object" for the records',
     });
   }
-  return yield* Records.use((r) => r.define(name, body.schema, "operator"));
+  const result = yield* Records.use((r) => r.define(name, body.schema, "operator"));
+  if (result.changed) {
+    yield* Audit.use((a) =>
+      a.append({
+        type: "collection.defined",
+        actor: "operator",
+        data: { collection: name, schemaHash: result.collection.schemaHash, created: result.created },
+      })
+    );
+  }
+  return result;
 });
 
 /** `GET /api/collections/{name}/records?where=JSON&after=ID&limit=N`. */
@@ -105,12 +119,31 @@ export const putRecordRoute = Effect.fn("Http.putRecord")(function* (
   body: Record<string, unknown>,
 ) {
   if (body.data === undefined) return yield* new InvalidInputError({ message: 'Field "data" is required' });
-  return yield* Records.use((r) => r.put(name, id, body.data, { source: "operator" }));
+  const result = yield* Records.use((r) => r.put(name, id, body.data, { source: "operator" }));
+  if (result.changed) {
+    yield* Audit.use((a) =>
+      a.append({
+        type: "record.written",
+        actor: "operator",
+        data: {
+          collection: name,
+          id,
+          version: result.record.version,
+          created: result.created,
+          contentHash: result.record.provenance.contentHash,
+        },
+      })
+    );
+  }
+  return result;
 });
 
 /** `DELETE /api/collections/{name}/records/{id}`: the operator deletes a record (a tombstone version, source `operator`). */
 export const deleteRecordRoute = Effect.fn("Http.deleteRecord")(function* (name: string, id: string) {
   const result = yield* Records.use((r) => r.delete(name, id, { source: "operator" }));
   if (!result.deleted) return yield* new NotFoundError({ message: `No record "${id}" in collection "${name}"` });
+  yield* Audit.use((a) =>
+    a.append({ type: "record.deleted", actor: "operator", data: { collection: name, id, version: result.version } })
+  );
   return result;
 });

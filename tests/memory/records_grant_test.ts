@@ -331,3 +331,29 @@ Deno.test("ctx.records.delete removes a record it may write: journaled, replayed
     assert.equal((await k.api("DELETE", "/api/collections/nope/records/l1")).status, 404);
   });
 });
+
+Deno.test("the operator's collection and record changes over HTTP are audited, with names, versions and hashes, never the data", async () => {
+  await withKeel(async (k) => {
+    const secret = "card 4111-1111-1111-1111";
+    const schema = { type: "object", properties: { note: { type: "string" } } };
+    assert.equal((await k.api("PUT", "/api/collections/notes", { schema })).status, 200);
+    // The same schema again changes nothing, and audits nothing.
+    assert.equal((await k.api("PUT", "/api/collections/notes", { schema })).status, 200);
+    const put = await k.api("PUT", "/api/collections/notes/records/n1", { data: { note: secret } });
+    assert.equal(put.status, 200, JSON.stringify(put.body));
+    // Written again unchanged: no new version, nothing audited.
+    assert.equal((await k.api("PUT", "/api/collections/notes/records/n1", { data: { note: secret } })).status, 200);
+    assert.equal((await k.api("DELETE", "/api/collections/notes/records/n1")).status, 200);
+    const events = ((await k.api("GET", "/api/audit")).body.events as any[])
+      .filter((e) => ["collection.defined", "record.written", "record.deleted"].includes(e.type))
+      .filter((e) => e.data.collection === "notes");
+    assert.deepEqual(events.map((e) => [e.type, e.actor, e.data.collection, e.data.id, e.data.version]), [
+      ["collection.defined", "operator", "notes", undefined, undefined],
+      ["record.written", "operator", "notes", "n1", 1],
+      ["record.deleted", "operator", "notes", "n1", 2],
+    ]);
+    assert.equal(events[1].data.contentHash, put.body.record.provenance.contentHash);
+    assert.ok(!JSON.stringify(events).includes("4111"), "the audit log never holds a record's data");
+    assert.equal((await k.api("GET", "/api/audit/verify")).body.ok, true);
+  });
+});
