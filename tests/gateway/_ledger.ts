@@ -59,14 +59,22 @@ export interface LedgerKeel extends TestKeel {
   gateway(
     request: Omit<EffectRequest, "agent">,
     options?: { agent?: string; atMs?: number },
-  ): Promise<{ ok: boolean; value?: any; error?: any }>;
+  ): Promise<GatewayAnswer>;
   /** A run's effect step. */
   effectStep(runId: string): Promise<StepRecord>;
   /** Approve a pending approval in the journal, as a decision would, without resuming its run; whether it moved. */
   approveInJournal(approvalId: string): Promise<boolean>;
   /** What a limit's counter holds now. */
   used(limit: AppliedLimit): Promise<number>;
+  /**
+   * Start a `read` run that waits for an approval, approve it in the journal without resuming the run, then play two
+   * executors: two Gateway requests for its effect step at once.
+   */
+  raceApprovedRead(input: unknown): Promise<{ runId: string; approvalId: string; answers: GatewayAnswer[] }>;
 }
+
+/** What `LedgerKeel.gateway` answers. */
+export type GatewayAnswer = { ok: boolean; value?: any; error?: any };
 
 /** Options for `withLedgerKeel`. */
 export interface LedgerKeelOptions {
@@ -157,6 +165,16 @@ export const withLedgerKeel = async (options: LedgerKeelOptions, fn: (k: LedgerK
             })
           )),
         used: (limit) => keel.runtime.runPromise(Limits.use((l) => l.used(limit))),
+        async raceApprovedRead(input) {
+          const r = await k.start("read", input, 30);
+          if (r.status !== "waiting_approval") throw new Error(`not waiting for an approval: ${JSON.stringify(r)}`);
+          const approvalId: string = r.waitingFor.approvalId;
+          if (!(await k.approveInJournal(approvalId))) throw new Error(`approval ${approvalId} was not pending`);
+          const step = await k.effectStep(r.runId);
+          const request = () =>
+            k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });
+          return { runId: r.runId, approvalId, answers: await Promise.all([request(), request()]) };
+        },
       };
       await fn(k);
     } finally {

@@ -25,21 +25,14 @@ rules:
 Deno.test("two requests racing on one approved approval dispatch the effect once", async () => {
   await withLedgerKeel({ policies: GATE_NOTES }, async (k) => {
     for (let round = 0; round < 3; round++) {
-      const r = await k.start("read", { round }, 30);
-      assert.equal(r.status, "waiting_approval", JSON.stringify(r));
-      const approvalId: string = r.waitingFor.approvalId;
-      // Approved in the journal, as a decision would, without resuming the run: the test plays the executors.
-      assert.ok(await k.approveInJournal(approvalId));
-      const step = await k.effectStep(r.runId);
       const before = k.witness.calls.length;
-      const request = () =>
-        k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });
-      const answers = await Promise.all([request(), request()]);
+      // Approved in the journal, as a decision would, without resuming the run: the test plays the executors.
+      const { runId, approvalId, answers } = await k.raceApprovedRead({ round });
       assert.equal(k.witness.calls.length, before + 1, `round ${round}: ${JSON.stringify(answers)}`);
       assert.ok(answers.some((a) => a.ok), "one of them sent it");
       const used = await k.keel.runtime.runPromise(Journal.use((j) => j.getApproval(approvalId)));
       assert.equal(used?.status, "used");
-      await k.api("POST", `/api/runs/${r.runId}/cancel`, {});
+      await k.api("POST", `/api/runs/${runId}/cancel`, {});
     }
   });
 });

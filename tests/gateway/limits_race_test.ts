@@ -11,6 +11,17 @@ import { sha256Hex } from "../../core/manifest/mod.ts";
 import type { AppliedLimit } from "../../core/policy/mod.ts";
 import { withLedgerKeel } from "./_ledger.ts";
 
+/** The `charges` rule's daily USD budget, as the Gateway applies it. */
+const chargesPerDay = (max: number): AppliedLimit => ({
+  kind: "budget",
+  rule: "charges",
+  key: "global",
+  unit: "usd",
+  period: "day",
+  max,
+  timezone: "UTC",
+});
+
 const RATE: AppliedLimit = { kind: "rate", rule: "reads", key: "global", count: 100, per: "1h", perMs: 3_600_000 };
 
 Deno.test("two requests racing on one approved step charge its rate once", async () => {
@@ -25,18 +36,11 @@ rules:
 `;
   await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
     for (let round = 0; round < 3; round++) {
-      const r = await k.start("read", { round }, 30);
-      assert.equal(r.status, "waiting_approval", JSON.stringify(r));
-      const approvalId: string = r.waitingFor.approvalId;
       // Approved in the journal without resuming the run: the test plays the two executors.
-      assert.ok(await k.approveInJournal(approvalId));
-      const step = await k.effectStep(r.runId);
-      const request = () =>
-        k.gateway({ runId: r.runId, seq: step.seq, workflow: "read", effect: "ledger.read", args: step.args });
-      const answers = await Promise.all([request(), request()]);
+      const { runId, answers } = await k.raceApprovedRead({ round });
       assert.equal(k.witness.calls.length, round + 1, JSON.stringify(answers));
       assert.equal(await k.used(RATE), round + 1, `round ${round}: one call ran, one unit is charged`);
-      await k.api("POST", `/api/runs/${r.runId}/cancel`, {});
+      await k.api("POST", `/api/runs/${runId}/cancel`, {});
     }
   });
 });
@@ -70,15 +74,7 @@ Deno.test("a financial step raced by two requests is charged against its budget 
     limits:
       budget: { usdPerDay: 0.5 }
 `;
-  const BUDGET: AppliedLimit = {
-    kind: "budget",
-    rule: "charges",
-    key: "global",
-    unit: "usd",
-    period: "day",
-    max: 0.5,
-    timezone: "UTC",
-  };
+  const BUDGET = chargesPerDay(0.5);
   await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
     const request = () =>
       k.gateway({ runId: "run_direct", seq: 1, workflow: "charge", effect: "ledger.charge", args: { amount: 7 } });
@@ -100,15 +96,7 @@ Deno.test("a call that loses its intent to another holder is not sent, and its b
     limits:
       budget: { usdPerDay: 5 }
 `;
-  const BUDGET: AppliedLimit = {
-    kind: "budget",
-    rule: "charges",
-    key: "global",
-    unit: "usd",
-    period: "day",
-    max: 5,
-    timezone: "UTC",
-  };
+  const BUDGET = chargesPerDay(5);
   await withLedgerKeel({ policies: { "p.yaml": policy } }, async (k) => {
     // Another executor (in another run's journal, as a second host would) already holds this step's idempotency key.
     const idempotencyKey = `keel-${(await sha256Hex("run_direct:1")).slice(0, 32)}`;
